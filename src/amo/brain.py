@@ -1,0 +1,102 @@
+"""A promoted bundle, loaded and verified: route, plan and invoke for one prompt at a time.
+
+The encoder and base model come from outside the bundle; their weights must hash to what the
+manifest names, or the bundle is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amo.bundle import RUNTIME, BundleError, verify_bundle
+from amo.models import Encoder, resolve_base_model, resolve_encoder, sha256_file
+from amo.onnx_router import OnnxScorer
+from amo.planner import Plan, TreePlanner
+from amo.router import AgentIndex, Route, select
+
+
+def _check_model(kind: str, path: Path, expected: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise BundleError(f"{kind} weights {path} hash to {actual[:12]}…, the bundle expects "
+                          f"{expected[:12]}…: a different model is installed")
+
+
+@dataclass
+class CopilotAnswer:
+    prompt: str
+    route: Route
+    plan: Plan
+    arm_outputs: list[dict[str, str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "route": self.route.to_dict(),
+                "plan": {"path": self.plan.path, "abstained": self.plan.abstained},
+                "arm_outputs": self.arm_outputs}
+
+
+class Brain:
+    def __init__(self, bundle: Path, verify: bool = True) -> None:
+        self.path = Path(bundle)
+        self.manifest = verify_bundle(self.path) if verify else json.loads((self.path / "manifest.json").read_text())
+        self.runtime = json.loads((self.path / RUNTIME).read_text())
+        models = self.manifest["models"]
+        encoder_dir = resolve_encoder(models["encoder"]["ref"])
+        _check_model("encoder", encoder_dir / models["encoder"]["file"], models["encoder"]["sha256"])
+        self.encoder = Encoder(encoder_dir, self.runtime.get("encoder_batch_size", 64))
+        self.scorer = OnnxScorer(self.path / "router" / "router.onnx")
+        self.index = AgentIndex.load(self.path / "router")
+        self.planner = TreePlanner.load(self.path / "planner")
+        self._arms: Any = None
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest["bundle_id"]
+
+    def _score(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        embedding = self.encoder.encode([prompt])
+        return embedding[0], self.scorer.score(embedding, self.index.embeddings)[0]
+
+    def _route(self, scores: np.ndarray) -> Route:
+        r = self.runtime["router"]
+        return select(scores, self.index.ids, min_k=r["min_k"], max_k=r["max_k"], margin=r["margin"])
+
+    def route(self, prompt: str) -> Route:
+        return self._route(self._score(prompt)[1])
+
+    def plan(self, prompt: str) -> tuple[Route, Plan]:
+        embedding, scores = self._score(prompt)
+        per_agent = dict(zip(self.index.ids, scores[:-1].tolist()))
+        return self._route(scores), self.planner.plan(prompt, embedding, per_agent, float(scores[-1]))
+
+    @property
+    def arms(self) -> Any:
+        """The ArmServer, loaded on first use (the base model takes seconds to load)."""
+        if self._arms is None:
+            from amo.arms import ArmServer
+            from amo.models import load_base_model
+
+            ref = self.manifest["models"]["base_model"]
+            base = resolve_base_model(ref["ref"], ref["gguf_file"])
+            _check_model("base model", base.weights_file, ref["sha256"])
+            model, tokenizer = load_base_model(base)
+            self._arms = ArmServer(model, tokenizer, {name: self.path / "arms" / name
+                                                      for name in self.runtime["arms"]})
+        return self._arms
+
+    def invoke(self, rows: list[tuple[str | None, str]], max_new_tokens: int | None = None) -> list[str]:
+        return self.arms.invoke(rows, max_new_tokens)
+
+    def copilot(self, prompt: str) -> CopilotAnswer:
+        """Route, plan, then run every planned step that has an arm, in one mixed batch."""
+        route, plan = self.plan(prompt)
+        arm_of = {agent: arm for arm, agents in self.runtime["arm_agents"].items() for agent in agents}
+        steps = [(agent, arm_of[agent]) for agent in plan.path if agent in arm_of]
+        outputs = self.invoke([(arm, prompt) for _, arm in steps]) if steps else []
+        return CopilotAnswer(prompt, route, plan, [{"agent": agent, "arm": arm, "output": out}
+                                                   for (agent, arm), out in zip(steps, outputs)])

@@ -1,0 +1,135 @@
+"""A bundle: one directory with everything the runtime serves, and a manifest that pins it.
+
+`manifest.json` holds the bundle id, created time, git commit, data hash, params, metrics, amo
+version, the pretrained models named and hashed, and the sha256 of every other file. Nothing in a
+bundle is pickled: ONNX, safetensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import amo
+from amo.config import Params
+from amo.models import resolve_base_model, resolve_encoder, sha256_file
+
+MANIFEST = "manifest.json"
+RUNTIME = "runtime.json"
+FORMAT_VERSION = 1
+
+
+class BundleError(ValueError):
+    """A bundle that is incomplete, altered, or not a bundle; the message names the file."""
+
+
+def data_hash(dvc_file: Path = Path("data.dvc")) -> str | None:
+    """The md5 DVC recorded for the data folder, or None without a data.dvc."""
+    if not dvc_file.is_file():
+        return None
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def file_hashes(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): sha256_file(p)
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, target)
+
+
+def model_refs(params: Params) -> dict[str, Any]:
+    """The pretrained models the runtime loads from outside the bundle, named and hashed."""
+    encoder_dir = resolve_encoder(params.encoder.path)
+    weights = encoder_dir / "model.safetensors"
+    base = resolve_base_model(params.base_model.path, params.base_model.gguf_file)
+    base_weights = base.weights_file
+    assert base_weights is not None
+    return {
+        "encoder": {"ref": params.encoder.path, "file": weights.name, "sha256": sha256_file(weights)},
+        "base_model": {"ref": params.base_model.path, "gguf_file": params.base_model.gguf_file,
+                       "file": base_weights.name, "sha256": sha256_file(base_weights)},
+    }
+
+
+def build_bundle(params: Params, raw_params: dict[str, Any], out: Path, *, router_dir: Path,
+                 onnx_path: Path, planner_dir: Path, arms_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Assemble a bundle in `out` (replaced whole) and return its manifest."""
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    _copy(onnx_path, partial / "router" / "router.onnx")
+    for name in ("agents.json", "agent_index.safetensors"):
+        _copy(router_dir / name, partial / "router" / name)
+    _copy(planner_dir / "planner.json", partial / "planner" / "planner.json")
+    arm_agents: dict[str, list[str]] = {}
+    for task_name, task in sorted(params.arms.tasks.items()):
+        for name in ("adapter_config.json", "adapter_model.safetensors", "arm.json"):
+            _copy(arms_dir / task_name / name, partial / "arms" / task_name / name)
+        arm_agents[task_name] = list(task.agents)
+    r = params.router
+    runtime = {"router": {"min_k": r.min_k, "max_k": r.max_k, "margin": r.margin},
+               "arms": sorted(params.arms.tasks), "arm_agents": arm_agents,
+               "encoder_batch_size": params.encoder.batch_size}
+    (partial / RUNTIME).write_text(json.dumps(runtime, indent=2, sort_keys=True) + "\n")
+    files = file_hashes(partial)
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:10]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "bundle_id": f"{created.replace('-', '').replace(':', '')}-{digest}",
+        "created": created, "git_commit": git_commit(), "data_hash": data_hash(),
+        "amo_version": amo.__version__, "params": raw_params, "metrics": metrics,
+        "models": model_refs(params), "files": files,
+    }
+    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(partial, out)
+    return manifest
+
+
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle}: not a bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable manifest: {exc}") from None
+    for key in ("bundle_id", "files", "metrics", "models"):
+        if key not in manifest:
+            raise BundleError(f"{path}: manifest lacks {key!r}")
+    return manifest
+
+
+def verify_bundle(bundle: Path) -> dict[str, Any]:
+    """Check every file against the manifest: none missing, none extra, none changed."""
+    manifest = read_manifest(bundle)
+    expected: dict[str, str] = manifest["files"]
+    actual = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST}
+    problems = [f"missing file {name}" for name in sorted(set(expected) - actual)]
+    problems += [f"extra file {name}" for name in sorted(actual - set(expected))]
+    problems += [f"checksum mismatch in {name}" for name in sorted(set(expected) & actual)
+                 if sha256_file(bundle / name) != expected[name]]
+    if problems:
+        raise BundleError(f"bundle {manifest['bundle_id']} at {bundle} failed verification: "
+                          + "; ".join(problems))
+    return manifest

@@ -1,0 +1,263 @@
+"""`amo`: the one command line that people, `dvc.yaml` and the Prefect flows all call."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+import yaml
+
+app = typer.Typer(help="Train, validate, bundle and serve an Agentic Meta-Orchestrator.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Write or import data sets in amo's contracts.", no_args_is_help=True)
+bundles_app = typer.Typer(help="Inspect the bundle registry.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(bundles_app, name="bundles")
+
+_state: dict[str, Path] = {"params": Path("params.yaml")}
+
+
+@app.callback()
+def main(params: Path = typer.Option(Path("params.yaml"), "--params", "-p", help="Params file."),
+         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    _state["params"] = params
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "great_expectations", "sentence_transformers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                       "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                       "TOKENIZERS_PARALLELISM": "false", "GX_ANALYTICS_ENABLED": "false"}.items():
+        os.environ.setdefault(key, value)
+
+
+def _params() -> Any:
+    from amo.config import load_params
+
+    return load_params(_state["params"])
+
+
+def _raw_params() -> dict[str, Any]:
+    return yaml.safe_load(_state["params"].read_text(encoding="utf-8"))
+
+
+def _run(action: Callable[[], Any]) -> Any:
+    """Run a command; a known failure prints its message (file, row, field...) and exits 1."""
+    from amo.arms import ArmLoadError
+    from amo.bundle import BundleError
+    from amo.config import ConfigError
+    from amo.models import ModelNotFoundError
+    from amo.planner import PlannerFormatError
+
+    known: tuple[type[Exception], ...] = (ConfigError, BundleError, ModelNotFoundError,
+                                          PlannerFormatError, ArmLoadError, FileNotFoundError, KeyError)
+    try:
+        from amo.validate import DataValidationError
+
+        known += (DataValidationError,)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        return action()
+    except known as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+
+
+def _echo_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+# -- data ---------------------------------------------------------------------------------------
+@data_app.command("demo")
+def data_demo(out: Path = typer.Option(Path("data"), help="Folder to write."),
+              seed: Optional[int] = typer.Option(None, help="Defaults to params.yaml data.seed.")) -> None:
+    """Write the embedded demo copilot data set (deterministic for a seed)."""
+    from amo.demo import write_demo_data
+
+    counts = write_demo_data(out, seed if seed is not None else _params().data.seed)
+    typer.echo(f"wrote demo copilot data to {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+# -- stages (dvc.yaml calls these) ------------------------------------------------------------
+@app.command()
+def validate() -> None:
+    """Stage: check the data contracts with great-expectations suites."""
+    from amo import pipeline
+
+    report = _run(lambda: pipeline.validate(_params()))
+    rows = sum(f["rows"] for f in report["files"].values())
+    typer.echo(f"data valid: {len(report['files'])} files, {rows} rows")
+
+
+@app.command("train-router")
+def train_router() -> None:
+    """Stage: fit the listwise router with its separator."""
+    from amo import pipeline
+
+    _echo_json(_run(lambda: pipeline.train_router(_params())))
+
+
+@app.command("export-router")
+def export_router() -> None:
+    """Stage: export the router to ONNX and check it against torch."""
+    from amo import pipeline
+
+    _echo_json(_run(lambda: pipeline.export_router(_params())))
+
+
+@app.command("finetune-arm")
+def finetune_arm(task: str = typer.Argument(..., help="A task name from params.yaml arms.tasks.")) -> None:
+    """Stage: fine-tune one task's LoRA arm on the shared base model."""
+    from amo import pipeline
+
+    _echo_json(_run(lambda: pipeline.finetune_arm(_params(), task)))
+
+
+@app.command("fit-planner")
+def fit_planner() -> None:
+    """Stage: fit the planner's decision tree on the traces."""
+    from amo import pipeline
+
+    _echo_json(_run(lambda: pipeline.fit_planner(_params())))
+
+
+@app.command()
+def evaluate() -> None:
+    """Stage: evaluate router, planner and arms on held-out data."""
+    from amo import pipeline
+
+    _echo_json(_run(lambda: pipeline.evaluate(_params())))
+
+
+@app.command()
+def bundle(out: Path = typer.Option(Path("build/bundle"), help="Bundle folder to write.")) -> None:
+    """Stage: assemble the bundle and its manifest."""
+    from amo import pipeline
+    from amo.bundle import build_bundle
+
+    def build() -> dict[str, Any]:
+        metrics = json.loads((pipeline.METRICS_DIR / "evaluation.json").read_text())
+        return build_bundle(_params(), _raw_params(), out, router_dir=pipeline.ROUTER_DIR,
+                            onnx_path=pipeline.ONNX_PATH, planner_dir=pipeline.PLANNER_DIR,
+                            arms_dir=pipeline.ARMS_DIR, metrics=metrics)
+
+    manifest = _run(build)
+    typer.echo(f"bundle {manifest['bundle_id']} written to {out} ({len(manifest['files'])} files)")
+
+
+# -- release ----------------------------------------------------------------------------------
+def _registry() -> Any:
+    from amo.registry import Registry
+
+    return Registry(Path(_params().registry.path))
+
+
+@app.command()
+def promote(bundle_dir: Path = typer.Argument(Path("build/bundle"), metavar="BUNDLE"),
+            force: bool = typer.Option(False, help="Promote even if the gate fails.")) -> None:
+    """Gate a candidate bundle against floors and the champion; switch `current` if it passes."""
+    decision = _run(lambda: _registry().promote(bundle_dir, _params().gate, force=force))
+    typer.echo(str(decision))
+    if not decision.accepted:
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(to: Optional[str] = typer.Option(None, help="Bundle id; default: the previous one.")) -> None:
+    """Point `current` back at an earlier promoted bundle."""
+    typer.echo(f"current bundle is now {_run(lambda: _registry().rollback(to))}")
+
+
+@bundles_app.command("list")
+def bundles_list() -> None:
+    """Promoted bundles, the current one marked."""
+    for row in _run(lambda: _registry().list()):
+        mark = "*" if row["current"] else " "
+        router = row["metrics"].get("router", {})
+        typer.echo(f"{mark} {row['bundle_id']}  created {row['created']}  "
+                   f"router acc {router.get('in_scope_accuracy', float('nan')):.3f}")
+
+
+@bundles_app.command("verify")
+def bundles_verify(bundle_id: str = typer.Argument(..., help="A bundle id, or a bundle folder.")) -> None:
+    """Check every file of a bundle against its manifest."""
+    from amo.bundle import verify_bundle
+
+    path = Path(bundle_id) if Path(bundle_id).is_dir() else _registry().bundles / bundle_id
+    manifest = _run(lambda: verify_bundle(path))
+    typer.echo(f"bundle {manifest['bundle_id']}: {len(manifest['files'])} files verified")
+
+
+# -- serving from the promoted bundle -------------------------------------------------------
+def _brain(bundle_dir: Optional[Path]) -> Any:
+    from amo.brain import Brain
+
+    return _run(lambda: Brain(bundle_dir or _registry().current_path()))
+
+
+BUNDLE_OPTION = typer.Option(None, "--bundle", help="Bundle folder; default: the promoted one.")
+
+
+@app.command()
+def route(prompt: str, bundle_dir: Optional[Path] = BUNDLE_OPTION,
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Which agents answer PROMPT (or abstain), best first."""
+    result = _brain(bundle_dir).route(prompt)
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    typer.echo(_format_route(result))
+
+
+def _format_route(result: Any) -> str:
+    if result.abstained:
+        return f"route: abstain (out of scope; separator {result.separator:.3f})"
+    agents = ", ".join(f"{a} ({s:.3f})" for a, s in result.agents)
+    return f"route: {agents}   [separator {result.separator:.3f}]"
+
+
+@app.command()
+def plan(prompt: str, bundle_dir: Optional[Path] = BUNDLE_OPTION,
+         explain: bool = typer.Option(False, "--explain", help="Print the decision rules.")) -> None:
+    """The ordered agent path the planner picks for PROMPT."""
+    _, result = _brain(bundle_dir).plan(prompt)
+    typer.echo("plan: " + (" -> ".join(result.path) if result.path else "abstain"))
+    if explain:
+        for step, rules in enumerate(result.rules, 1):
+            typer.echo(f"step {step}:")
+            for rule in rules:
+                typer.echo(f"    {rule}")
+
+
+@app.command()
+def invoke(text: str = typer.Argument(..., metavar="INPUT"),
+           arm: Optional[str] = typer.Option(None, help="Arm name; none: the base model."),
+           bundle_dir: Optional[Path] = BUNDLE_OPTION,
+           max_new_tokens: Optional[int] = typer.Option(None)) -> None:
+    """Run one arm (a LoRA adapter on the shared base model) on INPUT."""
+    brain = _brain(bundle_dir)
+    typer.echo(_run(lambda: brain.invoke([(arm, text)], max_new_tokens))[0])
+
+
+@app.command()
+def copilot(prompt: str, bundle_dir: Optional[Path] = BUNDLE_OPTION,
+            as_json: bool = typer.Option(False, "--json")) -> None:
+    """Route, plan and run the arms for PROMPT with the promoted bundle."""
+    brain = _brain(bundle_dir)
+    answer = _run(lambda: brain.copilot(prompt))
+    if as_json:
+        _echo_json({"bundle_id": brain.bundle_id, **answer.to_dict()})
+        return
+    typer.echo(f"bundle: {brain.bundle_id}")
+    typer.echo(f"prompt: {prompt}")
+    typer.echo(_format_route(answer.route))
+    typer.echo("plan:  " + (" -> ".join(answer.plan.path) if answer.plan.path else "abstain"))
+    for step in answer.arm_outputs:
+        typer.echo(f"arm {step['arm']} (for {step['agent']}): {step['output']}")

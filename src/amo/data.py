@@ -1,0 +1,69 @@
+"""Readers for amo's data contracts (JSON Lines). The validate stage checks them first;
+these readers assume validated data and only give it types."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@dataclass(frozen=True)
+class Agent:
+    id: str
+    description: str
+    domain: str = ""
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoutingExample:
+    prompt: str
+    labels: dict[str, int] = field(default_factory=dict)  # agent id -> grade >= 1; {} = out of scope
+
+
+@dataclass(frozen=True)
+class Trace:
+    prompt: str
+    path: tuple[str, ...]
+    outcome: str = "success"
+
+
+@dataclass(frozen=True)
+class TaskExample:
+    input: str
+    output: str
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def read_agents(path: Path) -> list[Agent]:
+    return [Agent(id=r["id"], description=r["description"], domain=r.get("domain") or "",
+                  tags=tuple(r.get("tags") or ())) for r in iter_jsonl(path)]
+
+
+def read_routing(path: Path) -> list[RoutingExample]:
+    return [RoutingExample(prompt=r["prompt"], labels={k: int(v) for k, v in r["labels"].items()})
+            for r in iter_jsonl(path)]
+
+
+def read_traces(path: Path) -> list[Trace]:
+    return [Trace(prompt=r["prompt"], path=tuple(r["path"]), outcome=r.get("outcome", "success"))
+            for r in iter_jsonl(path)]
+
+
+def read_task(path: Path) -> list[TaskExample]:
+    return [TaskExample(input=r["input"], output=r["output"]) for r in iter_jsonl(path)]

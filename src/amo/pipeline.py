@@ -1,0 +1,223 @@
+"""The pipeline's stages, one function each; `dvc.yaml` calls them through the `amo` CLI.
+
+Each stage reads its inputs from the paths below, writes its own output folder, and
+returns the metrics it also writes to `metrics/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amo import data as contracts
+from amo.config import Params
+
+log = logging.getLogger("amo")
+
+ROUTER_DIR = Path("artifacts/router")
+ONNX_PATH = Path("artifacts/router_onnx/router.onnx")
+ARMS_DIR = Path("artifacts/arms")
+PLANNER_DIR = Path("artifacts/planner")
+METRICS_DIR = Path("metrics")
+BUNDLE_DIR = Path("build/bundle")
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def encoder_for(params: Params) -> "Encoder":  # noqa: F821
+    from amo.models import Encoder, resolve_encoder
+
+    return Encoder(resolve_encoder(params.encoder.path), params.encoder.batch_size)
+
+
+def _split(params: Params, kind: str, split: str) -> Path:
+    return Path(params.data.dir) / kind / f"{split}.jsonl"
+
+
+# -- validate ---------------------------------------------------------------------------------
+def validate(params: Params) -> dict[str, Any]:
+    from amo.validate import validate_data
+
+    d = params.data
+    return validate_data(Path(d.dir), tasks=None,
+                         min_description_chars=d.min_description_chars,
+                         max_description_chars=d.max_description_chars,
+                         max_prompt_chars=d.max_prompt_chars, max_task_chars=d.max_task_chars,
+                         report_path=METRICS_DIR / "validation.json")
+
+
+# -- router -----------------------------------------------------------------------------------
+def train_router(params: Params) -> dict[str, Any]:
+    """Embed agents and prompts with the frozen encoder; fit the listwise ranker."""
+    from amo.router import AgentIndex, ListwiseRouter, grade_matrix
+
+    start = time.perf_counter()
+    encoder = encoder_for(params)
+    agents = contracts.read_agents(Path(params.data.dir) / "agents.jsonl")
+    index = AgentIndex.build(agents, encoder)
+    train = contracts.read_routing(_split(params, "routing", "train"))
+    val = contracts.read_routing(_split(params, "routing", "val"))
+    x_train = encoder.encode([e.prompt for e in train])
+    x_val = encoder.encode([e.prompt for e in val])
+    p = params.router
+    router = ListwiseRouter(hidden=p.hidden, dropout=p.dropout, epochs=p.epochs, lr=p.lr,
+                            weight_decay=p.weight_decay, batch_size=p.batch_size, seed=p.seed)
+    router.fit(x_train, grade_matrix(train, index.ids), index.embeddings,
+               val=(x_val, grade_matrix(val, index.ids)))
+    router.save(ROUTER_DIR)
+    index.save(ROUTER_DIR)
+    best = min(router.history_, key=lambda r: r.get("val_loss", r["train_loss"]))
+    metrics = {"agents": len(agents), "train_prompts": len(train), "val_prompts": len(val),
+               "best_epoch": best["epoch"], "val_loss": best.get("val_loss"),
+               "seconds": round(time.perf_counter() - start, 2)}
+    write_json(METRICS_DIR / "train_router.json", metrics)
+    return metrics
+
+
+def export_router(params: Params) -> dict[str, Any]:
+    """Export the scorer to ONNX and check it against torch on the real agent index."""
+    from amo.onnx_router import OnnxScorer, export_router as export
+    from amo.router import AgentIndex, ListwiseRouter
+
+    router = ListwiseRouter.load(ROUTER_DIR)
+    index = AgentIndex.load(ROUTER_DIR)
+    export(router, ONNX_PATH)
+    probe = index.embeddings[: min(8, len(index.embeddings))]
+    gap = float(np.abs(OnnxScorer(ONNX_PATH).score(probe, index.embeddings)
+                       - router.score(probe, index.embeddings)).max())
+    if gap > 1e-4:
+        raise RuntimeError(f"ONNX and torch router scores differ by {gap:.2e} (> 1e-4)")
+    metrics = {"max_abs_diff_vs_torch": gap, "onnx_bytes": ONNX_PATH.stat().st_size}
+    write_json(METRICS_DIR / "export_router.json", metrics)
+    return metrics
+
+
+# -- arms -------------------------------------------------------------------------------------
+def finetune_arm(params: Params, task_name: str) -> dict[str, Any]:
+    """Fine-tune one task's LoRA adapter, evaluate it against the base model, save it."""
+    from amo.arms import evaluate_arm, save_arm, train_arm
+    from amo.models import fingerprint, load_base_model, resolve_base_model
+
+    if task_name not in params.arms.tasks:
+        raise KeyError(f"unknown task {task_name!r}; params.yaml arms.tasks has: "
+                       f"{', '.join(sorted(params.arms.tasks))}")
+    task = params.arms.tasks[task_name]
+    train = contracts.read_task(Path(task.data) / "train.jsonl")
+    test = contracts.read_task(Path(task.data) / "test.jsonl")
+    base_ref = resolve_base_model(params.base_model.path, params.base_model.gguf_file)
+    base, tokenizer = load_base_model(base_ref)
+    model, result = train_arm(base, tokenizer, task_name, task, train, log=log.info)
+    scores = evaluate_arm(model, tokenizer, task_name, task, test)
+    metrics = {"task": task_name, "train_examples": len(train), "steps": result.steps,
+               "final_loss": result.final_loss, "train_seconds": round(result.seconds, 1), **scores}
+    save_arm(model, task_name, task, ARMS_DIR / task_name,
+             {"base_model": fingerprint(base_ref), "metrics": metrics})
+    write_json(METRICS_DIR / "arms" / f"{task_name}.json", metrics)
+    return metrics
+
+
+# -- planner ----------------------------------------------------------------------------------
+def router_view(params: Params, prompts: list[str]) -> tuple[np.ndarray, list[dict[str, float]], list[float]]:
+    """Prompt embeddings and the trained router's scores (per agent, and the separator)."""
+    from amo.onnx_router import OnnxScorer
+    from amo.router import AgentIndex
+
+    index = AgentIndex.load(ROUTER_DIR)
+    embeddings = encoder_for(params).encode(prompts)
+    scores = OnnxScorer(ONNX_PATH).score(embeddings, index.embeddings)
+    per_agent = [dict(zip(index.ids, row[:-1].tolist())) for row in scores]
+    return embeddings, per_agent, scores[:, -1].tolist()
+
+
+def fit_planner(params: Params) -> dict[str, Any]:
+    from amo.planner import TreePlanner
+    from amo.router import AgentIndex
+
+    traces = contracts.read_traces(_split(params, "traces", "train"))
+    prompts = [t.prompt for t in traces]
+    embeddings, scores, separators = router_view(params, prompts)
+    p = params.planner
+    planner = TreePlanner(pca_dims=p.pca_dims, max_depth=p.max_depth,
+                          min_samples_leaf=p.min_samples_leaf, max_path_len=p.max_path_len, seed=p.seed)
+    planner.fit(prompts, embeddings, scores, separators, [t.path for t in traces],
+                AgentIndex.load(ROUTER_DIR).ids)
+    planner.save(PLANNER_DIR)
+    metrics = {"train_traces": len(traces), "tree_nodes": len(planner.tree_["left"])}
+    write_json(METRICS_DIR / "fit_planner.json", metrics)
+    return metrics
+
+
+# -- evaluate ---------------------------------------------------------------------------------
+def evaluate_router(routes: list["Route"], examples: list[contracts.RoutingExample],  # noqa: F821
+                    rankings: list[list[str]]) -> dict[str, float]:
+    from amo.metrics import ndcg_at_k, set_f1
+
+    in_scope = [i for i, e in enumerate(examples) if e.labels]
+    oos = [i for i, e in enumerate(examples) if not e.labels]
+    abstained = [i for i, r in enumerate(routes) if r.abstained]
+
+    def primary_hit(i: int) -> bool:
+        top = max(examples[i].labels.values())
+        return bool(routes[i].agents) and examples[i].labels.get(routes[i].agents[0][0]) == top
+
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else 0.0
+
+    return {
+        "in_scope_accuracy": mean([primary_hit(i) for i in in_scope]),
+        "oos_recall": mean([routes[i].abstained for i in oos]),
+        "oos_precision": mean([not examples[i].labels for i in abstained]),
+        "selection_f1": mean([set_f1([a for a, _ in r.agents], e.labels) for r, e in zip(routes, examples)]),
+        "ndcg_at_5": mean([ndcg_at_k(rankings[i], examples[i].labels) for i in in_scope]),
+        "prompts": len(examples),
+    }
+
+
+def evaluate_planner(predicted: list[list[str]], gold: list[tuple[str, ...]]) -> dict[str, float]:
+    from amo.metrics import links, set_f1
+
+    return {
+        "exact_path": float(np.mean([list(p) == list(g) for p, g in zip(predicted, gold)])),
+        "node_f1": float(np.mean([set_f1(p, g) for p, g in zip(predicted, gold)])),
+        "link_f1": float(np.mean([set_f1([f"{a}>{b}" for a, b in links(p)],
+                                         [f"{a}>{b}" for a, b in links(g)]) for p, g in zip(predicted, gold)])),
+        "traces": len(gold),
+    }
+
+
+def evaluate(params: Params) -> dict[str, Any]:
+    """Router and planner on the held-out splits through the exported ONNX scorer (what ships),
+    plus each arm's metrics from its own stage."""
+    from amo.planner import TreePlanner
+    from amo.router import AgentIndex, select
+
+    r = params.router
+    index = AgentIndex.load(ROUTER_DIR)
+    test = contracts.read_routing(_split(params, "routing", "test"))
+    _, scores, separators = router_view(params, [e.prompt for e in test])
+    routes, rankings = [], []
+    for score, sep in zip(scores, separators):
+        row = np.array([score[a] for a in index.ids] + [sep], dtype=np.float32)
+        routes.append(select(row, index.ids, min_k=r.min_k, max_k=r.max_k, margin=r.margin))
+        rankings.append(sorted(score, key=score.get, reverse=True))
+    router_metrics = evaluate_router(routes, test, rankings)
+
+    traces = contracts.read_traces(_split(params, "traces", "test"))
+    planner = TreePlanner.load(PLANNER_DIR)
+    embeddings, t_scores, t_seps = router_view(params, [t.prompt for t in traces])
+    predicted = [planner.plan(t.prompt, e, s, sep).path
+                 for t, e, s, sep in zip(traces, embeddings, t_scores, t_seps)]
+    arms = {name: json.loads((METRICS_DIR / "arms" / f"{name}.json").read_text())
+            for name in sorted(params.arms.tasks)}
+    metrics = {"router": router_metrics, "planner": evaluate_planner(predicted, [t.path for t in traces]),
+               "arms": {name: {"arm": m["arm"], "base": m["base"]} for name, m in arms.items()}}
+    write_json(METRICS_DIR / "evaluation.json", metrics)
+    return metrics

@@ -1,0 +1,247 @@
+"""The router: listwise learning to rank over agent descriptions, with a learned separator.
+
+A scoring model f(prompt, description) ranks every agent and one extra candidate, the
+separator. Relevant agents must score above it and irrelevant ones below, so the agents above
+the separator are the selection (dynamic top-k) and none above it means abstain. Agents enter
+only through their description embeddings: adding one needs no retraining.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from amo.data import Agent, RoutingExample
+
+SEPARATOR_GRADE = 0.5  # between irrelevant (0) and the lowest relevant grade (1)
+
+
+class ScoringModel(nn.Module):
+    """f(prompt, candidate) for every agent plus the separator: (B, D), (C, D) -> (B, C + 1).
+
+    An interaction MLP over [p, d, p*d, |p-d|]; the separator is a learned pseudo-description
+    scored by the same function, so its threshold moves with the prompt.
+    """
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.separator = nn.Parameter(torch.zeros(dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(4 * dim, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden // 2), nn.GELU(), nn.Linear(hidden // 2, 1),
+        )
+
+    def forward(self, prompts: torch.Tensor, agents: torch.Tensor) -> torch.Tensor:
+        candidates = torch.cat([agents, self.separator.unsqueeze(0)], dim=0)  # (C+1, D)
+        batch, count = prompts.shape[0], candidates.shape[0]
+        p = prompts.unsqueeze(1).expand(batch, count, -1)  # (B, C+1, D)
+        d = candidates.unsqueeze(0).expand(batch, count, -1)  # (B, C+1, D)
+        features = torch.cat([p, d, p * d, (p - d).abs()], dim=-1)  # (B, C+1, 4D)
+        return self.mlp(features).squeeze(-1)  # (B, C+1)
+
+
+def listwise_loss(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+    """Generalised uRank over graded relevance (Zhu, 2510.22781).
+
+    For every candidate d with grade g > 0: -log(exp f(d) / (exp f(d) + sum exp f(d'))), the sum
+    over candidates d' of lower grade. The separator has grade 0.5, so it is a "less relevant"
+    rival of every relevant agent and must itself beat every irrelevant one.
+    scores, grades: (B, C); returns the mean over active terms.
+    """
+    lower = grades.unsqueeze(1) < grades.unsqueeze(2)  # (B, d, d'): d' less relevant than d
+    rivals = scores.unsqueeze(1).expand_as(lower).masked_fill(~lower, float("-inf"))
+    pool = torch.cat([scores.unsqueeze(2), rivals], dim=2)  # (B, C, 1 + C)
+    terms = torch.logsumexp(pool, dim=2) - scores  # (B, C), -log P(d)
+    active = (grades > 0) & lower.any(dim=2)
+    return terms[active].sum() / active.sum().clamp(min=1)
+
+
+def grade_matrix(examples: Sequence[RoutingExample], agent_ids: Sequence[str]) -> np.ndarray:
+    """(N, A + 1) relevance grades; the last column is the separator."""
+    column = {agent_id: i for i, agent_id in enumerate(agent_ids)}
+    grades = np.zeros((len(examples), len(agent_ids) + 1), dtype=np.float32)
+    grades[:, -1] = SEPARATOR_GRADE
+    for row, example in enumerate(examples):
+        for agent_id, grade in example.labels.items():
+            grades[row, column[agent_id]] = grade
+    return grades
+
+
+@dataclass(frozen=True)
+class Route:
+    """The router's answer for one prompt: selected agents best first, or abstain."""
+
+    agents: list[tuple[str, float]]
+    separator: float
+
+    @property
+    def abstained(self) -> bool:
+        return not self.agents
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"agents": [{"id": a, "score": round(s, 4)} for a, s in self.agents],
+                "separator": round(self.separator, 4), "abstained": self.abstained}
+
+
+def select(scores: np.ndarray, agent_ids: Sequence[str], *, min_k: int = 0, max_k: int = 3,
+           margin: float = 0.0) -> Route:
+    """Agents scoring above the separator (last entry of `scores`) by `margin`, best first."""
+    separator = float(scores[-1])
+    order = np.argsort(-scores[:-1], kind="stable")
+    chosen = [int(i) for i in order if scores[i] > separator + margin][:max_k]
+    if len(chosen) < min_k:
+        chosen = [int(i) for i in order[:min_k]]
+    return Route(agents=[(agent_ids[i], float(scores[i])) for i in chosen], separator=separator)
+
+
+@dataclass
+class RouterConfig:
+    dim: int
+    hidden: int = 256
+    dropout: float = 0.1
+
+
+class ListwiseRouter:
+    """Scikit-learn-style estimator around ScoringModel: fit / score / save / load."""
+
+    def __init__(self, hidden: int = 256, dropout: float = 0.1, epochs: int = 60, lr: float = 1e-3,
+                 weight_decay: float = 1e-4, batch_size: int = 64, seed: int = 0,
+                 max_candidates: int = 512) -> None:
+        self.hidden = hidden
+        self.dropout = dropout
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.seed = seed
+        self.max_candidates = max_candidates
+
+    def fit(self, prompts: np.ndarray, grades: np.ndarray, agents: np.ndarray,
+            val: tuple[np.ndarray, np.ndarray] | None = None, log: Any = None) -> "ListwiseRouter":
+        """prompts (N, D) and agents (A, D) embeddings, grades (N, A + 1) from grade_matrix.
+
+        With `val`, the epoch with the lowest validation loss is kept.
+        """
+        torch.manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        self.config_ = RouterConfig(dim=prompts.shape[1], hidden=self.hidden, dropout=self.dropout)
+        model = ScoringModel(self.config_.dim, self.hidden, self.dropout)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        x, y, a = torch.from_numpy(prompts), torch.from_numpy(grades), torch.from_numpy(agents)
+        best: tuple[float, dict[str, torch.Tensor]] | None = None
+        self.history_: list[dict[str, float]] = []
+        for epoch in range(self.epochs):
+            model.train()
+            total, batches = 0.0, 0
+            for rows in torch.randperm(len(x), generator=generator).split(self.batch_size):
+                columns = self._candidate_columns(y[rows], generator)
+                scores = model(x[rows], a[columns[:-1]])
+                loss = listwise_loss(scores, y[rows][:, columns])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total, batches = total + loss.item(), batches + 1
+            record = {"epoch": epoch + 1, "train_loss": total / max(batches, 1)}
+            if val is not None:
+                record["val_loss"] = self._loss(model, val[0], val[1], agents)
+                if best is None or record["val_loss"] < best[0]:
+                    best = (record["val_loss"], {k: v.clone() for k, v in model.state_dict().items()})
+            self.history_.append(record)
+            if log is not None:
+                log(record)
+        if best is not None:
+            model.load_state_dict(best[1])
+        model.eval()
+        self.model_ = model
+        return self
+
+    def _candidate_columns(self, grades: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """All agent columns, or for a large catalogue the batch's relevant agents plus sampled
+        negatives; the separator column is always last."""
+        n_agents = grades.shape[1] - 1
+        if n_agents <= self.max_candidates:
+            return torch.arange(n_agents + 1)
+        relevant = torch.nonzero(grades[:, :-1].sum(0) > 0).flatten()
+        others = torch.randperm(n_agents, generator=generator)
+        others = others[~torch.isin(others, relevant)][: max(self.max_candidates - len(relevant), 0)]
+        return torch.cat([relevant, others, torch.tensor([n_agents])])
+
+    @staticmethod
+    @torch.no_grad()
+    def _loss(model: ScoringModel, prompts: np.ndarray, grades: np.ndarray, agents: np.ndarray) -> float:
+        model.eval()
+        scores = model(torch.from_numpy(prompts), torch.from_numpy(agents))
+        return float(listwise_loss(scores, torch.from_numpy(grades)))
+
+    @torch.no_grad()
+    def score(self, prompts: np.ndarray, agents: np.ndarray, batch: int = 256) -> np.ndarray:
+        """(N, A + 1) scores, the separator last."""
+        a = torch.from_numpy(np.ascontiguousarray(agents, dtype=np.float32))
+        parts = [self.model_(torch.from_numpy(np.ascontiguousarray(prompts[i:i + batch], dtype=np.float32)), a)
+                 for i in range(0, len(prompts), batch)]
+        return torch.cat(parts).numpy() if parts else np.zeros((0, len(agents) + 1), np.float32)
+
+    def save(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model_.state_dict().items()},
+                  str(directory / "router.safetensors"))
+        (directory / "router.json").write_text(json.dumps(
+            {"config": asdict(self.config_), "history": self.history_}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> "ListwiseRouter":
+        from safetensors.torch import load_file
+
+        meta = json.loads((directory / "router.json").read_text())
+        config = RouterConfig(**meta["config"])
+        router = cls(hidden=config.hidden, dropout=config.dropout)
+        router.config_ = config
+        router.history_ = meta.get("history", [])
+        model = ScoringModel(config.dim, config.hidden, config.dropout)
+        model.load_state_dict(load_file(str(directory / "router.safetensors")))
+        model.eval()
+        router.model_ = model
+        return router
+
+
+class AgentIndex:
+    """The candidate agents with their description embeddings; rebuilt cheaply when agents change."""
+
+    def __init__(self, agents: list[Agent], embeddings: np.ndarray) -> None:
+        if len(agents) != len(embeddings):
+            raise ValueError(f"{len(agents)} agents but {len(embeddings)} embeddings")
+        self.agents = agents
+        self.embeddings = embeddings.astype(np.float32)
+
+    @property
+    def ids(self) -> list[str]:
+        return [agent.id for agent in self.agents]
+
+    @classmethod
+    def build(cls, agents: list[Agent], encoder: Any) -> "AgentIndex":
+        return cls(agents, encoder.encode([agent.description for agent in agents]))
+
+    def save(self, directory: Path) -> None:
+        from safetensors.numpy import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({"embeddings": self.embeddings}, str(directory / "agent_index.safetensors"))
+        (directory / "agents.json").write_text(json.dumps(
+            [asdict(agent) for agent in self.agents], indent=1, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> "AgentIndex":
+        from safetensors.numpy import load_file
+
+        records = json.loads((directory / "agents.json").read_text())
+        agents = [Agent(id=r["id"], description=r["description"], domain=r.get("domain", ""),
+                        tags=tuple(r.get("tags", ()))) for r in records]
+        return cls(agents, load_file(str(directory / "agent_index.safetensors"))["embeddings"])

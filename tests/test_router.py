@@ -1,0 +1,111 @@
+"""Router: listwise loss with a separator, dynamic top-k, abstention, ONNX parity, round trips."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from amo.data import Agent, RoutingExample
+from amo.onnx_router import OnnxScorer, export_router
+from amo.router import AgentIndex, ListwiseRouter, grade_matrix, listwise_loss, select
+
+
+def toy_problem(seed: int = 0, n: int = 280) -> tuple[np.ndarray, list[RoutingExample], np.ndarray, list[str]]:
+    """Six agents as random unit vectors; prompts near one or two agents, or near none (OOS)."""
+    rng = np.random.default_rng(seed)
+    agents = rng.normal(size=(6, 24)).astype(np.float32)
+    agents /= np.linalg.norm(agents, axis=1, keepdims=True)
+    ids = [f"agent_{i}" for i in range(6)]
+    prompts, examples = [], []
+    for i in range(n):
+        kind = i % 8
+        if kind == 7:
+            prompts.append(rng.normal(size=24))
+            examples.append(RoutingExample(f"p{i}", {}))
+        elif kind == 6:
+            a, b = rng.choice(6, 2, replace=False)
+            prompts.append(2 * agents[a] + 1.2 * agents[b] + 0.3 * rng.normal(size=24))
+            examples.append(RoutingExample(f"p{i}", {ids[a]: 2, ids[b]: 1}))
+        else:
+            prompts.append(3 * agents[kind] + 0.4 * rng.normal(size=24))
+            examples.append(RoutingExample(f"p{i}", {ids[kind]: 2}))
+    x = np.array(prompts, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), examples, agents, ids
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[ListwiseRouter, tuple]:
+    problem = toy_problem()
+    x, examples, agents, ids = problem
+    router = ListwiseRouter(hidden=64, epochs=40, seed=0).fit(x, grade_matrix(examples, ids), agents)
+    return router, problem
+
+
+def test_loss_prefers_the_right_order() -> None:
+    """The loss is small when relevant > separator > irrelevant and large when reversed."""
+    scores = torch.tensor([[4.0, 2.0, -3.0, 0.0]])
+    grades = torch.tensor([[2.0, 1.0, 0.0, 0.5]])
+    assert listwise_loss(scores, grades) < 0.2
+    assert listwise_loss(-scores, grades) > 3.0
+
+
+def test_out_of_scope_row_only_trains_the_separator() -> None:
+    """With no relevant agent, the only active term is separator vs the agents."""
+    grades = torch.tensor([[0.0, 0.0, 0.5]])
+    low = listwise_loss(torch.tensor([[-5.0, -5.0, 5.0]]), grades)
+    high = listwise_loss(torch.tensor([[5.0, -5.0, -5.0]]), grades)
+    assert low < 0.01 < 5.0 < high
+
+
+def test_select_dynamic_top_k_and_abstain() -> None:
+    """Agents above the separator come back best first, capped by max_k; none above abstains."""
+    ids = ["a", "b", "c", "d"]
+    route = select(np.array([0.1, 2.0, 1.5, -1.0, 0.5]), ids, max_k=3)
+    assert [a for a, _ in route.agents] == ["b", "c"]
+    assert select(np.array([0.1, 2.0, 1.5, 1.0, 0.5]), ids, max_k=2).agents[1][0] == "c"
+    assert select(np.array([0.1, 0.2, 0.0, -1.0, 0.5]), ids).abstained
+    assert select(np.array([0.1, 0.2, 0.0, -1.0, 0.5]), ids, min_k=1).agents[0][0] == "b"
+    assert select(np.array([0.1, 0.7, 0.0, -1.0, 0.5]), ids, margin=0.5).abstained
+
+
+def test_router_learns_single_multi_and_out_of_scope(fitted) -> None:
+    """On a separable toy problem the router picks the primary agent and abstains on OOS."""
+    router, (x, examples, agents, ids) = fitted
+    routes = [select(s, ids) for s in router.score(x, agents)]
+    in_scope = [(r, e) for r, e in zip(routes, examples) if e.labels]
+    oos = [r for r, e in zip(routes, examples) if not e.labels]
+    accuracy = np.mean([bool(r.agents) and e.labels.get(r.agents[0][0]) == 2 for r, e in in_scope])
+    assert accuracy > 0.9
+    assert np.mean([r.abstained for r in oos]) > 0.7
+    multi = [(r, e) for r, e in zip(routes, examples) if len(e.labels) == 2]
+    assert np.mean([len(r.agents) >= 2 for r, _ in multi]) > 0.5
+
+
+def test_new_agent_is_a_candidate_without_retraining(fitted) -> None:
+    """An agent appended to the index is scored by the same model (no refit)."""
+    router, (x, _, agents, ids) = fitted
+    extra = np.vstack([agents, x[7:8]])  # a "new agent" whose description matches an OOS prompt
+    scores = router.score(x[7:8], extra)
+    assert scores.shape == (1, len(ids) + 2)
+
+
+def test_save_load_and_onnx_agree(fitted, tmp_path: Path) -> None:
+    """Saved then loaded, and exported to ONNX, the router gives the same scores (1e-4)."""
+    router, (x, _, agents, _) = fitted
+    router.save(tmp_path / "router")
+    loaded = ListwiseRouter.load(tmp_path / "router")
+    np.testing.assert_array_equal(loaded.score(x, agents), router.score(x, agents))
+    onnx = OnnxScorer(export_router(router, tmp_path / "router.onnx"))
+    more_agents = np.vstack([agents, agents[:3] * -1])  # a different agent count than at export
+    np.testing.assert_allclose(onnx.score(x, more_agents), router.score(x, more_agents), atol=1e-4)
+
+
+def test_agent_index_round_trip(tmp_path: Path) -> None:
+    """The agent index saves as JSON + safetensors and loads back identically."""
+    agents = [Agent("a", "first agent description", "shop", ("x",)), Agent("b", "second one", "", ())]
+    index = AgentIndex(agents, np.arange(8, dtype=np.float32).reshape(2, 4))
+    index.save(tmp_path)
+    loaded = AgentIndex.load(tmp_path)
+    assert loaded.agents == agents
+    np.testing.assert_array_equal(loaded.embeddings, index.embeddings)
