@@ -1,0 +1,119 @@
+"""The whole loop in a temporary copy of the repository: demo data, `dvc repro`, promote, route.
+
+Real DVC, real great-expectations, real ONNX and peft, with the real encoder and a tiny base LM
+(few steps) so it runs in about a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+COPY = ["src", "dvc.yaml", "params.yaml", "data.dvc", ".dvc/config", ".gitignore", "pyproject.toml"]
+
+
+def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
+    result = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, tiny_lm: Path) -> Path:
+    """A copy of the project with small params, its demo data written, after one `dvc repro`."""
+    repo = tmp_path_factory.mktemp("repo")
+    for item in COPY:
+        source, target = ROOT / item, repo / item
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["base_model"] = {"path": str(tiny_lm), "gguf_file": None}
+    params["router"]["epochs"] = 4
+    for task in params["arms"]["tasks"].values():
+        task.update(steps=3, eval_examples=2, max_new_tokens=4, batch_size=4)
+    params["gate"]["floors"] = {"router.in_scope_accuracy": 0.05}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(repo, "git", "init", "-q")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "copy")
+    run(repo, "amo", "data", "demo", "--out", "data")
+    run(repo, "dvc", "repro")
+    return repo
+
+
+def test_demo_data_matches_data_dvc(repo: Path) -> None:
+    """Regenerated demo data hashes to exactly what data.dvc records (the generator is deterministic)."""
+    status = run(repo, "dvc", "status", "data.dvc", "--json")
+    assert json.loads(status.stdout or "{}") == {}
+
+
+def test_repro_builds_every_artifact(repo: Path) -> None:
+    """One `dvc repro` leaves the router, its ONNX export, each arm, the planner, metrics and a bundle."""
+    for path in ["artifacts/router/router.safetensors", "artifacts/router_onnx/router.onnx",
+                 "artifacts/arms/product_extraction/adapter_model.safetensors",
+                 "artifacts/arms/query_rewrite/adapter_model.safetensors",
+                 "artifacts/planner/planner.json", "build/bundle/manifest.json"]:
+        assert (repo / path).is_file(), path
+    metrics = json.loads((repo / "metrics/evaluation.json").read_text())
+    assert 0.0 <= metrics["router"]["in_scope_accuracy"] <= 1.0
+    assert set(metrics["arms"]) == {"product_extraction", "query_rewrite"}
+    manifest = json.loads((repo / "build/bundle/manifest.json").read_text())
+    assert manifest["data_hash"] == yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    assert len(manifest["git_commit"]) == 40
+    assert manifest["metrics"] == metrics
+
+
+def test_second_repro_runs_nothing(repo: Path) -> None:
+    """A second `dvc repro` finds every stage unchanged."""
+    result = run(repo, "dvc", "repro")
+    assert "Running stage" not in result.stdout + result.stderr
+    assert run(repo, "dvc", "status", "--json").stdout.strip() in ("{}", "")
+
+
+def test_promote_then_route_plan_and_copilot(repo: Path) -> None:
+    """The promoted bundle answers route, plan and copilot; current.json names it."""
+    run(repo, "amo", "promote", "build/bundle")
+    bundle_id = json.loads((repo / "build/bundle/manifest.json").read_text())["bundle_id"]
+    assert json.loads((repo / "registry/current.json").read_text())["bundle_id"] == bundle_id
+    route = json.loads(run(repo, "amo", "route", "--json", "where is my order 88812?").stdout)
+    assert set(route) == {"agents", "separator", "abstained"}
+    explain = run(repo, "amo", "plan", "--explain", "where is my order 88812?").stdout
+    assert explain.startswith("plan: ") and "step 1:" in explain
+    answer = json.loads(run(repo, "amo", "copilot", "--json", "find red nike shoes under $90").stdout)
+    assert answer["bundle_id"] == bundle_id
+    assert {step["arm"] for step in answer["arm_outputs"]} <= {"product_extraction", "query_rewrite"}
+
+
+def test_bad_data_stops_the_run_and_keeps_the_champion(repo: Path) -> None:
+    """A dangling agent id fails `dvc repro` at validate, naming file, row and field; the
+    promoted bundle is untouched."""
+    current = (repo / "registry/current.json").read_text() if (repo / "registry/current.json").exists() else None
+    routing = repo / "data/routing/train.jsonl"
+    original = routing.read_text()
+    try:
+        routing.write_text(original + json.dumps({"prompt": "a brand new prompt", "labels": {"ghost": 2}}) + "\n")
+        result = run(repo, "dvc", "repro", check=False)
+        assert result.returncode != 0
+        output = result.stdout + result.stderr
+        assert "train.jsonl" in output and f"row {original.count(chr(10)) + 1}" in output and "ghost" in output
+        assert "Running stage 'train_router'" not in output
+        if current is not None:
+            assert (repo / "registry/current.json").read_text() == current
+    finally:
+        routing.write_text(original)
