@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
 
 COPY = ["src", "dvc.yaml", "params.yaml", "data.dvc", ".dvc/config", ".gitignore", "pyproject.toml"]

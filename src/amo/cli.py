@@ -6,8 +6,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 import yaml
@@ -77,7 +78,7 @@ def _echo_json(value: Any) -> None:
 # -- data ---------------------------------------------------------------------------------------
 @data_app.command("demo")
 def data_demo(out: Path = typer.Option(Path("data"), help="Folder to write."),
-              seed: Optional[int] = typer.Option(None, help="Defaults to params.yaml data.seed.")) -> None:
+              seed: int | None = typer.Option(None, help="Defaults to params.yaml data.seed.")) -> None:
     """Write the embedded demo copilot data set (deterministic for a seed)."""
     from amo.demo import write_demo_data
 
@@ -170,7 +171,7 @@ def promote(bundle_dir: Path = typer.Argument(Path("build/bundle"), metavar="BUN
 
 
 @app.command()
-def rollback(to: Optional[str] = typer.Option(None, help="Bundle id; default: the previous one.")) -> None:
+def rollback(to: str | None = typer.Option(None, help="Bundle id; default: the previous one.")) -> None:
     """Point `current` back at an earlier promoted bundle."""
     typer.echo(f"current bundle is now {_run(lambda: _registry().rollback(to))}")
 
@@ -196,7 +197,7 @@ def bundles_verify(bundle_id: str = typer.Argument(..., help="A bundle id, or a 
 
 
 # -- serving from the promoted bundle -------------------------------------------------------
-def _brain(bundle_dir: Optional[Path]) -> Any:
+def _brain(bundle_dir: Path | None) -> Any:
     from amo.brain import Brain
 
     return _run(lambda: Brain(bundle_dir or _registry().current_path()))
@@ -206,7 +207,7 @@ BUNDLE_OPTION = typer.Option(None, "--bundle", help="Bundle folder; default: the
 
 
 @app.command()
-def route(prompt: str, bundle_dir: Optional[Path] = BUNDLE_OPTION,
+def route(prompt: str, bundle_dir: Path | None = BUNDLE_OPTION,
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Which agents answer PROMPT (or abstain), best first."""
     result = _brain(bundle_dir).route(prompt)
@@ -224,7 +225,7 @@ def _format_route(result: Any) -> str:
 
 
 @app.command()
-def plan(prompt: str, bundle_dir: Optional[Path] = BUNDLE_OPTION,
+def plan(prompt: str, bundle_dir: Path | None = BUNDLE_OPTION,
          explain: bool = typer.Option(False, "--explain", help="Print the decision rules.")) -> None:
     """The ordered agent path the planner picks for PROMPT."""
     _, result = _brain(bundle_dir).plan(prompt)
@@ -238,16 +239,16 @@ def plan(prompt: str, bundle_dir: Optional[Path] = BUNDLE_OPTION,
 
 @app.command()
 def invoke(text: str = typer.Argument(..., metavar="INPUT"),
-           arm: Optional[str] = typer.Option(None, help="Arm name; none: the base model."),
-           bundle_dir: Optional[Path] = BUNDLE_OPTION,
-           max_new_tokens: Optional[int] = typer.Option(None)) -> None:
+           arm: str | None = typer.Option(None, help="Arm name; none: the base model."),
+           bundle_dir: Path | None = BUNDLE_OPTION,
+           max_new_tokens: int | None = typer.Option(None)) -> None:
     """Run one arm (a LoRA adapter on the shared base model) on INPUT."""
     brain = _brain(bundle_dir)
     typer.echo(_run(lambda: brain.invoke([(arm, text)], max_new_tokens))[0])
 
 
 @app.command()
-def copilot(prompt: str, bundle_dir: Optional[Path] = BUNDLE_OPTION,
+def copilot(prompt: str, bundle_dir: Path | None = BUNDLE_OPTION,
             as_json: bool = typer.Option(False, "--json")) -> None:
     """Route, plan and run the arms for PROMPT with the promoted bundle."""
     brain = _brain(bundle_dir)

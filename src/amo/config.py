@@ -51,7 +51,7 @@ class RouterParams(_Section):
     margin: float = 0.0
 
     @model_validator(mode="after")
-    def _k_order(self) -> "RouterParams":
+    def _k_order(self) -> RouterParams:
         if self.min_k > self.max_k:
             raise ValueError(f"min_k must be <= max_k, got min_k={self.min_k}, max_k={self.max_k}")
         return self

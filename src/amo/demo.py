@@ -235,8 +235,7 @@ def _rewrite(rng: random.Random) -> tuple[str, str]:
 def _write(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        handle.writelines(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n" for record in records)
 
 
 def _split(records: list, fractions: list[float]) -> list[list]:

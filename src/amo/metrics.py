@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 
 def set_f1(predicted: Iterable[str], gold: Iterable[str]) -> float:

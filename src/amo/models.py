@@ -155,7 +155,7 @@ class Encoder:
         self._model: SentenceTransformer | None = None
 
     @property
-    def model(self) -> "SentenceTransformer":
+    def model(self) -> SentenceTransformer:
         if self._model is None:
             offline()
             from sentence_transformers import SentenceTransformer
@@ -167,7 +167,7 @@ class Encoder:
     def dim(self) -> int:
         return int(self.model.get_embedding_dimension())
 
-    def encode(self, texts: list[str]) -> "np.ndarray":
+    def encode(self, texts: list[str]) -> np.ndarray:
         import numpy as np
 
         if not texts:

@@ -13,7 +13,7 @@ import numpy as np
 ONNX_FILE = "router.onnx"
 
 
-def export_router(router: "ListwiseRouter", path: Path, opset: int = 17) -> Path:  # noqa: F821
+def export_router(router: ListwiseRouter, path: Path, opset: int = 17) -> Path:  # noqa: F821
     import torch
 
     dim = router.config_.dim

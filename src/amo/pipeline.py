@@ -32,7 +32,7 @@ def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def encoder_for(params: Params) -> "Encoder":  # noqa: F821
+def encoder_for(params: Params) -> Encoder:  # noqa: F821
     from amo.models import Encoder, resolve_encoder
 
     return Encoder(resolve_encoder(params.encoder.path), params.encoder.batch_size)
@@ -84,7 +84,8 @@ def train_router(params: Params) -> dict[str, Any]:
 
 def export_router(params: Params) -> dict[str, Any]:
     """Export the scorer to ONNX and check it against torch on the real agent index."""
-    from amo.onnx_router import OnnxScorer, export_router as export
+    from amo.onnx_router import OnnxScorer
+    from amo.onnx_router import export_router as export
     from amo.router import AgentIndex, ListwiseRouter
 
     router = ListwiseRouter.load(ROUTER_DIR)
@@ -156,7 +157,7 @@ def fit_planner(params: Params) -> dict[str, Any]:
 
 
 # -- evaluate ---------------------------------------------------------------------------------
-def evaluate_router(routes: list["Route"], examples: list[contracts.RoutingExample],  # noqa: F821
+def evaluate_router(routes: list[Route], examples: list[contracts.RoutingExample],  # noqa: F821
                     rankings: list[list[str]]) -> dict[str, float]:
     from amo.metrics import ndcg_at_k, set_f1
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ class TreePlanner:
 
     # -- fit ------------------------------------------------------------------------------
     def fit(self, prompts: Sequence[str], embeddings: np.ndarray, scores: Sequence[dict[str, float]],
-            separators: Sequence[float], paths: Sequence[Sequence[str]], agents: Sequence[str]) -> "TreePlanner":
+            separators: Sequence[float], paths: Sequence[Sequence[str]], agents: Sequence[str]) -> TreePlanner:
         """One row per decision in every trace: (features, step, previous agent) -> next or STOP."""
         from sklearn.decomposition import PCA
         from sklearn.tree import DecisionTreeClassifier
@@ -145,7 +146,7 @@ class TreePlanner:
         (directory / PLANNER_FILE).write_text(json.dumps(self.to_dict()) + "\n")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = PLANNER_FILE) -> "TreePlanner":
+    def from_dict(cls, data: dict[str, Any], source: str = PLANNER_FILE) -> TreePlanner:
         try:
             if data.get("kind") != "amo.tree_planner" or data.get("format_version") != FORMAT_VERSION:
                 raise PlannerFormatError("not an amo tree planner of format version 1")
@@ -182,7 +183,7 @@ class TreePlanner:
             raise PlannerFormatError(f"{n_features} feature names, expected {expected}")
 
     @classmethod
-    def load(cls, directory: Path) -> "TreePlanner":
+    def load(cls, directory: Path) -> TreePlanner:
         path = directory / PLANNER_FILE
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -9,9 +9,10 @@ only through their description embeddings: adding one needs no retraining.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,7 +124,7 @@ class ListwiseRouter:
         self.max_candidates = max_candidates
 
     def fit(self, prompts: np.ndarray, grades: np.ndarray, agents: np.ndarray,
-            val: tuple[np.ndarray, np.ndarray] | None = None, log: Any = None) -> "ListwiseRouter":
+            val: tuple[np.ndarray, np.ndarray] | None = None, log: Any = None) -> ListwiseRouter:
         """prompts (N, D) and agents (A, D) embeddings, grades (N, A + 1) from grade_matrix.
 
         With `val`, the epoch with the lowest validation loss is kept.
@@ -197,7 +198,7 @@ class ListwiseRouter:
             {"config": asdict(self.config_), "history": self.history_}, indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: Path) -> "ListwiseRouter":
+    def load(cls, directory: Path) -> ListwiseRouter:
         from safetensors.torch import load_file
 
         meta = json.loads((directory / "router.json").read_text())
@@ -226,7 +227,7 @@ class AgentIndex:
         return [agent.id for agent in self.agents]
 
     @classmethod
-    def build(cls, agents: list[Agent], encoder: Any) -> "AgentIndex":
+    def build(cls, agents: list[Agent], encoder: Any) -> AgentIndex:
         return cls(agents, encoder.encode([agent.description for agent in agents]))
 
     def save(self, directory: Path) -> None:
@@ -238,7 +239,7 @@ class AgentIndex:
             [asdict(agent) for agent in self.agents], indent=1, ensure_ascii=False) + "\n")
 
     @classmethod
-    def load(cls, directory: Path) -> "AgentIndex":
+    def load(cls, directory: Path) -> AgentIndex:
         from safetensors.numpy import load_file
 
         records = json.loads((directory / "agents.json").read_text())
