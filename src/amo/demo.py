@@ -11,6 +11,8 @@ import json
 import random
 from pathlib import Path
 
+from amo.data import write_jsonl
+
 AGENTS = [
     ("product_search", "shopping", "Searches the product catalogue from a free-text need. It takes the shopper's wording (category, brand, colour, size, budget) and returns matching products with their ids, titles and availability, so later steps can price or compare them."),
     ("price_lookup", "shopping", "Looks up the current price of a given product, including active discounts, coupons and price history for the last ninety days. Needs a product name or id and returns the price in the shopper's currency."),
@@ -232,12 +234,6 @@ def _rewrite(rng: random.Random) -> tuple[str, str]:
     return f"History: {turn} | {reply}\nQuestion: {question}", rewrite
 
 
-def _write(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        handle.writelines(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n" for record in records)
-
-
 def _split(records: list, fractions: list[float]) -> list[list]:
     cuts, start, out = [round(f * len(records)) for f in fractions], 0, []
     for size in cuts[:-1]:
@@ -252,19 +248,19 @@ def write_demo_data(out_dir: Path, seed: int = 13) -> dict[str, int]:
     out_dir = Path(out_dir)
     counts: dict[str, int] = {}
     agents = [{"id": i, "domain": d, "description": text, "tags": [d]} for i, d, text in AGENTS]
-    _write(out_dir / "agents.jsonl", agents)
+    write_jsonl(out_dir / "agents.jsonl", agents)
     counts["agents"] = len(agents)
     routing = _routing(rng)
     for name, part in zip(["train", "val", "test"], _split(routing, [0.7, 0.15, 0.15])):
-        _write(out_dir / "routing" / f"{name}.jsonl", part)
+        write_jsonl(out_dir / "routing" / f"{name}.jsonl", part)
         counts[f"routing_{name}"] = len(part)
     traces = _traces(rng, {r["prompt"].strip().lower() for r in routing})
     for name, part in zip(["train", "test"], _split(traces, [0.8, 0.2])):
-        _write(out_dir / "traces" / f"{name}.jsonl", part)
+        write_jsonl(out_dir / "traces" / f"{name}.jsonl", part)
         counts[f"traces_{name}"] = len(part)
     for task, make in (("product_extraction", _extraction), ("query_rewrite", _rewrite)):
         examples = _unique(rng, lambda: make(rng), 300, set())
         for name, part in zip(["train", "test"], _split(examples, [250 / 300, 50 / 300])):
-            _write(out_dir / "tasks" / task / f"{name}.jsonl", [{"input": i, "output": o} for i, o in part])
+            write_jsonl(out_dir / "tasks" / task / f"{name}.jsonl", [{"input": i, "output": o} for i, o in part])
             counts[f"task_{task}_{name}"] = len(part)
     return counts
