@@ -52,11 +52,13 @@ def _run(action: Callable[[], Any]) -> Any:
     from amo.arms import ArmLoadError
     from amo.bundle import BundleError
     from amo.config import ConfigError
+    from amo.importers import SourceError
     from amo.models import ModelNotFoundError
     from amo.planner import PlannerFormatError
 
     known: tuple[type[Exception], ...] = (ConfigError, BundleError, ModelNotFoundError,
-                                          PlannerFormatError, ArmLoadError, FileNotFoundError, KeyError)
+                                          PlannerFormatError, ArmLoadError, SourceError, FileNotFoundError,
+                                          KeyError)
     try:
         from amo.validate import DataValidationError
 
@@ -84,6 +86,22 @@ def data_demo(out: Path = typer.Option(Path("data"), help="Folder to write."),
 
     counts = write_demo_data(out, seed if seed is not None else _params().data.seed)
     typer.echo(f"wrote demo copilot data to {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@data_app.command("import")
+def data_import(name: str = typer.Argument(..., help="Data set: clinc150, amazon_htc, ultratool, "
+                                                      "seal_tools, snips, canard."),
+                source: Path = typer.Option(..., help="The published data set's folder "
+                                                      "(e.g. ../shared/datasets/clinc150)."),
+                out: Path | None = typer.Option(None, help="Folder to write; default imports/NAME."),
+                seed: int | None = typer.Option(None, help="Split seed; defaults to data.seed.")) -> None:
+    """Turn a public data set into amo's data contracts (agents, routing, traces, tasks)."""
+    from amo.importers import import_dataset
+
+    target = out or Path("imports") / name
+    counts = _run(lambda: import_dataset(name, source, target,
+                                         seed if seed is not None else _params().data.seed))
+    typer.echo(f"imported {name} to {target}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
 # -- stages (dvc.yaml calls these) ------------------------------------------------------------
