@@ -77,7 +77,7 @@ def write_tiny_data(data: Path) -> None:
 def tiny_params(tiny_lm: Path) -> dict[str, Any]:
     return {
         "data": {"dir": "data"},
-        "router": {"epochs": 3, "hidden": 32, "min_k": 0},
+        "router": {"epochs": 30, "hidden": 32, "min_k": 0},
         "base_model": {"path": str(tiny_lm), "gguf_file": None},
         "arms": {"tasks": {"rewrite": {
             "data": "data/tasks/rewrite", "template": "Rewrite: {input}\nOut:", "metric": "rouge_l",

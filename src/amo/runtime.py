@@ -19,6 +19,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from amo.registry import Registry
 
 log = logging.getLogger("amo.runtime")
@@ -106,6 +108,16 @@ def _load_brain(path: Any) -> Any:
     return brain
 
 
+class PromptIn(BaseModel):
+    prompt: str = Field(..., description="The user's prompt (at most data.max_prompt_chars characters).")
+
+
+class InvokeIn(BaseModel):
+    input: str = Field(..., description="Text for the arm (or the base model).")
+    arm: str | None = Field(None, description="Arm name; null: the base model.")
+    max_new_tokens: int | None = Field(None, ge=1, le=512)
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -131,20 +143,23 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await self._refuse(send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        # Read the body here (at most `limit` bytes are kept), then replay it to the app.
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(send)
+            if message["type"] != "http.request":
+                await self.app(scope, _replay(message, receive), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay(body, receive), send)
 
     async def _refuse(self, send: Send) -> None:
         body = _error_body("body_too_large", f"request body is larger than {self.limit} bytes "
@@ -155,8 +170,14 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+def _replay(first: Message, receive: Receive) -> Receive:
+    """A receive() that hands `first` over once, then reads from the server again (disconnects)."""
+    pending = [first]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
 
 
 def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: int = 65536,
@@ -167,18 +188,7 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, Field
     from starlette.exceptions import HTTPException
-
-    Prompt = Field(..., description=f"The user's prompt (1..{max_prompt_chars} characters).")
-
-    class PromptIn(BaseModel):
-        prompt: str = Prompt
-
-    class InvokeIn(BaseModel):
-        input: str = Field(..., description="Text for the arm (or the base model).")
-        arm: str | None = Field(None, description="Arm name; null: the base model.")
-        max_new_tokens: int | None = Field(None, ge=1, le=512)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
