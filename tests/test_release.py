@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from amo.bundle import MANIFEST, BundleError, file_hashes, verify_bundle
+from amo.bundle import MANIFEST, BundleError, file_hashes, verify_bundle, write_manifest
 from amo.config import GateParams
 from amo.registry import Registry
 
@@ -20,7 +20,7 @@ def fake_bundle(root: Path, bundle_id: str, accuracy: float) -> Path:
     (bundle / "planner.json").write_text('{"tree": []}')
     manifest = {"bundle_id": bundle_id, "created": "2026-01-01T00:00:00Z", "models": {},
                 "metrics": {"router": {"in_scope_accuracy": accuracy}}, "files": file_hashes(bundle)}
-    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(bundle, manifest)
     return bundle
 
 
@@ -162,7 +162,7 @@ def roomy_bundle(root: Path, bundle_id: str, accuracy: float) -> Path:
         (bundle / "arms" / f"part{i}.bin").write_bytes(bytes([i]) * 1000 + bundle_id.encode())
     manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["files"] = file_hashes(bundle)
-    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(bundle, manifest)
     return bundle
 
 
@@ -239,3 +239,28 @@ def test_kill_during_promotion_leaves_a_whole_bundle(tmp_path: Path, point: int,
         registry.verify(row["bundle_id"])
     assert registry.promote(new, GATE).accepted and registry.current_id() == "new"
     registry.verify("new")
+
+
+def test_data_hash_from_data_dvc_or_dvc_lock(tmp_path: Path) -> None:
+    """The manifest's data hash comes from data.dvc, else from dvc.lock's validate stage."""
+    from amo.bundle import data_hash
+
+    lock = tmp_path / "dvc.lock"
+    lock.write_text("schema: '2.0'\nstages:\n  validate:\n    cmd: amo validate\n    deps:\n"
+                    "    - path: data\n      hash: md5\n      md5: abc.dir\n")
+    assert data_hash(tmp_path / "data.dvc", lock) == "abc.dir"
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: def.dir\n  path: data\n")
+    assert data_hash(tmp_path / "data.dvc", lock) == "def.dir"
+    assert data_hash(tmp_path / "none.dvc", tmp_path / "none.lock") is None
+
+
+def test_changed_manifest_is_refused(tmp_path: Path) -> None:
+    """Raising a metric in manifest.json breaks its digest: verification and promotion refuse it."""
+    bundle = fake_bundle(tmp_path, "b1", 0.5)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["metrics"]["router"]["in_scope_accuracy"] = 0.99
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="manifest.json was changed"):
+        verify_bundle(bundle)
+    with pytest.raises(BundleError, match="manifest.json was changed"):
+        Registry(tmp_path / "registry").promote(bundle, GATE)

@@ -264,3 +264,43 @@ def test_runtime_swaps_one_reference_and_keeps_refused_out(tmp_path: Path, bundl
     assert runtime.brain.bundle_id == second and runtime.refused["bundle_id"] == broken
     assert not runtime.refresh() and len(loads) == 3
     assert runtime.health()["refused"]["error"] == "cannot load"
+
+
+BUNDLE_FILES = ["manifest.json", "runtime.json", "router/router.onnx", "router/agents.json",
+                "router/agent_index.safetensors", "planner/planner.json", "arms/rewrite/arm.json",
+                "arms/rewrite/adapter_config.json", "arms/rewrite/adapter_model.safetensors"]
+TAMPERS = ([("byte", name) for name in BUNDLE_FILES] + [("missing", name) for name in BUNDLE_FILES[1:]]
+           + [("extra", "notes.txt"), ("extra", "router/extra.onnx")])
+
+
+@pytest.mark.parametrize(("kind", "name"), TAMPERS, ids=[f"{k}-{n}" for k, n in TAMPERS])
+def test_tampered_real_bundle_is_refused_everywhere(bundle: Path, tmp_path: Path, kind: str, name: str) -> None:
+    """A changed byte in any file, any file missing or an extra file is refused by `verify`, by
+    promotion (the champion stays) and by the runtime's loader."""
+    from amo.bundle import BundleError, verify_bundle
+    from amo.runtime import Runtime
+
+    registry = Registry(tmp_path / "registry")
+    champion = registry.promote(variant(bundle, tmp_path / "champion", "champion"), GATE).bundle_id
+    bad = variant(bundle, tmp_path / "bad", "bad")
+    target = bad / name
+    if kind == "byte":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        target.write_bytes(bytes(data))
+    elif kind == "missing":
+        target.unlink()
+    else:
+        target.write_bytes(b"not in the manifest")
+    with pytest.raises(BundleError):
+        verify_bundle(bad)
+    with pytest.raises(BundleError):
+        registry.promote(bad, GATE)
+    assert registry.current_id() == champion
+    runtime = Runtime(registry)
+    assert runtime.refresh() and runtime.brain.bundle_id == champion
+    bad_id = f"{champion[: -len('-champion')]}-bad"
+    shutil.copytree(bad, registry.bundles / bad_id)
+    atomic_write(registry.root / CURRENT, json.dumps({"bundle_id": bad_id}) + "\n")
+    assert not runtime.refresh()
+    assert runtime.brain.bundle_id == champion and runtime.refused["bundle_id"] == bad_id

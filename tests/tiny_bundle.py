@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from amo.bundle import MANIFEST, RUNTIME, file_hashes
+from amo.bundle import MANIFEST, RUNTIME, file_hashes, write_manifest
 
 AGENTS = [
     ("order_status", "Looks up the status, tracking and delivery date of customer orders."),
@@ -130,5 +130,5 @@ def variant(bundle: Path, out: Path, name: str, accuracy: float | None = None) -
     manifest["bundle_id"] = f"{manifest['bundle_id']}-{name}"
     if accuracy is not None:
         manifest["metrics"]["router"]["in_scope_accuracy"] = accuracy
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_manifest(out, manifest)
     return out

@@ -160,8 +160,11 @@ class Registry:
         return self.bundle_path(bundle_id)
 
     def verify(self, bundle_id: str) -> dict[str, Any]:
-        """Every file of a registry bundle against its manifest."""
-        return verify_bundle(self.bundle_path(bundle_id))
+        """Every file of a registry bundle against its manifest, filed under its own id."""
+        manifest = verify_bundle(self.bundle_path(bundle_id))
+        if manifest["bundle_id"] != bundle_id:
+            raise BundleError(f"registry {self.url}: bundles/{bundle_id} holds bundle {manifest['bundle_id']}")
+        return manifest
 
     def history(self) -> list[dict[str, Any]]:
         text = self._read(HISTORY) or ""
