@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from tiny_bundle import build_tiny_bundle, tiny_params, variant
+from tiny_bundle import build_tiny_bundle, tamper, tiny_params, variant
 
 from amo.config import GateParams
 from amo.registry import CURRENT, Registry, atomic_write
@@ -190,26 +190,18 @@ def test_promotion_is_swapped_in_under_load(served: dict[str, Any]) -> None:
     assert set(served_ids) == {served["first"], new_id}
 
 
-@pytest.mark.parametrize("tamper", ["byte", "missing", "extra"])
-def test_tampered_bundle_in_the_registry_is_refused(served: dict[str, Any], tamper: str) -> None:
+@pytest.mark.parametrize("kind", ["byte", "missing", "extra"])
+def test_tampered_bundle_in_the_registry_is_refused(served: dict[str, Any], kind: str) -> None:
     """A bundle written straight into the registry with a changed byte, a missing file or an
     extra file is refused by the runtime (shown by /healthz); the old bundle keeps serving."""
     url, registry = served["url"], served["registry"]
     before = httpx.get(f"{url}/healthz").json()["bundle_id"]
-    bad = variant(served["bundle"], registry.bundles / f"tampered-{tamper}", f"tampered-{tamper}")
+    bad = variant(served["bundle"], registry.bundles / f"tampered-{kind}", f"tampered-{kind}")
     bad_id = json.loads((bad / "manifest.json").read_text())["bundle_id"]
     bad.rename(registry.bundles / bad_id)
     bad = registry.bundles / bad_id
-    onnx = bad / "router" / "router.onnx"
-    if tamper == "byte":
-        data = bytearray(onnx.read_bytes())
-        data[len(data) // 2] ^= 1
-        onnx.write_bytes(bytes(data))
-    elif tamper == "missing":
-        onnx.unlink()
-    else:
-        (bad / "router" / "extra.onnx").write_bytes(b"not in the manifest")
-    atomic_write(registry.root / CURRENT, json.dumps({"bundle_id": bad_id, "since": tamper}) + "\n")
+    tamper(bad, kind, "router/extra.onnx" if kind == "extra" else "router/router.onnx")
+    atomic_write(registry.root / CURRENT, json.dumps({"bundle_id": bad_id, "since": kind}) + "\n")
     health = wait_for(url, lambda h: (h["refused"] or {}).get("bundle_id") == bad_id)
     assert health["refused"]["bundle_id"] == bad_id and "failed verification" in health["refused"]["error"]
     assert health["bundle_id"] == before and health["status"] == "ok"
@@ -283,15 +275,7 @@ def test_tampered_real_bundle_is_refused_everywhere(bundle: Path, tmp_path: Path
     registry = Registry(tmp_path / "registry")
     champion = registry.promote(variant(bundle, tmp_path / "champion", "champion"), GATE).bundle_id
     bad = variant(bundle, tmp_path / "bad", "bad")
-    target = bad / name
-    if kind == "byte":
-        data = bytearray(target.read_bytes())
-        data[len(data) // 2] ^= 0x01
-        target.write_bytes(bytes(data))
-    elif kind == "missing":
-        target.unlink()
-    else:
-        target.write_bytes(b"not in the manifest")
+    tamper(bad, kind, name)
     with pytest.raises(BundleError):
         verify_bundle(bad)
     with pytest.raises(BundleError):

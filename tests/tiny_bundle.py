@@ -132,3 +132,16 @@ def variant(bundle: Path, out: Path, name: str, accuracy: float | None = None) -
         manifest["metrics"]["router"]["in_scope_accuracy"] = accuracy
     write_manifest(out, manifest)
     return out
+
+
+def tamper(bundle: Path, kind: str, name: str) -> None:
+    """Flip one bit in the middle of file `name` ("byte"), delete it ("missing") or add it ("extra")."""
+    target = bundle / name
+    if kind == "byte":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        target.write_bytes(bytes(data))
+    elif kind == "missing":
+        target.unlink()
+    else:
+        target.write_bytes(b"not in the manifest")

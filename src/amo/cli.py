@@ -112,7 +112,8 @@ def validate() -> None:
 
     report = _run(lambda: pipeline.validate(_params()))
     rows = sum(f["rows"] for f in report["files"].values())
-    typer.echo(f"data valid: {len(report['files'])} files, {rows} rows")
+    typer.echo(f"data valid: {len(report['files'])} files, {rows} rows "
+               f"(data docs: {pipeline.DATA_DOCS_DIR / 'index.html'})")
 
 
 @app.command("train-router")
