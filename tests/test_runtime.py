@@ -288,3 +288,15 @@ def test_tampered_real_bundle_is_refused_everywhere(bundle: Path, tmp_path: Path
     atomic_write(registry.root / CURRENT, json.dumps({"bundle_id": bad_id}) + "\n")
     assert not runtime.refresh()
     assert runtime.brain.bundle_id == champion and runtime.refused["bundle_id"] == bad_id
+
+
+def test_route_many_matches_route_one_by_one(bundle: Path) -> None:
+    """Routing prompts in one batch gives the same agents and scores (to 1e-4) as one at a time."""
+    from amo.brain import Brain
+
+    brain = Brain(bundle)
+    prompts = ["where is my order 1234", "a much longer prompt about returning a broken lamp I bought",
+               "price?", "tell me a joke"]
+    for one, batched in zip([brain.route(p) for p in prompts], brain.route_many(prompts)):
+        assert [a for a, _ in one.agents] == [a for a, _ in batched.agents]
+        assert abs(one.separator - batched.separator) < 1e-4

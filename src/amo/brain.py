@@ -71,6 +71,12 @@ class Brain:
     def route(self, prompt: str) -> Route:
         return self._route(self._score(prompt)[1])
 
+    def route_many(self, prompts: list[str]) -> list[Route]:
+        """Routes for several prompts with one encoder batch and one ONNX call (the runtime
+        batches concurrent requests this way)."""
+        scores = self.scorer.score(self.encoder.encode(prompts), self.index.embeddings)
+        return [self._route(row) for row in scores]
+
     def plan(self, prompt: str) -> tuple[Route, Plan]:
         embedding, scores = self._score(prompt)
         per_agent = dict(zip(self.index.ids, scores[:-1].tolist()))

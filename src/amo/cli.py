@@ -229,7 +229,8 @@ def serve(host: str | None = typer.Option(None, help="Default: params.yaml serve
                f"registry {params.registry.path}", err=True)
     run_server(_registry(), host or s.host, port or s.port,
                poll_seconds=poll_seconds or s.poll_seconds,
-               max_prompt_chars=params.data.max_prompt_chars, max_body_bytes=s.max_body_bytes)
+               max_prompt_chars=params.data.max_prompt_chars, max_body_bytes=s.max_body_bytes,
+               max_batch=s.max_batch)
 
 
 # -- serving from the promoted bundle -------------------------------------------------------

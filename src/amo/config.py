@@ -138,6 +138,8 @@ class ServeParams(_Section):
     poll_seconds: float = Field(2.0, gt=0.0)
     # Larger request bodies get 413; prompts longer than data.max_prompt_chars get 422.
     max_body_bytes: int = Field(65536, ge=1024)
+    # Concurrent /route requests are encoded together, at most this many at once.
+    max_batch: int = Field(32, ge=1)
 
 
 class Params(_Section):

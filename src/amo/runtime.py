@@ -12,8 +12,10 @@ Errors are JSON: {"error": {"code": ..., "message": ...}}.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -108,6 +110,70 @@ def _load_brain(path: Any) -> Any:
     return brain
 
 
+class RouteBatcher:
+    """One thread routes every /route request: it takes whatever requests are waiting (up to
+    `max_batch`) and answers them with one encoder batch. Under load, requests that arrive
+    while a batch runs form the next one; a lone request is routed at once, without waiting."""
+
+    def __init__(self, max_batch: int = 32) -> None:
+        self.max_batch = max_batch
+        self._queue: queue.Queue[tuple[Any, str, asyncio.AbstractEventLoop, asyncio.Future[Any]] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.batches = 0
+        self.routed = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="amo-route-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+
+    async def route(self, brain: Any, prompt: str) -> Any:
+        """The Route for `prompt` from `brain` (the Brain this request started with)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put((brain, prompt, loop, future))
+        return await future
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            items = [first]
+            while len(items) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                items.append(item)
+            for brain in {id(item[0]): item[0] for item in items}.values():
+                group = [item for item in items if item[0] is brain]
+                try:
+                    outcomes: list[Any] = brain.route_many([prompt for _, prompt, _, _ in group])
+                except Exception as exc:  # noqa: BLE001 -- handed to each waiting request
+                    outcomes = [exc] * len(group)
+                for (_, _, loop, future), outcome in zip(group, outcomes):
+                    loop.call_soon_threadsafe(_settle, future, outcome)
+            self.batches += 1
+            self.routed += len(items)
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    if future.done():  # the client went away
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
 class PromptIn(BaseModel):
     prompt: str = Field(..., description="The user's prompt (at most data.max_prompt_chars characters).")
 
@@ -181,7 +247,7 @@ def _replay(first: Message, receive: Receive) -> Receive:
 
 
 def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: int = 65536,
-               manage_runtime: bool = True) -> Any:
+               manage_runtime: bool = True, max_batch: int = 32) -> Any:
     """The FastAPI app over `runtime`; with manage_runtime it starts and stops the poller."""
     from contextlib import asynccontextmanager
 
@@ -190,11 +256,15 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
+    batcher = RouteBatcher(max_batch)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
         if manage_runtime:
             runtime.start()
+        batcher.start()
         yield
+        batcher.stop()
         if manage_runtime:
             runtime.stop()
 
@@ -240,9 +310,10 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
         return JSONResponse({"error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}}, 500)
 
     @app.post("/route", summary="Which agents answer the prompt (or abstain), best first")
-    def route(body: PromptIn) -> dict[str, Any]:
+    async def route(body: PromptIn) -> dict[str, Any]:
         current = brain()
-        return {"bundle_id": current.bundle_id, "route": current.route(text(body.prompt, "prompt")).to_dict()}
+        result = await batcher.route(current, text(body.prompt, "prompt"))
+        return {"bundle_id": current.bundle_id, "route": result.to_dict()}
 
     @app.post("/plan", summary="The ordered agent path for the prompt, with its decision rules")
     def plan(body: PromptIn) -> dict[str, Any]:
@@ -272,7 +343,7 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
 
     @app.get("/healthz", summary="Which bundle is served, and any refused one")
     def healthz() -> dict[str, Any]:
-        return runtime.health()
+        return {**runtime.health(), "route_batches": batcher.batches, "routed": batcher.routed}
 
     @app.get("/bundle", summary="The served bundle's manifest")
     def bundle() -> dict[str, Any]:
@@ -283,10 +354,11 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
 
 
 def serve(registry: Registry, host: str, port: int, *, poll_seconds: float, max_prompt_chars: int,
-          max_body_bytes: int) -> None:
+          max_body_bytes: int, max_batch: int) -> None:
     """Run the runtime under uvicorn (one worker) until interrupted."""
     import uvicorn
 
     runtime = Runtime(registry, poll_seconds)
-    app = create_app(runtime, max_prompt_chars=max_prompt_chars, max_body_bytes=max_body_bytes)
+    app = create_app(runtime, max_prompt_chars=max_prompt_chars, max_body_bytes=max_body_bytes,
+                     max_batch=max_batch)
     uvicorn.run(app, host=host, port=port, workers=1, log_level="warning", access_log=False)
