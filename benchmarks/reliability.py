@@ -142,6 +142,7 @@ def load_test(clients: int, seconds: float, promotions: int, server_threads: int
                                   cwd=work, env=env)
         try:
             _wait_healthy(url, server)
+            cpu_before = cpu_seconds(server.pid)
             worker = subprocess.Popen([sys.executable, __file__, "--load-worker", url, "--clients",
                                        str(clients), "--seconds", str(seconds)],
                                       stdout=subprocess.PIPE, text=True)
@@ -152,12 +153,21 @@ def load_test(clients: int, seconds: float, promotions: int, server_threads: int
                 promoted.append(registry.promote(candidate, gate).bundle_id)
             out, _ = worker.communicate(timeout=seconds + 120)
             result = json.loads(out)
+            # CPU the server spent per request (bundle swaps included): what contention cannot hide.
+            result["server_cpu_ms_per_request"] = round(
+                1000 * (cpu_seconds(server.pid) - cpu_before) / max(1, result["requests"]), 2)
         finally:
             server.terminate()
             server.wait(30)
     result["promotions_during_load"] = sum(1 for b in promoted if b in result["bundles_seen"])
     result["promoted"] = promoted
     return result
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_healthy(url: str, server: subprocess.Popen[bytes]) -> None:
@@ -209,6 +219,7 @@ def main() -> None:
         "load": {k: load[k] for k in ("clients", "seconds", "requests", "failed", "rps", "p50_ms",
                                       "p99_ms", "promotions_during_load")},
         "load_details": {"mean_ms": load["mean_ms"], "bundles_seen_at_s": load["bundles_seen"],
+                         "server_cpu_ms_per_request": load["server_cpu_ms_per_request"],
                          "failures_sample": load["failures_sample"], "endpoint": "POST /route",
                          "server": "amo serve, uvicorn 1 worker, 127.0.0.1",
                          "server_threads": args.server_threads, "load_generator":

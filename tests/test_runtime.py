@@ -40,7 +40,7 @@ def free_port() -> int:
 def start_server(workdir: Path, tiny_lm: Path, registry: Path) -> tuple[subprocess.Popen[str], str]:
     """`amo serve` in a subprocess on a free loopback port, once /healthz answers."""
     raw = tiny_params(tiny_lm)
-    raw["registry"] = {"path": str(registry)}
+    raw["registry"] = {"path": f"file://{registry}"}  # an fsspec URL, as a team would configure
     raw["serve"] = {"poll_seconds": 0.2, "max_body_bytes": 65536}
     params = workdir / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
