@@ -159,6 +159,9 @@ def load_test(clients: int, seconds: float, promotions: int, server_threads: int
         finally:
             server.terminate()
             server.wait(30)
+        encoder = "ONNX" if any("encoder" in f.name for f in (bundle / "router").iterdir()) else "torch"
+    result["bundle"] = (f"tiny bundle from tests/tiny_bundle.py: real all-MiniLM-L6-v2 encoder ({encoder}) "
+                        "+ ONNX router, 4 agents")
     result["promotions_during_load"] = sum(1 for b in promoted if b in result["bundles_seen"])
     result["promoted"] = promoted
     return result
@@ -224,8 +227,7 @@ def main() -> None:
                          "server": "amo serve, uvicorn 1 worker, 127.0.0.1",
                          "server_threads": args.server_threads, "load_generator":
                          "separate process, asyncio + httpx, one connection per client",
-                         "bundle": "tiny bundle from tests/tiny_bundle.py: real all-MiniLM-L6-v2 "
-                                   "encoder (torch) + ONNX router, 4 agents",
+                         "bundle": load["bundle"],
                          "machine": f"{os.cpu_count()} cores shared with other jobs; load average "
                                     f"at the end {os.getloadavg()[0]:.1f}"},
     }

@@ -300,3 +300,24 @@ def test_route_many_matches_route_one_by_one(bundle: Path) -> None:
     for one, batched in zip([brain.route(p) for p in prompts], brain.route_many(prompts)):
         assert [a for a, _ in one.agents] == [a for a, _ in batched.agents]
         assert abs(one.separator - batched.separator) < 1e-4
+
+
+def test_no_bundle_yet_is_a_503_until_one_is_promoted(tmp_path: Path, bundle: Path) -> None:
+    """With nothing promoted, /healthz says no_bundle and /route is a JSON 503; after a promotion
+    the poller loads the bundle and /route answers."""
+    from fastapi.testclient import TestClient
+
+    from amo.runtime import Runtime, create_app
+
+    registry = Registry(tmp_path / "registry")
+    runtime = Runtime(registry, poll_seconds=0.1)
+    with TestClient(create_app(runtime)) as client:
+        assert client.get("/healthz").json()["status"] == "no_bundle"
+        response = client.post("/route", json={"prompt": "where is my order"})
+        assert response.status_code == 503 and response.json()["error"]["code"] == "no_bundle"
+        bundle_id = registry.promote(bundle, GATE).bundle_id
+        deadline = time.monotonic() + 60
+        while client.get("/healthz").json()["bundle_id"] != bundle_id and time.monotonic() < deadline:
+            time.sleep(0.1)
+        response = client.post("/route", json={"prompt": "where is my order"})
+        assert response.status_code == 200 and response.json()["bundle_id"] == bundle_id
