@@ -161,19 +161,21 @@ def test_invoke_and_copilot_load_arms_once(served: dict[str, Any]) -> None:
 
 
 def test_promotion_is_swapped_in_under_load(served: dict[str, Any]) -> None:
-    """Requests running while a new bundle is promoted all succeed; later ones see the new bundle."""
+    """/route and /plan requests running while a new bundle is promoted all succeed; later ones
+    see the new bundle."""
     url, registry = served["url"], served["registry"]
     second = variant(served["bundle"], served["workdir"] / "second", "second")
     results: list[tuple[int, str]] = []
     stop = threading.Event()
 
-    def client() -> None:
+    def client(endpoint: str) -> None:
         with httpx.Client(timeout=30) as http:
             while not stop.is_set():
-                response = http.post(f"{url}/route", json={"prompt": "track parcel 99812"})
+                response = http.post(f"{url}/{endpoint}", json={"prompt": "track parcel 99812"})
                 results.append((response.status_code, response.json().get("bundle_id", "")))
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
+    threads = [threading.Thread(target=client, args=(endpoint,))
+               for endpoint in ("route", "route", "route", "plan")]
     for thread in threads:
         thread.start()
     time.sleep(0.5)

@@ -55,13 +55,18 @@ class Brain:
         self.planner = TreePlanner.load(self.path / "planner")
         self._arms: Any = None
         self._arms_lock = threading.Lock()
+        self._encode_lock = threading.Lock()  # tokenizers refuse concurrent use ("Already borrowed")
 
     @property
     def bundle_id(self) -> str:
         return self.manifest["bundle_id"]
 
+    def _embed(self, prompts: list[str]) -> np.ndarray:
+        with self._encode_lock:
+            return self.encoder.encode(prompts)
+
     def _score(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
-        embedding = self.encoder.encode([prompt])
+        embedding = self._embed([prompt])
         return embedding[0], self.scorer.score(embedding, self.index.embeddings)[0]
 
     def _route(self, scores: np.ndarray) -> Route:
@@ -74,7 +79,7 @@ class Brain:
     def route_many(self, prompts: list[str]) -> list[Route]:
         """Routes for several prompts with one encoder batch and one ONNX call (the runtime
         batches concurrent requests this way)."""
-        scores = self.scorer.score(self.encoder.encode(prompts), self.index.embeddings)
+        scores = self.scorer.score(self._embed(prompts), self.index.embeddings)
         return [self._route(row) for row in scores]
 
     def plan(self, prompt: str) -> tuple[Route, Plan]:
