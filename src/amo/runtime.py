@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -85,6 +86,10 @@ class Runtime:
             self._thread.join(timeout=10)
 
     def _poll(self) -> None:
+        try:  # load new bundles at a lower CPU priority than the requests being served (Linux)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
         while not self._stop.wait(self.poll_seconds):
             self.refresh()
 
