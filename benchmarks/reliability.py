@@ -73,6 +73,7 @@ async def _load(url: str, clients: int, seconds: float) -> dict[str, Any]:
     import httpx
 
     latencies: list[float] = []
+    timeline: list[tuple[float, float]] = []  # (sent, latency) to see what a promotion costs
     failures: list[str] = []
     seen: dict[str, float] = {}
     start = time.perf_counter()
@@ -96,6 +97,7 @@ async def _load(url: str, clients: int, seconds: float) -> dict[str, Any]:
                 failures.append(f"{type(exc).__name__}: {exc}")
             if ok:
                 latencies.append(time.perf_counter() - sent)
+                timeline.append((sent - start, latencies[-1]))
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=30, limits=limits) as http:
@@ -103,14 +105,17 @@ async def _load(url: str, clients: int, seconds: float) -> dict[str, Any]:
     elapsed = time.perf_counter() - start
     latencies.sort()
 
-    def quantile(q: float) -> float:
-        return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2) if latencies else 0.0
+    def quantile(q: float, values: list[float] = latencies) -> float:
+        return round(1000 * values[min(len(values) - 1, int(q * len(values)))], 2) if values else 0.0
+
+    windows = [sorted(lat for sent, lat in timeline if w <= sent < w + 5) for w in range(0, int(seconds), 5)]
 
     return {"clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies) + len(failures),
             "failed": len(failures), "rps": round((len(latencies) + len(failures)) / elapsed, 1),
             "p50_ms": quantile(0.50), "p99_ms": quantile(0.99),
             "mean_ms": round(1000 * statistics.fmean(latencies), 2) if latencies else 0.0,
-            "bundles_seen": seen, "failures_sample": failures[:5]}
+            "bundles_seen": seen, "failures_sample": failures[:5],
+            "p99_ms_per_5s": [quantile(0.99, w) for w in windows]}
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -223,6 +228,7 @@ def main() -> None:
                                       "p99_ms", "promotions_during_load")},
         "load_details": {"mean_ms": load["mean_ms"], "bundles_seen_at_s": load["bundles_seen"],
                          "server_cpu_ms_per_request": load["server_cpu_ms_per_request"],
+                         "p99_ms_per_5s_window": load["p99_ms_per_5s"],
                          "failures_sample": load["failures_sample"], "endpoint": "POST /route",
                          "server": "amo serve, uvicorn 1 worker, 127.0.0.1",
                          "server_threads": args.server_threads, "load_generator":
