@@ -232,8 +232,8 @@ def test_copilot_merges_calls_to_a_shared_arm(bundle: Path, monkeypatch: pytest.
 
 def test_runtime_swaps_one_reference_and_keeps_refused_out(tmp_path: Path, bundle: Path) -> None:
     """refresh() swaps the served Brain only after a full load; a request holding the old Brain
-    keeps it; a bundle that fails to load is recorded as refused and not retried until the
-    pointer changes."""
+    keeps it; a bundle that fails to load, or an unreadable pointer, is recorded as refused and
+    not retried until the pointer changes; pointing back at the served bundle clears it."""
     from amo.runtime import Runtime
 
     registry = Registry(tmp_path / "registry")
@@ -258,6 +258,11 @@ def test_runtime_swaps_one_reference_and_keeps_refused_out(tmp_path: Path, bundl
     assert runtime.brain.bundle_id == second and runtime.refused["bundle_id"] == broken
     assert not runtime.refresh() and len(loads) == 3
     assert runtime.health()["refused"]["error"] == "cannot load"
+    atomic_write(registry.root / CURRENT, "{not json")
+    assert not runtime.refresh() and runtime.brain.bundle_id == second
+    assert runtime.refused["error"].startswith("unreadable current pointer")
+    atomic_write(registry.root / CURRENT, json.dumps({"bundle_id": second}) + "\n")
+    assert not runtime.refresh() and runtime.refused is None and len(loads) == 3
 
 
 BUNDLE_FILES = ["manifest.json", "runtime.json", "router/router.onnx", "router/agents.json",

@@ -61,8 +61,14 @@ class Runtime:
         if pointer is None or pointer == self._pointer:
             return False
         self._pointer = pointer
-        bundle_id = json.loads(pointer)["bundle_id"]
+        try:
+            bundle_id = str(json.loads(pointer)["bundle_id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            self.refused = {"bundle_id": None, "error": f"unreadable current pointer: {exc}", "time": _now()}
+            log.error("unreadable current pointer %r: %s", pointer[:200], exc)
+            return False
         if self.brain is not None and bundle_id == self.brain.bundle_id:
+            self.refused = None  # pointed back at the bundle being served
             return False
         try:
             brain = self._load(self.registry.bundle_path(bundle_id))
