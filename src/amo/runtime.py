@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -92,10 +91,8 @@ class Runtime:
             self._thread.join(timeout=10)
 
     def _poll(self) -> None:
-        try:  # load new bundles at a lower CPU priority than the requests being served (Linux)
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except (AttributeError, OSError):
-            pass
+        # No lower OS priority for this thread: it holds the GIL while loading, and a starved
+        # holder stalls every request (seen: a 30 s stall under load).
         while not self._stop.wait(self.poll_seconds):
             self.refresh()
 
