@@ -95,8 +95,8 @@ def gate(candidate: dict[str, Any], champion: dict[str, Any] | None, params: Gat
         best = metric(champion, name) if champion is not None else None
         if best is not None:
             ok = value >= best - params.tolerance
-            checks.append((ok, f"{name} = {value:.4f} vs champion {best:.4f} "
-                               f"({'within' if ok else 'beyond'} tolerance {params.tolerance})"))
+            checks.append((ok, (f"{name} = {value:.4f} vs champion {best:.4f} "
+                                f"({'within' if ok else 'beyond'} tolerance {params.tolerance})")))
     return checks
 
 
