@@ -125,7 +125,21 @@ class GateParams(_Section):
 
 
 class RegistryParams(_Section):
+    # A local folder, or an fsspec URL (file://..., s3://bucket/prefix with s3fs installed, gs://...).
     path: str = "registry"
+    # Where the runtime downloads bundles from a non-local registry before verifying them.
+    cache_dir: str = "build/registry-cache"
+
+
+class ServeParams(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # How often the runtime reads the registry's `current` pointer to pick up a promotion.
+    poll_seconds: float = Field(2.0, gt=0.0)
+    # Larger request bodies get 413; prompts longer than data.max_prompt_chars get 422.
+    max_body_bytes: int = Field(65536, ge=1024)
+    # Concurrent /route requests are encoded together, at most this many at once.
+    max_batch: int = Field(32, ge=1)
 
 
 class Params(_Section):
@@ -137,6 +151,7 @@ class Params(_Section):
     planner: PlannerParams = PlannerParams()
     gate: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()
+    serve: ServeParams = ServeParams()
 
 
 def _describe(error: dict[str, Any]) -> str:

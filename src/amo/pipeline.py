@@ -25,6 +25,7 @@ ARMS_DIR = Path("artifacts/arms")
 PLANNER_DIR = Path("artifacts/planner")
 METRICS_DIR = Path("metrics")
 BUNDLE_DIR = Path("build/bundle")
+DATA_DOCS_DIR = Path("gx/data_docs")  # great-expectations data docs of the last validation
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -51,7 +52,7 @@ def validate(params: Params) -> dict[str, Any]:
                          min_description_chars=d.min_description_chars,
                          max_description_chars=d.max_description_chars,
                          max_prompt_chars=d.max_prompt_chars, max_task_chars=d.max_task_chars,
-                         report_path=METRICS_DIR / "validation.json")
+                         report_path=METRICS_DIR / "validation.json", docs_dir=DATA_DOCS_DIR)
 
 
 # -- router -----------------------------------------------------------------------------------
