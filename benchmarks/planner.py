@@ -81,6 +81,26 @@ def cached_router(settings: dict[str, Any], x: np.ndarray, grades: np.ndarray, a
     return router, seconds
 
 
+def cross_fitted_scores(args: argparse.Namespace, routing_train: list[dict], prompts: list[str],
+                        embeddings: np.ndarray, scores: np.ndarray, settings: dict[str, Any], agent_emb: np.ndarray,
+                        train: tuple[np.ndarray, np.ndarray], batch: int) -> np.ndarray:
+    """Router scores for the planner's training prompts as the router gives them to prompts it
+    has not seen: a training prompt that is in the router's training split is scored by a router
+    fitted without its fold (the others, from the val split, keep the full router's scores)."""
+    from amo.importers import stable_fraction
+
+    fold_of = {r["prompt"]: int(stable_fraction(r["prompt"], args.seed) * args.router_folds) for r in routing_train}
+    rows = np.array([fold_of[r["prompt"]] for r in routing_train])
+    out = scores.copy()
+    for fold in range(args.router_folds):
+        keep = rows != fold
+        router, _ = cached_router(settings, train[0][keep], train[1][keep], agent_emb, val=None)
+        mine = [i for i, p in enumerate(prompts) if fold_of.get(p) == fold]
+        if mine:
+            out[mine] = router.score(embeddings[mine], agent_emb, batch)
+    return out
+
+
 def bucket(path: Sequence[str]) -> str:
     return str(len(path)) if len(path) < 4 else "4+"
 
@@ -109,8 +129,14 @@ def main() -> None:
     parser.add_argument("--source", type=Path,
                         help="default: shared/datasets/<dataset> in the nearest parent folder that has it")
     parser.add_argument("--seed", type=int, default=13, help="importer split seed")
-    parser.add_argument("--router-epochs", type=int, default=None, help="default: params.yaml router.epochs")
-    parser.add_argument("--router-max-candidates", type=int, default=512)
+    parser.add_argument("--router-epochs", type=int, default=10, help="fewer than params.yaml: a shared 2-core machine")
+    parser.add_argument("--router-max-candidates", type=int, default=128,
+                        help="agents per training batch: the relevant ones plus sampled negatives")
+    parser.add_argument("--val-max-agents", type=int, default=1000,
+                        help="early stopping on the val split only for catalogues up to this size")
+    parser.add_argument("--score-pairs", type=int, default=16384, help="prompt-agent pairs per scoring batch")
+    parser.add_argument("--router-folds", type=int, default=0,
+                        help="k > 1: the planner's training prompts get out-of-fold router scores")
     parser.add_argument("--max-path-len", type=int, default=6)
     parser.add_argument("--pca-dims", type=int, default=None, help="default: params.yaml planner.pca_dims")
     parser.add_argument("--candidates", type=int, default=None, help="default: params.yaml planner.candidates")
@@ -147,18 +173,26 @@ def main() -> None:
     settings["max_candidates"] = args.router_max_candidates
     if args.router_epochs is not None:
         settings["epochs"] = args.router_epochs
-    router, router_seconds = cached_router(settings, *routing("train"), agent_emb, val=routing("val"))
+    # The router's validation loss scores every val prompt against every agent at once: for a
+    # catalogue of thousands that is gigabytes, so large catalogues train for the fixed epochs.
+    val = routing("val") if len(ids) <= args.val_max_agents else None
+    router, router_seconds = cached_router(settings, *routing("train"), agent_emb, val=val)
+    batch = max(1, args.score_pairs // len(ids))  # bounds the (batch, agents, 4D) feature tensor
 
     train, test = data.traces["train"], data.traces["test"]
     train_prompts, test_prompts = [t["prompt"] for t in train], [t["prompt"] for t in test]
     train_paths, test_paths = [list(t["path"]) for t in train], [list(t["path"]) for t in test]
     e_train, e_test = cached_encode(encoder, train_prompts), cached_encode(encoder, test_prompts)
-    s_train, s_test = router.score(e_train, agent_emb), router.score(e_test, agent_emb)
+    s_train, s_test = router.score(e_train, agent_emb, batch), router.score(e_test, agent_emb, batch)
+    if args.router_folds > 1:
+        s_train = cross_fitted_scores(args, data.routing["train"], train_prompts, e_train, s_train, settings,
+                                      agent_emb, routing("train"), batch)
 
     p = params.planner
     planner = TreePlanner(pca_dims=p.pca_dims if args.pca_dims is None else args.pca_dims,
                           max_depth=p.max_depth, min_samples_leaf=p.min_samples_leaf,
                           next_max_depth=p.next_max_depth, next_min_samples_leaf=p.next_min_samples_leaf,
+                          min_next=p.min_next,
                           max_path_len=args.max_path_len, seed=p.seed,
                           candidates=p.candidates if args.candidates is None else args.candidates, folds=p.folds)
     start = time.perf_counter()
@@ -207,12 +241,14 @@ def main() -> None:
         "latency": {"what": "ms per plan, features given (embedding + router scores); encoder and router excluded",
                     "threads": 1, "machine": "2 cores, shared with other jobs",
                     "amo_p50_ms_with_rules": round(p50_explained, 4)},
-        "router": {"settings": settings, "fit_seconds": round(router_seconds, 1),
+        "router": {"settings": settings, "fit_seconds": round(router_seconds, 1), "early_stopping_on_val": val is not None,
                    "routing_train": len(data.routing["train"]), "routing_val": len(data.routing["val"])},
         "planner": {"params": planner.to_dict()["params"], "fit_seconds": round(fit_seconds, 2),
                     "stop_tree_nodes": len(planner.stop_tree_["left"]),
                     "next_tree_nodes": len(planner.next_tree_["left"])},
         "router_order_min_k": min_k,
+        "planner_training_scores": f"out-of-fold, {args.router_folds} router folds" if args.router_folds > 1
+        else "in-sample: most training prompts are in the router's own training split",
     }
     path = args.out or RESULTS / f"planner_{args.dataset}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
