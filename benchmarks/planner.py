@@ -140,6 +140,12 @@ def main() -> None:
     parser.add_argument("--max-path-len", type=int, default=6)
     parser.add_argument("--pca-dims", type=int, default=None, help="default: params.yaml planner.pca_dims")
     parser.add_argument("--candidates", type=int, default=None, help="default: params.yaml planner.candidates")
+    parser.add_argument("--neighbours", type=int, nargs="+", default=[0, 10],
+                        help="planner.neighbours options; the best option on an inner split of the "
+                             "training traces is used")
+    parser.add_argument("--max-depth", type=int, nargs="+", default=[6, 12], help="stop tree depth options")
+    parser.add_argument("--next-min-samples-leaf", type=int, nargs="+", default=[10, 30],
+                        help="next tree leaf size options")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -150,7 +156,7 @@ def main() -> None:
 
     from amo.config import load_params
     from amo.data import RoutingExample
-    from amo.importers import load
+    from amo.importers import load, stable_fraction
     from amo.models import Encoder, resolve_encoder
     from amo.planner import TreePlanner
     from amo.router import ListwiseRouter, grade_matrix, select
@@ -189,12 +195,31 @@ def main() -> None:
                                       agent_emb, routing("train"), batch)
 
     p = params.planner
-    planner = TreePlanner(pca_dims=p.pca_dims if args.pca_dims is None else args.pca_dims,
-                          max_depth=p.max_depth, min_samples_leaf=p.min_samples_leaf,
-                          next_max_depth=p.next_max_depth, next_min_samples_leaf=p.next_min_samples_leaf,
-                          min_next=p.min_next,
-                          max_path_len=args.max_path_len, seed=p.seed,
-                          candidates=p.candidates if args.candidates is None else args.candidates, folds=p.folds)
+
+    def make(option: dict[str, int]) -> TreePlanner:
+        return TreePlanner(pca_dims=p.pca_dims if args.pca_dims is None else args.pca_dims,
+                           min_samples_leaf=p.min_samples_leaf, next_max_depth=p.next_max_depth,
+                           min_next=p.min_next, max_path_len=args.max_path_len, seed=p.seed,
+                           candidates=p.candidates if args.candidates is None else args.candidates,
+                           folds=p.folds, **option)
+
+    # Model selection on the training traces only: an inner split by prompt hash picks whether
+    # the nearest training prompts' paths vote (they help where prompts recur, not elsewhere)
+    # and how large the trees grow.
+    options = [{"neighbours": n, "max_depth": d, "next_min_samples_leaf": m}
+               for n in args.neighbours for d in args.max_depth for m in args.next_min_samples_leaf]
+    inner = np.array([stable_fraction(q, args.seed + 1) < 0.8 for q in train_prompts])
+    fit_rows, val_rows = np.flatnonzero(inner), np.flatnonzero(~inner)
+    selection = []
+    for option in options:
+        candidate = make(option).fit([train_prompts[i] for i in fit_rows], e_train[fit_rows], s_train[fit_rows, :-1],
+                                     s_train[fit_rows, -1].tolist(), [train_paths[i] for i in fit_rows], ids)
+        predicted = [candidate.plan_scores(train_prompts[i], e_train[i], ids, s_train[i], explain=False).path
+                     for i in val_rows]
+        selection.append({**option, **path_metrics(predicted, [train_paths[i] for i in val_rows])})
+    best = max(selection, key=lambda r: (r["exact_path"], r["link_f1"]))
+    chosen = {k: best[k] for k in options[0]}
+    planner = make(chosen)
     start = time.perf_counter()
     planner.fit(train_prompts, e_train, s_train[:, :-1], s_train[:, -1].tolist(), train_paths, ids)
     fit_seconds = time.perf_counter() - start
@@ -244,6 +269,9 @@ def main() -> None:
         "router": {"settings": settings, "fit_seconds": round(router_seconds, 1), "early_stopping_on_val": val is not None,
                    "routing_train": len(data.routing["train"]), "routing_val": len(data.routing["val"])},
         "planner": {"params": planner.to_dict()["params"], "fit_seconds": round(fit_seconds, 2),
+                    "selection": {"inner_validation": f"{len(val_rows)} of the training traces (prompt hash, "
+                                             f"seed {args.seed + 1}), planner fitted on the other {len(fit_rows)}",
+                                             "by_option": selection, "chosen": chosen},
                     "stop_tree_nodes": len(planner.stop_tree_["left"]),
                     "next_tree_nodes": len(planner.next_tree_["left"])},
         "router_order_min_k": min_k,

@@ -152,7 +152,7 @@ def fit_planner(params: Params) -> dict[str, Any]:
     p = params.planner
     planner = TreePlanner(pca_dims=p.pca_dims, max_depth=p.max_depth, min_samples_leaf=p.min_samples_leaf,
                           next_max_depth=p.next_max_depth, next_min_samples_leaf=p.next_min_samples_leaf,
-                          min_next=p.min_next,
+                          min_next=p.min_next, neighbours=p.neighbours,
                           max_path_len=p.max_path_len, seed=p.seed, candidates=p.candidates, folds=p.folds)
     planner.fit(prompts, embeddings, scores[:, :-1], scores[:, -1].tolist(), [t.path for t in traces], index.ids)
     planner.save(PLANNER_DIR)

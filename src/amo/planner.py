@@ -56,11 +56,14 @@ def text_features(prompt: str) -> list[float]:
 TEXT_FEATURE_NAMES = ["n_words"] + [f"count_{cue}" for cue in _ORDER_CUES]
 STOP_FEATURES = ["step", "separator", "n_above", "n_above_not_run", "best_not_run_margin",
                  "previous_margin", "stop_rate_after_previous", "previous_seen", "stop_rate_after_last_two",
-                 "last_two_seen", *TEXT_FEATURE_NAMES]
+                 "last_two_seen", "neighbour_similarity", "neighbour_stop_vote", "neighbour_longer_vote",
+                 "nearest_remaining_steps", *TEXT_FEATURE_NAMES]
 NEXT_FEATURES = ["step", "score", "margin", "rank", "gap_to_top", "rank_among_not_run", "times_ran",
                  "is_previous", "transition_rate", "transition_count", "transition_rate_after_last_two",
                  "agent_trace_count",
-                 "mention_position", "mention_after_previous", "mention_share", "n_above"]
+                 "mention_position", "mention_after_previous", "mention_share", "n_above",
+                 "neighbour_similarity", "neighbour_step_vote", "neighbour_follow_vote", "neighbour_path_vote",
+                 "nearest_has_it_here"]
 
 
 def _pair(history: Sequence[str]) -> str:
@@ -102,8 +105,40 @@ class _Prompt:
             self.first.setdefault(_stem(word), i)
         self.text = text_features(prompt)
         self.above = np.flatnonzero(scores > separator)
-        self.top = float(scores.max()) if len(scores) else 0.0
+        self.ascending = np.sort(scores)  # an agent's rank: how many score above it
+        self.top = float(self.ascending[-1]) if len(scores) else 0.0
         self._mention: dict[str, tuple[float, float]] = {}
+        self.near: list[tuple[float, list[str]]] = []  # (weight, path) of the nearest training prompts
+        self.near_similarity = 0.0
+        self.path_vote: Counter[str] = Counter()
+        self._votes: dict[tuple[int, str], tuple[Counter[str], Counter[str]]] = {}
+
+    def set_neighbours(self, similarities: np.ndarray, paths: Sequence[list[str]]) -> None:
+        """The nearest training prompts, weighted by their cosine similarity (best first)."""
+        weights = np.clip(similarities, 1e-6, None)
+        weights = weights / weights.sum() if len(weights) else weights
+        self.near = list(zip(weights.tolist(), paths))
+        self.near_similarity = float(similarities[0]) if len(similarities) else 0.0
+        for w, path in self.near:
+            for agent in set(path):
+                self.path_vote[agent] += w
+
+    def step_votes(self, step: int, previous: str) -> tuple[Counter[str], Counter[str]]:
+        """Weighted votes of the neighbours for the agent at `step`, and for the agent that follows
+        `previous` anywhere in their paths."""
+        key = (step, previous)
+        if key in self._votes:
+            return self._votes[key]
+        at, follow = Counter(), Counter()
+        for w, path in self.near:
+            if step < len(path):
+                at[path[step]] += w
+            for a, b in zip([START, *path], path):
+                if a == previous:
+                    follow[b] += w
+                    break
+        self._votes[key] = (at, follow)
+        return at, follow
 
     def score(self, agent: str) -> float:
         col = self.column.get(agent)
@@ -125,13 +160,15 @@ class TreePlanner:
 
     def __init__(self, pca_dims: int = 16, max_depth: int = 12, min_samples_leaf: int = 2,
                  max_path_len: int = 4, seed: int = 0, candidates: int = 10, folds: int = 5,
-                 next_max_depth: int = 8, next_min_samples_leaf: int = 10, min_next: float = 0.0) -> None:
+                 next_max_depth: int = 8, next_min_samples_leaf: int = 10, min_next: float = 0.0,
+                 neighbours: int = 10) -> None:
         self.pca_dims = pca_dims
         self.max_depth = max_depth
         self.min_samples_leaf = min_samples_leaf
         self.next_max_depth = next_max_depth
         self.next_min_samples_leaf = next_min_samples_leaf
         self.min_next = min_next
+        self.neighbours = neighbours
         self.max_path_len = max_path_len
         self.seed = seed
         self.candidates = candidates
@@ -150,12 +187,16 @@ class TreePlanner:
                 (ctx.score(previous) - ctx.separator) if history else 0.0,
                 after.get(STOP, 0) / total if total else -1.0, float(total),
                 after_two.get(STOP, 0) / total_two if total_two else -1.0, float(total_two),
+                ctx.near_similarity, sum(w for w, p in ctx.near if len(p) == step),
+                sum(w for w, p in ctx.near if len(p) > step),
+                float(len(ctx.near[0][1]) - step) if ctx.near else 0.0,
                 *ctx.text, *reduced.tolist()]
 
     def _candidates(self, ctx: _Prompt, history: list[str],
                     transitions: Mapping[str, Mapping[str, int]]) -> list[str]:
-        """The router's top agents, the agents that followed the previous one in training, and
-        the agents that already ran (a path may call an agent again)."""
+        """The router's top agents, the agents that followed the previous one in training, the
+        agents that already ran (a path may call an agent again), and the agents the nearest
+        training prompts call at this step or after the previous agent."""
         k = min(self.candidates, len(ctx.scores))
         top = np.argpartition(-ctx.scores, k - 1)[:k] if k else np.array([], dtype=int)
         chosen = [ctx.ids[i] for i in top[np.argsort(-ctx.scores[top], kind="stable")]]
@@ -163,6 +204,8 @@ class TreePlanner:
         chosen += [a for a, _ in sorted(after.items(), key=lambda kv: (-kv[1], kv[0]))[: self.candidates]
                    if a != STOP]
         chosen += history
+        at, follow = ctx.step_votes(len(history), history[-1] if history else START)
+        chosen += [*at, *follow]
         return [a for a in dict.fromkeys(chosen) if a in ctx.column]
 
     def _next_rows(self, ctx: _Prompt, step: int, history: list[str], candidates: list[str],
@@ -173,8 +216,10 @@ class TreePlanner:
         ran = Counter(history)
         previous_at = ctx.mention(previous)[0] if history else 0.0
         cand_scores = [ctx.score(a) for a in candidates]
-        ranks = (ctx.scores[None, :] > np.array(cand_scores)[:, None]).sum(axis=1).tolist()
+        ranks = (len(ctx.ascending) - np.searchsorted(ctx.ascending, cand_scores, side="right")).tolist()
         fresh_scores = [s for a, s in zip(candidates, cand_scores) if not ran[a]]
+        at, follow = ctx.step_votes(step, previous)
+        nearest = ctx.near[0][1] if ctx.near else []
         rows = []
         for a, s, rank in zip(candidates, cand_scores, ranks):
             fresh = not ran[a]
@@ -183,7 +228,10 @@ class TreePlanner:
                 float(step), s, s - ctx.separator, float(rank), ctx.top - s,
                 float(sum(other > s for other in fresh_scores)) if fresh else -1.0, float(ran[a]),
                 float(a == previous), after.get(a, 0) / total if total else 0.0, float(after.get(a, 0)),
-                after_two.get(a, 0) / total_two if total_two else -1.0, float(counts.get(a, 0)), position, position - previous_at, share, float(len(ctx.above))])
+                after_two.get(a, 0) / total_two if total_two else -1.0, float(counts.get(a, 0)),
+                position, position - previous_at, share, float(len(ctx.above)),
+                ctx.near_similarity, at[a], follow[a], ctx.path_vote[a],
+                float(step < len(nearest) and nearest[step] == a)])
         return rows
 
     # -- fit ------------------------------------------------------------------------------
@@ -209,12 +257,17 @@ class TreePlanner:
         paths = [list(p) for p in paths]
         self.transitions_, self.agent_counts_ = _transitions(paths)
 
+        # Rounded as saved, so a loaded planner finds the same neighbours.
+        self.neighbour_embeddings_ = np.round(_unit(embeddings), 5)
+        self.neighbour_paths_ = paths
+
         fold_of = np.random.default_rng(self.seed).permutation(len(paths)) % max(self.folds, 2)
         held_out = {f: _transitions([p for p, g in zip(paths, fold_of) if g != f]) for f in set(fold_of.tolist())}
         stop_x, stop_y, next_x, next_y = [], [], [], []
         for prompt, emb, row, sep, path, fold in zip(prompts, embeddings, matrix, separators, paths, fold_of):
             transitions, counts = held_out[int(fold)]
             ctx = _Prompt(prompt, row, float(sep), ids, column)
+            self._find_neighbours(ctx, emb, exclude=fold_of == fold)
             reduced = (emb - self.pca_mean_) @ self.pca_components_.T
             for step in range(len(path) + 1):
                 if step == self.max_path_len:
@@ -248,6 +301,20 @@ class TreePlanner:
                 "feature": [max(int(f), 0) for f in tree.feature], "threshold": tree.threshold.tolist(),
                 "value": (value[:, 1] / value.sum(axis=1)).tolist()}
 
+    def _find_neighbours(self, ctx: _Prompt, embedding: np.ndarray, exclude: np.ndarray | None = None) -> None:
+        """The `neighbours` training prompts most similar to this one (in fit: from other folds)."""
+        if not self.neighbours or not len(self.neighbour_paths_):
+            return
+        similarities = self.neighbour_embeddings_ @ _unit(embedding[None, :])[0]
+        if exclude is not None:
+            similarities = np.where(exclude, -np.inf, similarities)
+        k = min(self.neighbours, int(np.isfinite(similarities).sum()))
+        if k == 0:
+            return
+        top = np.argpartition(-similarities, k - 1)[:k]
+        top = top[np.argsort(-similarities[top], kind="stable")]
+        ctx.set_neighbours(similarities[top], [self.neighbour_paths_[i] for i in top])
+
     # -- predict --------------------------------------------------------------------------
     @staticmethod
     def _leaf(tree: Mapping[str, list], x: Sequence[float]) -> int:
@@ -276,7 +343,9 @@ class TreePlanner:
         """Plan from the router's score row: one score per agent of `ids`, the separator last."""
         column = self._column(ids)
         ctx = _Prompt(prompt, np.asarray(scores[:-1], dtype=np.float64), float(scores[-1]), ids, column)
-        reduced = (np.asarray(embedding, dtype=np.float64) - self.pca_mean_) @ self.pca_components_.T
+        embedding = np.asarray(embedding, dtype=np.float64)
+        reduced = (embedding - self.pca_mean_) @ self.pca_components_.T
+        self._find_neighbours(ctx, embedding)
         path: list[str] = []
         rules: list[list[str]] = []
         for step in range(self.max_path_len):
@@ -324,9 +393,12 @@ class TreePlanner:
                            "min_samples_leaf": self.min_samples_leaf, "max_path_len": self.max_path_len,
                            "seed": self.seed, "candidates": self.candidates, "folds": self.folds,
                            "next_max_depth": self.next_max_depth,
-                           "next_min_samples_leaf": self.next_min_samples_leaf, "min_next": self.min_next},
+                           "next_min_samples_leaf": self.next_min_samples_leaf, "min_next": self.min_next,
+                           "neighbours": self.neighbours},
                 "pca": {"mean": self.pca_mean_.tolist(), "components": self.pca_components_.tolist()},
                 "transitions": {a: dict(after) for a, after in self.transitions_.items()},
+                "neighbours": {"embeddings": self.neighbour_embeddings_.tolist(),
+                               "paths": [list(p) for p in self.neighbour_paths_]},
                 "stop_tree": {"features": list(self.stop_features_), **{k: list(v) for k, v in self.stop_tree_.items()}},
                 "next_tree": {"features": list(self.next_features_), **{k: list(v) for k, v in self.next_tree_.items()}}}
 
@@ -350,6 +422,8 @@ class TreePlanner:
             planner.transitions_ = {str(a): {str(b): int(n) for b, n in after.items()}
                                     for a, after in data["transitions"].items()}
             planner.agent_counts_ = _incoming(planner.transitions_)
+            planner.neighbour_embeddings_ = np.array(data["neighbours"]["embeddings"], dtype=np.float64)
+            planner.neighbour_paths_ = [[str(a) for a in path] for path in data["neighbours"]["paths"]]
             planner.stop_features_ = [str(f) for f in data["stop_tree"]["features"]]
             planner.next_features_ = [str(f) for f in data["next_tree"]["features"]]
             planner.stop_tree_ = {k: list(data["stop_tree"][k]) for k in _TREE_KEYS}
@@ -365,6 +439,9 @@ class TreePlanner:
         dims = self.pca_components_.shape[0] if self.pca_components_.ndim == 2 else -1
         if self.pca_components_.ndim != 2 or self.pca_mean_.shape != (self.pca_components_.shape[1],):
             raise PlannerFormatError("pca mean and components do not match")
+        if len(self.neighbour_paths_) != len(self.neighbour_embeddings_) or (
+                len(self.neighbour_paths_) and self.neighbour_embeddings_.shape[1:] != self.pca_mean_.shape):
+            raise PlannerFormatError("neighbour embeddings and paths do not match")
         if self.stop_features_ != STOP_FEATURES + [f"prompt_pc{i}" for i in range(dims)]:
             raise PlannerFormatError("stop tree features are not the ones this amo computes")
         if self.next_features_ != NEXT_FEATURES:
@@ -393,6 +470,11 @@ class TreePlanner:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PlannerFormatError(f"{path}: cannot read planner: {exc}") from None
         return cls.from_dict(data, str(path))
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float64)
+    return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
 
 
 def _score_matrix(scores: Sequence[Mapping[str, float]] | np.ndarray, ids: Sequence[str]) -> np.ndarray:
