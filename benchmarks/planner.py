@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--max-depth", type=int, nargs="+", default=[6, 12], help="stop tree depth options")
     parser.add_argument("--next-min-samples-leaf", type=int, nargs="+", default=[10, 30],
                         help="next tree leaf size options")
+    parser.add_argument("--min-next", type=float, nargs="+", default=[0.05, 0.25],
+                        help="options for the lowest P(next) that continues a plan")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -199,15 +201,16 @@ def main() -> None:
     def make(option: dict[str, int]) -> TreePlanner:
         return TreePlanner(pca_dims=p.pca_dims if args.pca_dims is None else args.pca_dims,
                            min_samples_leaf=p.min_samples_leaf, next_max_depth=p.next_max_depth,
-                           min_next=p.min_next, max_path_len=args.max_path_len, seed=p.seed,
+                           max_path_len=args.max_path_len, seed=p.seed,
                            candidates=p.candidates if args.candidates is None else args.candidates,
                            folds=p.folds, **option)
 
     # Model selection on the training traces only: an inner split by prompt hash picks whether
     # the nearest training prompts' paths vote (they help where prompts recur, not elsewhere)
     # and how large the trees grow.
-    options = [{"neighbours": n, "max_depth": d, "next_min_samples_leaf": m}
-               for n in args.neighbours for d in args.max_depth for m in args.next_min_samples_leaf]
+    options = [{"neighbours": n, "max_depth": d, "next_min_samples_leaf": m, "min_next": t}
+               for n in args.neighbours for d in args.max_depth for m in args.next_min_samples_leaf
+               for t in args.min_next]
     inner = np.array([stable_fraction(q, args.seed + 1) < 0.8 for q in train_prompts])
     fit_rows, val_rows = np.flatnonzero(inner), np.flatnonzero(~inner)
     selection = []

@@ -258,8 +258,8 @@ class TreePlanner:
         self.transitions_, self.agent_counts_ = _transitions(paths)
 
         # Rounded as saved, so a loaded planner finds the same neighbours.
-        self.neighbour_embeddings_ = np.round(_unit(embeddings), 5)
-        self.neighbour_paths_ = paths
+        self.neighbour_embeddings_ = np.round(_unit(embeddings), 5) if self.neighbours else np.zeros((0, 0))
+        self.neighbour_paths_ = paths if self.neighbours else []
 
         fold_of = np.random.default_rng(self.seed).permutation(len(paths)) % max(self.folds, 2)
         held_out = {f: _transitions([p for p, g in zip(paths, fold_of) if g != f]) for f in set(fold_of.tolist())}
