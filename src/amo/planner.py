@@ -5,12 +5,15 @@ from prompt-level features (a PCA reduction of the prompt embedding, text cues, 
 separator and how many agents are above it and not yet run, what ran so far). If it goes on, the
 *next tree* scores each candidate agent on agent-agnostic features: the candidate's router score,
 rank and gap to the separator, whether and how often it already ran, how often it followed the
-previous agent in the training traces, and where the prompt mentions its name. The best-scoring
-candidate runs next. No feature is tied to a fixed agent list, so an agent that no training trace
-contains is planned through its router score, and any ordered path can be composed, seen or not.
+previous agent (and the last two) in the training traces, where the prompt mentions its name,
+and, with `neighbours > 0`, how the paths of the most similar training prompts vote for it. The
+best-scoring candidate runs next. No feature is tied to a fixed agent list, so an agent that no
+training trace contains is planned through its router score, and any ordered path can be
+composed, seen or not.
 
-Transition counts used as features for the training rows are cross-fitted (counted on the other
-folds), so the tree does not learn to trust counts that include the row's own trace.
+Transition counts and neighbour votes used as features for the training rows are cross-fitted
+(taken from the other folds), so the trees do not learn to trust statistics that include the
+row's own trace.
 
 Both trees are saved as plain JSON (thresholds, features, leaves), never pickle; prediction walks
 the arrays directly, so a plan costs well under a millisecond and every decision prints as rules.
