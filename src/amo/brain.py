@@ -52,6 +52,7 @@ class Brain:
         self.encoder = Encoder(encoder_dir, self.runtime.get("encoder_batch_size", 64))
         self.scorer = OnnxScorer(self.path / "router" / "router.onnx")
         self.index = AgentIndex.load(self.path / "router")
+        self.agent_ids = self.index.ids
         self.planner = TreePlanner.load(self.path / "planner")
         self._arms: Any = None
         self._arms_lock = threading.Lock()
@@ -84,8 +85,7 @@ class Brain:
 
     def plan(self, prompt: str) -> tuple[Route, Plan]:
         embedding, scores = self._score(prompt)
-        per_agent = dict(zip(self.index.ids, scores[:-1].tolist()))
-        return self._route(scores), self.planner.plan(prompt, embedding, per_agent, float(scores[-1]))
+        return self._route(scores), self.planner.plan_scores(prompt, embedding, self.agent_ids, scores)
 
     @property
     def arms(self) -> Any:
