@@ -69,7 +69,8 @@ def train_router(params: Params) -> dict[str, Any]:
     x_val = encoder.encode([e.prompt for e in val])
     p = params.router
     router = ListwiseRouter(hidden=p.hidden, dropout=p.dropout, epochs=p.epochs, lr=p.lr,
-                            weight_decay=p.weight_decay, batch_size=p.batch_size, seed=p.seed)
+                            weight_decay=p.weight_decay, batch_size=p.batch_size, seed=p.seed,
+                            proj_dim=p.proj_dim, scorer=p.scorer, oos_weight=p.oos_weight)
     router.fit(x_train, grade_matrix(train, index.ids), index.embeddings,
                val=(x_val, grade_matrix(val, index.ids)))
     router.save(ROUTER_DIR)
