@@ -24,6 +24,10 @@ SEPARATOR_GRADE = 0.5  # between irrelevant (0) and the lowest relevant grade (1
 SCORERS = ("mlp", "bilinear")
 
 
+class AgentError(ValueError):
+    """An agent that cannot be added: bad id or description, or an id already present."""
+
+
 class ScoringModel(nn.Module):
     """f(prompt, candidate) for every agent plus the separator: (B, D), (C, D) -> (B, C + 1).
 
@@ -266,6 +270,17 @@ class AgentIndex:
     @classmethod
     def build(cls, agents: list[Agent], encoder: Any) -> AgentIndex:
         return cls(agents, encoder.encode([agent.description for agent in agents]))
+
+    def add(self, agents: list[Agent], encoder: Any) -> AgentIndex:
+        """This index with `agents` appended; only their descriptions are embedded (the cheap
+        index step: the scoring model is untouched and routes to them at once)."""
+        known = set(self.ids)
+        for agent in agents:
+            if agent.id in known:
+                raise AgentError(f"agent {agent.id!r} is already in the index")
+            known.add(agent.id)
+        added = encoder.encode([agent.description for agent in agents]).astype(np.float32)
+        return AgentIndex(self.agents + list(agents), np.vstack([self.embeddings, added]))
 
     def save(self, directory: Path) -> None:
         from safetensors.numpy import save_file
