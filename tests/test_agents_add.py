@@ -25,7 +25,7 @@ WORDS = {
     "cooking": "recipe oven bake ingredients dinner spices",
     "fitness": "workout running gym muscles stretching cardio",
 }
-NOISE = "please could you tell me about the my now today".split()
+NOISE = ["please", "could", "you", "tell", "me", "about", "the", "my", "now", "today"]
 
 
 class BagOfWordsEncoder:

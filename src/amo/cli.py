@@ -112,7 +112,7 @@ def data_import(name: str = typer.Argument(..., help="Data set: clinc150, amazon
 def agents_add(agent_id: str = typer.Argument(..., metavar="ID", help="New agent id."),
                description: str = typer.Option(..., help="What the agent does (one sentence or more)."),
                domain: str = typer.Option("", help="Optional domain."),
-               tag: list[str] = typer.Option([], "--tag", help="A tag; repeat for more."),  # noqa: B006
+               tag: list[str] = typer.Option([], "--tag", help="A tag; repeat for more."),
                agents_file: Path | None = typer.Option(None, "--agents", help="Agents file to append to; "
                                                        "default: <data.dir>/agents.jsonl."),
                index: Path | None = typer.Option(None, help="Router agent index folder to re-embed; "
