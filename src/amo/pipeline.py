@@ -104,7 +104,7 @@ def export_router(params: Params) -> dict[str, Any]:
 # -- arms -------------------------------------------------------------------------------------
 def finetune_arm(params: Params, task_name: str) -> dict[str, Any]:
     """Fine-tune one task's LoRA adapter, evaluate it against the base model, save it."""
-    from amo.arms import evaluate_arm, save_arm, train_arm
+    from amo.arms import checkpoint_dir, clear_checkpoint, evaluate_arm, save_arm, train_arm
     from amo.models import fingerprint, load_base_model, resolve_base_model
 
     if task_name not in params.arms.tasks:
@@ -115,13 +115,15 @@ def finetune_arm(params: Params, task_name: str) -> dict[str, Any]:
     test = contracts.read_task(Path(task.data) / "test.jsonl")
     base_ref = resolve_base_model(params.base_model.path, params.base_model.gguf_file)
     base, tokenizer = load_base_model(base_ref)
-    model, result = train_arm(base, tokenizer, task_name, task, train, log=log.info)
+    checkpoint = checkpoint_dir(ARMS_DIR / task_name)
+    model, result = train_arm(base, tokenizer, task_name, task, train, log=log.info, checkpoint=checkpoint)
     scores = evaluate_arm(model, tokenizer, task_name, task, test)
     metrics = {"task": task_name, "train_examples": len(train), "steps": result.steps,
                "final_loss": result.final_loss, "train_seconds": round(result.seconds, 1), **scores}
     save_arm(model, task_name, task, ARMS_DIR / task_name,
              {"base_model": fingerprint(base_ref), "metrics": metrics})
     write_json(METRICS_DIR / "arms" / f"{task_name}.json", metrics)
+    clear_checkpoint(checkpoint)
     return metrics
 
 
