@@ -47,11 +47,18 @@ def validate(params: Params) -> dict[str, Any]:
     from amo.validate import validate_data
 
     d = params.data
-    return validate_data(Path(d.dir), tasks=None,
-                         min_description_chars=d.min_description_chars,
-                         max_description_chars=d.max_description_chars,
-                         max_prompt_chars=d.max_prompt_chars, max_task_chars=d.max_task_chars,
-                         report_path=METRICS_DIR / "validation.json")
+    report = validate_data(Path(d.dir), tasks=None,
+                           min_description_chars=d.min_description_chars,
+                           max_description_chars=d.max_description_chars,
+                           max_prompt_chars=d.max_prompt_chars, max_task_chars=d.max_task_chars,
+                           report_path=METRICS_DIR / "validation.json")
+    # One small report per task folder (data/tasks/<task>): each finetune_arm stage depends on
+    # its own, so new rows in one task's data (or anywhere else) do not retrain the other arms.
+    for folder in sorted(p for p in (Path(d.dir) / "tasks").glob("*") if p.is_dir()):
+        prefix = f"{Path(d.dir).name}/tasks/{folder.name}/"
+        write_json(METRICS_DIR / "validation" / "tasks" / f"{folder.name}.json",
+                   {"ok": report["ok"], "files": {k: v for k, v in report["files"].items() if k.startswith(prefix)}})
+    return report
 
 
 # -- router -----------------------------------------------------------------------------------
