@@ -98,6 +98,13 @@ class Interrupt(RuntimeError):
     """Stands in for a killed training process."""
 
 
+def stop_at(stop: int):
+    def on_step(step: int) -> None:
+        if step == stop:
+            raise Interrupt
+    return on_step
+
+
 def adapter_weights(model, name: str) -> dict:
     from peft import get_peft_model_state_dict
 
@@ -114,14 +121,9 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_lm: Path, tmp_pat
     expected = adapter_weights(reference, "shout")
 
     checkpoint = checkpoint_dir(tmp_path / "shout")
-
-    def stop_at_7(step: int) -> None:
-        if step == 7:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
         train_arm(*base(tiny_lm), "shout", task, EXAMPLES["shout"], log=lambda _: None,
-                  checkpoint=checkpoint, on_step=stop_at_7)
+                  checkpoint=checkpoint, on_step=stop_at(7))
     assert json.loads((checkpoint / "checkpoint.json").read_text())["step"] == 6
     lines: list[str] = []
     resumed, result = train_arm(*base(tiny_lm), "shout", task, EXAMPLES["shout"], log=lines.append,
@@ -139,14 +141,9 @@ def test_checkpoint_from_other_params_is_not_resumed(tiny_lm: Path, tmp_path: Pa
     """A checkpoint left by a run with other params is discarded and training starts afresh."""
     task = TASKS["count"].model_copy(update={"steps": 6, "checkpoint_every": 2})
     checkpoint = checkpoint_dir(tmp_path / "count")
-
-    def stop_at_3(step: int) -> None:
-        if step == 3:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
         train_arm(*base(tiny_lm), "count", task, EXAMPLES["count"], log=lambda _: None,
-                  checkpoint=checkpoint, on_step=stop_at_3)
+                  checkpoint=checkpoint, on_step=stop_at(3))
     lines: list[str] = []
     changed = task.model_copy(update={"lr": 5e-3})
     _, result = train_arm(*base(tiny_lm), "count", changed, EXAMPLES["count"], log=lines.append,

@@ -54,20 +54,24 @@ def write_canard(root: Path, sections: int = 12) -> Path:
     return root
 
 
+def spans(text: str, tags: str) -> dict:
+    return slots(text.split(), tags.split())
+
+
 def test_bio_tags_become_a_json_object_of_slots() -> None:
     """B-/I- spans join into values; a repeated slot type becomes a list; a stray I- starts a span."""
-    assert slots("listen to westbam on google music".split(), "O O B-artist O B-service I-service".split()) \
+    assert spans("listen to westbam on google music", "O O B-artist O B-service I-service") \
         == {"artist": "westbam", "service": "google music"}
-    assert slots("queen or abba".split(), "B-artist O B-artist".split()) == {"artist": ["queen", "abba"]}
-    assert slots("new york city".split(), "I-city I-city I-city".split()) == {"city": "new york city"}
-    assert slots("a b".split(), "B-x I-y".split()) == {"x": "a", "y": "b"}
+    assert spans("queen or abba", "B-artist O B-artist") == {"artist": ["queen", "abba"]}
+    assert spans("new york city", "I-city I-city I-city") == {"city": "new york city"}
+    assert spans("a b", "B-x I-y") == {"x": "a", "y": "b"}
 
 
 def test_snips_keeps_published_splits_and_drops_test_utterances_seen_in_train(tmp_path: Path) -> None:
     """train/ and test/ become the task's splits; a test utterance also in train is dropped."""
     imported = load("snips", write_snips(tmp_path / "snips"), seed=1)
     task = imported.tasks["slot_extraction"]
-    assert [r["input"] for r in task["train"]][0] == "listen to westbam alumb allergic on google music"
+    assert task["train"][0]["input"] == "listen to westbam alumb allergic on google music"
     assert json.loads(task["train"][0]["output"]) == {"artist": "westbam", "album": "allergic",
                                                       "service": "google music"}
     assert [r["input"] for r in task["test"]] == ["what is the weather in new york city"]
