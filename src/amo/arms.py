@@ -84,7 +84,8 @@ def _run_key(name: str, task: ArmTaskParams, encoded: list[tuple[list[int], list
 
 def _save_checkpoint(directory: Path, model: Any, name: str, optimizer: Any, state: dict[str, Any]) -> None:
     """Adapter weights, optimizer moments and RNG states (safetensors) plus step and sample order
-    (JSON), written to a fresh folder that then replaces the old one, so a kill leaves one whole."""
+    (JSON), written to a fresh folder that then replaces the old one: a kill mid-write never
+    leaves a half-written checkpoint to resume from."""
     import shutil
 
     import torch
@@ -203,10 +204,11 @@ def train_arm(base_model: Any, tokenizer: Any, name: str, task: ArmTaskParams,
 
 
 def clear_checkpoint(checkpoint: Path) -> None:
-    """Remove a training checkpoint once its arm is saved."""
+    """Remove a training checkpoint (and any half-written one) once its arm is saved."""
     import shutil
 
     shutil.rmtree(checkpoint, ignore_errors=True)
+    shutil.rmtree(checkpoint.with_name(checkpoint.name + ".partial"), ignore_errors=True)
 
 
 def save_arm(model: Any, name: str, task: ArmTaskParams, directory: Path, extra: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ section is in two splits: 80 % train, 20 % test.
 Input text: the topic (title and section), the last `RECENT_TURNS` history turns as `Q:`/`A:`
 lines (the rewrite almost always refers to the topic or the latest answers, and the arm's max
 length is short), then the question. On /work/shared/datasets/canard (3,430 records, 490
-dialogues, 475 sections) with seed 13: see `load`'s counts in benchmarks/results/arms.json.
+dialogues, 475 sections) with seed 13: train 2,758, test 672 examples.
 """
 
 from __future__ import annotations
