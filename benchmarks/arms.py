@@ -237,7 +237,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[], choices=["tasks", "memory", "throughput"])
-    parser.add_argument("--resume", action="store_true", help="keep tasks already in --out")
+    parser.add_argument("--resume", action="store_true", help="keep what --out already holds")
+    parser.add_argument("--redo", action="store_true", help="with --resume: rerun --tasks even if done")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "arms.json")
     parser.add_argument("--memory-probe", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -298,7 +299,7 @@ def main() -> None:
             save()
         if "tasks" not in args.skip:
             for name in args.tasks:
-                if args.resume and name in result["tasks"] and "arm" in result["tasks"][name]:
+                if args.resume and not args.redo and "arm" in result["tasks"].get(name, {}):
                     continue
                 print(f"== task {name}", flush=True)
                 try:
