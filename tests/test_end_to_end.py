@@ -121,3 +121,21 @@ def test_bad_data_stops_the_run_and_keeps_the_champion(repo: Path) -> None:
             assert (repo / "registry/current.json").read_text() == current
     finally:
         routing.write_text(original)
+
+
+def test_invoke_runs_the_named_arm_of_the_promoted_bundle(repo: Path, tiny_lm: Path) -> None:
+    """`amo invoke --arm NAME INPUT` answers with that arm of the promoted bundle (the same text as
+    an ArmServer over the bundle's arms); an unknown arm fails naming the known ones."""
+    from amo.arms import ArmServer
+    from amo.models import load_base_model, resolve_base_model
+
+    registry = json.loads((repo / "registry/current.json").read_text())
+    bundle = next(p for p in (repo / "registry").rglob("manifest.json")
+                  if json.loads(p.read_text())["bundle_id"] == registry["bundle_id"]).parent
+    text = "where is my order 88812?"
+    answer = run(repo, "amo", "invoke", "--arm", "query_rewrite", "--max-new-tokens", "4", text).stdout.strip()
+    server = ArmServer(*load_base_model(resolve_base_model(str(tiny_lm), None)),
+                       {name: bundle / "arms" / name for name in ("product_extraction", "query_rewrite")})
+    assert answer == server.invoke([("query_rewrite", text)], max_new_tokens=4)[0]
+    wrong = run(repo, "amo", "invoke", "--arm", "nope", text, check=False)
+    assert wrong.returncode == 1 and "known arms: product_extraction, query_rewrite" in wrong.stdout + wrong.stderr

@@ -60,11 +60,98 @@ class TrainResult:
     steps: int
     final_loss: float
     seconds: float
+    resumed_from: int = 0
+
+
+CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
+CHECKPOINT_STATE = "checkpoint.json"
+
+
+def checkpoint_dir(arm_dir: Path) -> Path:
+    """Where training of the arm saved in `arm_dir` keeps its checkpoint: a sibling folder, since
+    DVC empties a stage's outputs before running it."""
+    return arm_dir.with_name(arm_dir.name + ".checkpoint")
+
+
+def _run_key(name: str, task: ArmTaskParams, encoded: list[tuple[list[int], list[int]]], model: Any) -> str:
+    """What a checkpoint must match to be resumed: the arm, its params, its data, the base model."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([name, task.model_dump(exclude={"checkpoint_every"}), encoded,
+                                        model.config.to_json_string()]).encode())
+    return digest.hexdigest()
+
+
+def _save_checkpoint(directory: Path, model: Any, name: str, optimizer: Any, state: dict[str, Any]) -> None:
+    """Adapter weights, optimizer moments and RNG states (safetensors) plus step and sample order
+    (JSON), written to a fresh folder that then replaces the old one: a kill mid-write never
+    leaves a half-written checkpoint to resume from."""
+    import shutil
+
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    tensors = {f"adapter.{k}": v.detach().clone().contiguous()
+               for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+    for index, moments in optimizer.state_dict()["state"].items():
+        for key, value in moments.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).clone().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_file(tensors, str(partial / CHECKPOINT_WEIGHTS))
+    (partial / CHECKPOINT_STATE).write_text(json.dumps(state))
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
+
+
+def _load_checkpoint(directory: Path, model: Any, name: str, optimizer: Any, key: str,
+                     log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Restore a checkpoint made by the same run key; None (and the folder removed) otherwise."""
+    import shutil
+
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if not (directory / CHECKPOINT_STATE).is_file():
+        return None
+    try:
+        state = json.loads((directory / CHECKPOINT_STATE).read_text())
+        tensors = load_file(str(directory / CHECKPOINT_WEIGHTS))
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint only costs the steps it saved
+        log(f"arm {name}: ignoring unreadable checkpoint {directory}: {exc}")
+        shutil.rmtree(directory, ignore_errors=True)
+        return None
+    if state.get("run_key") != key:
+        log(f"arm {name}: checkpoint {directory} is from other params or data; starting afresh")
+        shutil.rmtree(directory, ignore_errors=True)
+        return None
+    set_peft_model_state_dict(model, {k.removeprefix("adapter."): v for k, v in tensors.items()
+                                      if k.startswith("adapter.")}, adapter_name=name)
+    moments: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optimizer."):
+            _, index, field = k.split(".", 2)
+            moments.setdefault(int(index), {})[field] = v
+    optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    return state
 
 
 def train_arm(base_model: Any, tokenizer: Any, name: str, task: ArmTaskParams,
-              examples: Sequence[TaskExample], log: Callable[[str], None] = print) -> tuple[Any, TrainResult]:
-    """Wrap `base_model` with a fresh LoRA adapter called `name` and fine-tune it on `examples`."""
+              examples: Sequence[TaskExample], log: Callable[[str], None] = print,
+              checkpoint: Path | None = None,
+              on_step: Callable[[int], None] | None = None) -> tuple[Any, TrainResult]:
+    """Wrap `base_model` with a fresh LoRA adapter called `name` and fine-tune it on `examples`.
+
+    With `checkpoint`, the adapter, optimizer, step, sample order and RNG states are saved there
+    every `task.checkpoint_every` steps, and a later call with the same arguments resumes from it
+    and ends with the same weights as an uninterrupted run. The caller removes it once the arm is
+    saved (`clear_checkpoint`). `on_step(step)` runs after each step (and its checkpoint).
+    """
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -78,10 +165,19 @@ def train_arm(base_model: Any, tokenizer: Any, name: str, task: ArmTaskParams,
     encoded = [encode_example(tokenizer, task.template.format(input=e.input), e.output, task.max_length)
                for e in examples]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=task.lr)
+    first, loss_value, order = 1, float("nan"), []
+    key = _run_key(name, task, encoded, base_model) if checkpoint is not None else ""
+    if checkpoint is not None:
+        state = _load_checkpoint(checkpoint, model, name, optimizer, key, log)
+        if state is not None:
+            first, loss_value, order = state["step"] + 1, state["loss"], state["order"]
+            version, internal, gauss = state["rng"]
+            rng.setstate((version, tuple(internal), gauss))
+            log(f"arm {name}: resuming from step {state['step']}/{task.steps} ({checkpoint})")
     model.train()
-    start, loss_value, order = time.perf_counter(), float("nan"), []
+    start = time.perf_counter()
     every = max(1, task.steps // 10)
-    for step in range(1, task.steps + 1):
+    for step in range(first, task.steps + 1):
         if len(order) < task.batch_size:  # epochs of a seeded shuffle
             fresh = list(range(len(encoded)))
             rng.shuffle(fresh)
@@ -94,11 +190,25 @@ def train_arm(base_model: Any, tokenizer: Any, name: str, task: ArmTaskParams,
         loss_value = loss.item()
         if step % every == 0 or step == task.steps:
             elapsed = time.perf_counter() - start
-            left = elapsed / step * (task.steps - step)
+            left = elapsed / (step - first + 1) * (task.steps - step)
             log(f"arm {name}: step {step}/{task.steps} loss {loss_value:.4f} "
                 f"elapsed {elapsed:.0f}s left ~{left:.0f}s")
+        if checkpoint is not None and (step % task.checkpoint_every == 0 and step < task.steps):
+            _save_checkpoint(checkpoint, model, name, optimizer,
+                             {"run_key": key, "step": step, "loss": loss_value, "order": order,
+                              "rng": list(rng.getstate())})
+        if on_step is not None:
+            on_step(step)
     model.eval()
-    return model, TrainResult(task.steps, loss_value, time.perf_counter() - start)
+    return model, TrainResult(task.steps, loss_value, time.perf_counter() - start, first - 1)
+
+
+def clear_checkpoint(checkpoint: Path) -> None:
+    """Remove a training checkpoint (and any half-written one) once its arm is saved."""
+    import shutil
+
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    shutil.rmtree(checkpoint.with_name(checkpoint.name + ".partial"), ignore_errors=True)
 
 
 def save_arm(model: Any, name: str, task: ArmTaskParams, directory: Path, extra: dict[str, Any]) -> None:
@@ -111,7 +221,7 @@ def save_arm(model: Any, name: str, task: ArmTaskParams, directory: Path, extra:
             file.replace(directory / file.name)
         nested.rmdir()
     meta = {"name": name, "template": task.template, "max_new_tokens": task.max_new_tokens,
-            "metric": task.metric, **extra}
+            "metric": task.metric, "params": task.model_dump(), **extra}
     (directory / ARM_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -150,20 +260,23 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], adapter_names: list
 
 
 def evaluate_arm(model: Any, tokenizer: Any, name: str, task: ArmTaskParams,
-                 examples: Sequence[TaskExample], batch_size: int = 8) -> dict[str, dict[str, float]]:
-    """The task metric for the arm and for the base model prompted the same way."""
-    score = TEXT_METRICS[task.metric]
+                 examples: Sequence[TaskExample], batch_size: int = 8,
+                 metrics: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+    """The task metric (and any other `metrics`) for the arm and for the base model prompted
+    the same way, over the first `task.eval_examples` examples."""
+    names = list(dict.fromkeys([task.metric, *metrics]))
     examples = list(examples)[: task.eval_examples]
     results: dict[str, dict[str, float]] = {}
     for system, adapter in (("arm", name), ("base", BASE)):
-        values = []
+        values: dict[str, list[float]] = {metric: [] for metric in names}
         for i in range(0, len(examples), batch_size):
             chunk = examples[i:i + batch_size]
             outputs = generate(model, tokenizer, [task.template.format(input=e.input) for e in chunk],
                                [adapter] * len(chunk), task.max_new_tokens)
-            values += [score(o, e.output) for o, e in zip(outputs, chunk)]
-        results[system] = {task.metric: sum(values) / len(values) if values else 0.0,
-                           "examples": len(values)}
+            for metric in names:
+                values[metric] += [TEXT_METRICS[metric](o, e.output) for o, e in zip(outputs, chunk)]
+        results[system] = {metric: sum(v) / len(v) if v else 0.0 for metric, v in values.items()}
+        results[system]["examples"] = len(examples)
     return results
 
 

@@ -83,6 +83,8 @@ class ArmTaskParams(_Section):
     eval_examples: int = Field(16, ge=0)
     metric: Literal["json_f1", "rouge_l", "exact"] = "exact"
     seed: int = 0
+    # Training saves a checkpoint every this many steps and resumes from it after an interruption.
+    checkpoint_every: int = Field(10, ge=1)
     # Agents whose steps this arm answers at run time (the copilot's plan -> arm).
     agents: list[str] = Field(default_factory=list)
 

@@ -48,11 +48,18 @@ def validate(params: Params) -> dict[str, Any]:
     from amo.validate import validate_data
 
     d = params.data
-    return validate_data(Path(d.dir), tasks=None,
-                         min_description_chars=d.min_description_chars,
-                         max_description_chars=d.max_description_chars,
-                         max_prompt_chars=d.max_prompt_chars, max_task_chars=d.max_task_chars,
-                         report_path=METRICS_DIR / "validation.json", docs_dir=DATA_DOCS_DIR)
+    report = validate_data(Path(d.dir), tasks=None,
+                           min_description_chars=d.min_description_chars,
+                           max_description_chars=d.max_description_chars,
+                           max_prompt_chars=d.max_prompt_chars, max_task_chars=d.max_task_chars,
+                           report_path=METRICS_DIR / "validation.json", docs_dir=DATA_DOCS_DIR)
+    # One small report per task folder (data/tasks/<task>): each finetune_arm stage depends on
+    # its own, so new rows in one task's data (or anywhere else) do not retrain the other arms.
+    for folder in sorted(p for p in (Path(d.dir) / "tasks").glob("*") if p.is_dir()):
+        prefix = f"{Path(d.dir).name}/tasks/{folder.name}/"
+        write_json(METRICS_DIR / "validation" / "tasks" / f"{folder.name}.json",
+                   {"ok": report["ok"], "files": {k: v for k, v in report["files"].items() if k.startswith(prefix)}})
+    return report
 
 
 # -- router -----------------------------------------------------------------------------------
@@ -148,7 +155,7 @@ def export_router(params: Params) -> dict[str, Any]:
 # -- arms -------------------------------------------------------------------------------------
 def finetune_arm(params: Params, task_name: str) -> dict[str, Any]:
     """Fine-tune one task's LoRA adapter, evaluate it against the base model, save it."""
-    from amo.arms import evaluate_arm, save_arm, train_arm
+    from amo.arms import checkpoint_dir, clear_checkpoint, evaluate_arm, save_arm, train_arm
     from amo.models import fingerprint, load_base_model, resolve_base_model
 
     if task_name not in params.arms.tasks:
@@ -159,13 +166,15 @@ def finetune_arm(params: Params, task_name: str) -> dict[str, Any]:
     test = contracts.read_task(Path(task.data) / "test.jsonl")
     base_ref = resolve_base_model(params.base_model.path, params.base_model.gguf_file)
     base, tokenizer = load_base_model(base_ref)
-    model, result = train_arm(base, tokenizer, task_name, task, train, log=log.info)
+    checkpoint = checkpoint_dir(ARMS_DIR / task_name)
+    model, result = train_arm(base, tokenizer, task_name, task, train, log=log.info, checkpoint=checkpoint)
     scores = evaluate_arm(model, tokenizer, task_name, task, test)
     metrics = {"task": task_name, "train_examples": len(train), "steps": result.steps,
                "final_loss": result.final_loss, "train_seconds": round(result.seconds, 1), **scores}
     save_arm(model, task_name, task, ARMS_DIR / task_name,
              {"base_model": fingerprint(base_ref), "metrics": metrics})
     write_json(METRICS_DIR / "arms" / f"{task_name}.json", metrics)
+    clear_checkpoint(checkpoint)
     return metrics
 
 
