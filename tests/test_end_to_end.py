@@ -138,4 +138,4 @@ def test_invoke_runs_the_named_arm_of_the_promoted_bundle(repo: Path, tiny_lm: P
                        {name: bundle / "arms" / name for name in ("product_extraction", "query_rewrite")})
     assert answer == server.invoke([("query_rewrite", text)], max_new_tokens=4)[0]
     wrong = run(repo, "amo", "invoke", "--arm", "nope", text, check=False)
-    assert wrong.returncode == 1 and "known arms: product_extraction, query_rewrite" in wrong.stdout + wrong.stderr
+    assert wrong.returncode == 1 and "arms: product_extraction, query_rewrite" in wrong.stdout + wrong.stderr
