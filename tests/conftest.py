@@ -40,3 +40,56 @@ def build_tiny_lm(directory: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """A real Prefect API (temporary database) for flow tests, started once per session."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+TINY_REPO_FILES = ["src", "flows", "dvc.yaml", "params.yaml", "data.dvc", ".dvc/config", ".dvcignore",
+                   ".gitignore", "pyproject.toml"]
+
+
+def git_env() -> dict[str, str]:
+    import sys
+
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
+                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid", OMP_NUM_THREADS="1")
+
+
+def make_tiny_repo(repo: Path, tiny_lm: Path) -> Path:
+    """A git repository holding a copy of the project with tiny params (tiny base LM, few steps)
+    and the demo data written; nothing trained yet."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    for item in TINY_REPO_FILES:
+        source, target = ROOT / item, repo / item
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["base_model"] = {"path": str(tiny_lm), "gguf_file": None}
+    params["router"]["epochs"] = 4
+    for task in params["arms"]["tasks"].values():
+        task.update(steps=3, eval_examples=2, max_new_tokens=4, batch_size=4)
+    params["gate"]["floors"] = {"router.in_scope_accuracy": 0.05}
+    params["orchestration"].update(stage_retries=0, retry_delay_seconds=0)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"],
+                 ["amo", "data", "demo", "--out", "data"]):
+        subprocess.run(args, cwd=repo, env=git_env(), check=True, capture_output=True)
+    return repo

@@ -104,6 +104,23 @@ def data_import(name: str = typer.Argument(..., help="Data set: clinc150, amazon
     typer.echo(f"imported {name} to {target}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
+@data_app.command("update")
+def data_update(data_dir: Path | None = typer.Option(None, "--data", help="Default: params.yaml data.dir.")
+                ) -> None:
+    """Announce changed data: emit the `amo.data.updated` Prefect event with the data's hash
+    (starts the retrain/on-new-agent-data deployment)."""
+    from amo.orchestration import emit_data_updated
+
+    folder = data_dir or Path(_params().data.dir)
+    sent = _run(lambda: emit_data_updated(folder, Path("."), why="amo data update"))
+    if sent["event_id"] is None:
+        typer.echo(f"data {folder} hash {sent['data_hash']}: not announced, PREFECT_API_URL is not set "
+                   "(start a Prefect server, see README; the data sensor announces it later)")
+        return
+    typer.echo(f"data {folder} hash {sent['data_hash']}: event amo.data.updated {sent['event_id']} "
+               f"sent to {sent['api_url']}")
+
+
 # -- stages (dvc.yaml calls these) ------------------------------------------------------------
 @app.command()
 def validate() -> None:
