@@ -138,7 +138,9 @@ class OrchestrationParams(_Section):
     stage_retries: int = Field(1, ge=0)  # per stage task; validation failures are never retried
     retry_delay_seconds: float = Field(10.0, ge=0.0)
     push: bool = True  # `dvc push` after a completed retrain
-    remote: str | None = None  # DVC remote to push to; None: the default remote of .dvc/config
+    # DVC remote to push to: None (the default of .dvc/config), a remote name, or a URL
+    # (s3://bucket/amo, gs://..., file:///srv/amo, needs dvc-s3 / dvc-gs for the clouds).
+    remote: str | None = None
     arm_workers: int = Field(1, ge=1)  # arm fine-tunes at once on the local thread pool
     # A Dask scheduler (tcp://host:8786) runs the arm fan-out on that cluster; AMO_DASK_ADDRESS wins.
     dask_address: str | None = None

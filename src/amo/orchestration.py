@@ -26,6 +26,7 @@ STATE_DIR = ".amo"
 LOCK_FILE = "retrain.lock"
 DATA_STATE = "data_state.json"
 TAIL_LINES = 25
+REMOTE_NAME = "amo-remote"
 
 
 class StageError(RuntimeError):
@@ -99,7 +100,7 @@ def _env() -> dict[str, str]:
 
 def dvc(repo: Path, *args: str, label: str | None = None) -> str:
     """Run one DVC command in `repo`; raise StageError (named `label`) with DVC's output tail."""
-    result = subprocess.run(["dvc", *args], cwd=repo, env=_env(), capture_output=True, text=True)
+    result = subprocess.run(["dvc", *args], check=False, cwd=repo, env=_env(), capture_output=True, text=True)
     output = result.stdout + result.stderr
     if result.returncode != 0:
         raise StageError(label or " ".join(args), result.returncode, output)
@@ -118,9 +119,28 @@ def track_data(repo: Path, data_dir: str) -> str:
     return outs[0]["md5"]
 
 
+def use_remote(repo: Path, remote: str | None) -> str | None:
+    """The DVC remote to use: None (the default of .dvc/config), a remote's name, or a URL
+    (s3://, gs://, file://, a path), registered in .dvc/config.local as `amo-remote`."""
+    if remote is None or ("://" not in remote and not remote.startswith(("/", "."))):
+        return remote
+    # DVC reads a local remote as a path; file:// is fsspec's spelling of the same thing.
+    dvc(repo, "remote", "add", "--local", "--force", REMOTE_NAME, remote.removeprefix("file://"),
+        label="dvc remote add")
+    return REMOTE_NAME
+
+
 def push(repo: Path, remote: str | None = None) -> str:
-    """`dvc push` data and artifacts to the remote (the default one unless named)."""
-    return dvc(repo, "push", *(["--remote", remote] if remote else []), label="dvc push")
+    """`dvc push --run-cache`: data, artifacts and the run cache (so a clone restores even the
+    uncached metrics and bundle instead of re-running stages)."""
+    name = use_remote(repo, remote)
+    return dvc(repo, "push", "--run-cache", *(["--remote", name] if name else []), label="dvc push")
+
+
+def pull(repo: Path, remote: str | None = None) -> str:
+    """`dvc pull --run-cache`, the mirror of push: afterwards `dvc repro` restores, runs nothing."""
+    name = use_remote(repo, remote)
+    return dvc(repo, "pull", "--run-cache", *(["--remote", name] if name else []), label="dvc pull")
 
 
 def apply_overrides(repo: Path, overrides: list[str]) -> dict[str, Any]:
@@ -138,7 +158,7 @@ def apply_overrides(repo: Path, overrides: list[str]) -> dict[str, Any]:
     try:
         dvc_apply(path, list(overrides))
         load_params(path)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (hydra, omegaconf and config errors alike restore the file)
         path.write_text(original, encoding="utf-8")
         raise ValueError(f"params override {overrides} refused: {exc}") from None
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -276,8 +296,8 @@ def metrics_markdown(metrics_dir: Path, title: str, names: list[str] | None = No
 def validation_markdown(report_path: Path) -> str:
     """Files, rows and result of the validate stage's great-expectations report."""
     report = json.loads(report_path.read_text())
-    lines = ["# Data validation", "", f"valid: **{report.get('ok')}**, "
-             f"{len(report.get('problems', []))} problem(s)", "",
+    lines = ["# Data validation", "", (f"valid: **{report.get('ok')}**, "
+                                      f"{len(report.get('problems', []))} problem(s)"), "",
              "| file | rows | expectations |", "| --- | --- | --- |"]
     lines += [f"| {name} | {info.get('rows', '')} | {info.get('expectations', '')} |"
               for name, info in sorted(report.get("files", {}).items())]
@@ -292,8 +312,8 @@ def validation_markdown(report_path: Path) -> str:
 def decision_markdown(decision: Any, candidate: dict[str, Any], champion: dict[str, Any] | None) -> str:
     """The promotion decision: verdict, each gate check, and the metrics next to the champion's."""
     verdict = "PROMOTED" if decision.accepted else "REJECTED"
-    lines = [f"# Promotion: {verdict}", "", f"candidate `{decision.bundle_id}`, "
-             f"champion `{decision.champion or 'none'}`", ""]
+    lines = [f"# Promotion: {verdict}", "", (f"candidate `{decision.bundle_id}`, "
+                                            f"champion `{decision.champion or 'none'}`"), ""]
     lines += [f"- {reason}" for reason in decision.reasons] or ["- no gate checks configured"]
     cand, champ = _flatten(candidate), _flatten(champion or {})
     lines += ["", "| metric | candidate | champion |", "| --- | --- | --- |"]
