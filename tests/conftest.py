@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -72,8 +75,6 @@ def make_tiny_repo(repo: Path, tiny_lm: Path) -> Path:
     import shutil
     import subprocess
 
-    import yaml
-
     for item in TINY_REPO_FILES:
         source, target = ROOT / item, repo / item
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -86,10 +87,39 @@ def make_tiny_repo(repo: Path, tiny_lm: Path) -> Path:
     params["router"]["epochs"] = 4
     for task in params["arms"]["tasks"].values():
         task.update(steps=3, eval_examples=2, max_new_tokens=4, batch_size=4)
-    params["gate"]["floors"] = {"router.in_scope_accuracy": 0.05}
+    params["gate"]["floors"] = {"router.in_scope_accuracy": 0.0}  # a tiny router may score 0
     params["orchestration"].update(stage_retries=0, retry_delay_seconds=0)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"],
                  ["amo", "data", "demo", "--out", "data"]):
         subprocess.run(args, cwd=repo, env=git_env(), check=True, capture_output=True)
     return repo
+
+
+def flows() -> Any:
+    """flows/retrain.py, imported the way `python flows/serve.py` imports it."""
+    import importlib
+    import sys
+
+    if str(ROOT / "flows") not in sys.path:
+        sys.path.insert(0, str(ROOT / "flows"))
+    return importlib.import_module("retrain")
+
+
+@pytest.fixture(scope="session")
+def trained_repo(prefect_api: str, tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny repository after one real `retrain` flow run with a params override, pushing to a
+    file:// remote."""
+    base = tmp_path_factory.mktemp("trained")
+    repo = make_tiny_repo(base / "repo", tiny_lm)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["orchestration"]["remote"] = f"file://{base / 'remote'}"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    start = time.perf_counter()
+    state = flows().retrain(repo=str(repo), overrides=["router.epochs=6"], return_state=True)
+    seconds = time.perf_counter() - start
+    assert state.is_completed(), state.message
+    return {"repo": repo, "remote": base / "remote", "result": state.result(), "seconds": seconds,
+            "flow_run_id": state.state_details.flow_run_id}
+
+
