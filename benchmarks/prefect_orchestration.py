@@ -28,29 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from conftest import build_tiny_lm, git_env, make_tiny_repo
-from test_prefect_server import BIN, DEPLOYMENTS, api, free_port, stop
+from conftest import build_tiny_lm, make_tiny_repo
+from test_prefect_server import BIN, DEPLOYMENTS, api, start_server, stop, wait_for_completed_run
 
 from amo import orchestration as orch
-
-
-def start_server(home: Path) -> tuple[subprocess.Popen[bytes], dict[str, str], dict[str, str]]:
-    port = free_port()
-    env = {k: v for k, v in git_env().items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
-    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    import httpx
-
-    start = time.monotonic()
-    while True:
-        try:
-            if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    return proc, env, {"url": env["PREFECT_API_URL"], "healthy_after_s": round(time.monotonic() - start, 1)}
 
 
 def last_run(server: dict[str, str], flow_name: str) -> dict:
@@ -67,10 +48,11 @@ def main() -> None:
     work.mkdir(parents=True)
     result: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
                     "machine": "2 cores shared with other jobs, OMP_NUM_THREADS=1, tiny LM"}
-    proc, env, server = start_server(work / "prefect_home")
+    proc, server = start_server(work / "prefect_home", subprocess.DEVNULL)
+    env = server["env"]
     serving = None
     try:
-        result["server"] = dict(server)
+        result["server"] = {"url": server["url"], "healthy_after_s": server["healthy_after_s"]}
         repo = make_tiny_repo(work / "repo", build_tiny_lm(work / "tiny_lm"))
 
         start = time.monotonic()
@@ -109,12 +91,7 @@ def main() -> None:
         agents.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         emitted = datetime.now(UTC)
         subprocess.run([str(BIN / "amo"), "data", "update"], cwd=repo, env=env, check=True, capture_output=True)
-        while True:
-            runs = api(server, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
-            if runs and runs[0]["state_type"] in ("COMPLETED", "FAILED", "CRASHED"):
-                break
-            time.sleep(1)
-        run = runs[0]
+        run = wait_for_completed_run(server, deployment["id"], timeout=900)
         started, ended = datetime.fromisoformat(run["start_time"]), datetime.fromisoformat(run["end_time"])
         result["event_to_run"] = {"event_to_run_started_s": round((started - emitted).total_seconds(), 1),
                                   "run_s": round((ended - started).total_seconds(), 1),

@@ -191,6 +191,6 @@ def test_data_sensor_emits_one_event_per_change(prefect_api: str, tmp_path: Path
     with get_client(sync_client=True) as client:
         while first not in hashes and time.monotonic() < deadline:
             time.sleep(0.5)
-            page = client.read_events(EventFilter(event=EventNameFilter(name=[orch.DATA_UPDATED])))
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[orch.DATA_UPDATED])), limit=50)
             hashes = [e.payload.get("data_hash") for e in page.events]
     assert hashes.count(first) == 1

@@ -50,36 +50,62 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """`prefect server start --host 127.0.0.1 --port <free>` with analytics off; stopped by its PID."""
+def start_server(home: Path, log: Any) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """`prefect server start --host 127.0.0.1 --port <free>` with its own PREFECT_HOME and analytics
+    off, once /api/health answers; returns the process and {url, env, pid, healthy_after_s}."""
     port = free_port()
     env = {k: v for k, v in git_env().items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect_home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
                PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 (closed in the finally)
     proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
-        yield {"url": env["PREFECT_API_URL"], "env": env, "pid": proc.pid}
-    finally:
-        stop(proc)
-        log.close()
+    start = time.monotonic()
+    while True:
+        try:
+            if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() - start > 120:
+            stop(proc)
+            raise RuntimeError(f"prefect server did not become healthy (exit {proc.returncode})")
+        time.sleep(0.5)
+    return proc, {"url": env["PREFECT_API_URL"], "env": env, "pid": proc.pid,
+                  "healthy_after_s": round(time.monotonic() - start, 1)}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A real Prefect server for this test, stopped by its PID afterwards."""
+    with open(tmp_path / "server.log", "wb") as log:
+        proc, info = start_server(tmp_path / "prefect_home", log)
+        try:
+            yield info
+        finally:
+            stop(proc)
 
 
 def api(server: dict[str, Any], path: str, body: dict[str, Any] | None = None) -> Any:
     response = httpx.post(f"{server['url']}{path}", json=body or {}, timeout=10)
     response.raise_for_status()
     return response.json()
+
+
+def wait_for_completed_run(server: dict[str, Any], deployment_id: str, timeout: float) -> dict[str, Any]:
+    """The deployment's first Completed flow run; or, once every run ended without one (or at the
+    timeout), the latest run. (If the data sensor also saw the change, its duplicate run is refused
+    by the retrain lock: the Completed one is what counts.)"""
+    deadline = time.monotonic() + timeout
+    runs: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        runs = api(server, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}})
+        done = [r for r in runs if r["state_type"] == "COMPLETED"]
+        if done:
+            return done[0]
+        if runs and all(r["state_type"] in ("FAILED", "CRASHED", "CANCELLED") for r in runs):
+            break
+        time.sleep(2)
+    return runs[0] if runs else {}
 
 
 def test_new_agent_data_event_starts_a_retrain_that_completes(server: dict[str, Any],
@@ -117,15 +143,8 @@ def test_new_agent_data_event_starts_a_retrain_that_completes(server: dict[str, 
         new_hash = orch.data_fingerprint(repo / "data")
         assert "event amo.data.updated" in out and new_hash in out
 
-        deadline = time.monotonic() + 240
-        run: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            runs = api(server, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
-            run = runs[0] if runs else {}
-            if run.get("state_type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            time.sleep(2)
-        assert run.get("state_type") == "COMPLETED", (run.get("state"), (tmp_path / "serve.log").read_text()[-4000:])
+        run = wait_for_completed_run(server, deployment["id"], timeout=240)
+        assert run.get("state_type") == "COMPLETED", (run, (tmp_path / "serve.log").read_text()[-4000:])
         started = datetime.fromisoformat(run["start_time"])
         ended = datetime.fromisoformat(run["end_time"])
         print(f"\nevent emitted -> retrain started: {(started - emitted).total_seconds():.1f} s; "
