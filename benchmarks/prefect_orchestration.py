@@ -67,11 +67,17 @@ def main() -> None:
         start = time.monotonic()
         pair = [subprocess.Popen([sys.executable, "flows/retrain.py", "--no-push"], cwd=repo, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        ended: dict[int, float] = {}
+        while len(ended) < len(pair):
+            for i, p in enumerate(pair):
+                if i not in ended and p.poll() is not None:
+                    ended[i] = round(time.monotonic() - start, 1)
+            time.sleep(0.2)
         outcomes = []
-        for p in pair:
-            out, err = p.communicate()
+        for i, p in enumerate(pair):
+            _, err = p.communicate()
             busy = [line for line in err.splitlines() if "another retrain is running" in line]
-            outcomes.append({"exit": p.returncode, "seconds_after_start": round(time.monotonic() - start, 1),
+            outcomes.append({"exit": p.returncode, "exited_after_s": ended[i],
                              "message": busy[0].strip()[-400:] if busy else None})
         result["two_concurrent_retrains"] = outcomes
 
