@@ -86,7 +86,8 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def api(server: dict[str, Any], path: str, body: dict[str, Any] | None = None) -> Any:
-    response = httpx.post(f"{server['url']}{path}", json=body or {}, timeout=10)
+    """POST to the server's API; on a busy machine a read may take long, so wait up to a minute."""
+    response = httpx.post(f"{server['url']}{path}", json=body or {}, timeout=60)
     response.raise_for_status()
     return response.json()
 
