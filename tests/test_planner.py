@@ -1,70 +1,109 @@
-"""Planner: fitted trees pick ordered paths, round-trip through JSON, refuse corrupt files, explain."""
+"""Planner: fitted trees pick ordered paths, generalise to unseen paths and agents, round-trip through
+JSON, refuse corrupt files, explain themselves."""
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from amo.planner import PLANNER_FILE, PlannerFormatError, TreePlanner
+from amo.planner import NEXT_FEATURES, PLANNER_FILE, PlannerFormatError, TreePlanner
 
-AGENTS = ["search", "price", "compare", "handoff"]
-PATHS = [["search"], ["search", "price"], ["price", "compare"], [], ["search", "price", "compare"], ["handoff"]]
+AGENTS = ["search_flights", "book_hotel", "convert_currency", "check_weather", "translate_text", "send_email"]
+HELD_OUT = ["send_email", "check_weather", "search_flights"]  # never a training path
+FILLERS = ["for my trip", "please", "for tomorrow", "right away", "for the team"]
 
 
-def traces(n: int = 240, seed: int = 0):
-    """Each path type has its own region of embedding space and its own router scores."""
-    centres = np.random.default_rng(0).normal(size=(len(PATHS), 12))
-    rng = np.random.default_rng(seed)
-    prompts, embeddings, scores, seps, paths = [], [], [], [], []
-    for i in range(n):
-        kind = i % len(PATHS)
-        embeddings.append(centres[kind] + 0.1 * rng.normal(size=12))
-        scores.append({a: (2.0 if a in PATHS[kind] else -2.0) + 0.1 * rng.normal() for a in AGENTS})
-        seps.append(0.0)
-        paths.append(PATHS[kind])
-        prompts.append(" then ".join(PATHS[kind]) or "tell me a joke")
-    return prompts, np.array(embeddings), scores, seps, paths
+def trace(rng: random.Random, path: list[str], agents: list[str]) -> tuple[str, np.ndarray, dict, float, list]:
+    """A prompt that names the path's agents in order; the router scores them above the separator."""
+    prompt = " then ".join(f"{a.replace('_', ' ')} {rng.choice(FILLERS)}" for a in path) or "tell me a joke"
+    scores = {a: (2.0 if a in path else -2.0) + rng.gauss(0, 0.3) for a in agents}
+    embedding = np.array([rng.gauss(0, 1) for _ in range(8)])
+    return prompt, embedding, scores, 0.0, path
+
+
+def traces(n: int, seed: int, agents: list[str] = AGENTS) -> list[tuple]:
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        path = rng.sample(agents, rng.choice([0, 1, 2, 2, 3, 3]))
+        if path != HELD_OUT:
+            out.append(trace(rng, path, agents))
+    return out
+
+
+def plan(planner: TreePlanner, row: tuple) -> list[str]:
+    prompt, embedding, scores, separator, _ = row
+    return planner.plan(prompt, embedding, scores, separator).path
 
 
 @pytest.fixture(scope="module")
 def planner() -> TreePlanner:
-    prompts, emb, scores, seps, paths = traces()
-    return TreePlanner(pca_dims=4, max_depth=8, min_samples_leaf=1).fit(prompts, emb, scores, seps, paths, AGENTS)
+    prompts, embeddings, scores, seps, paths = zip(*traces(400, seed=0))
+    return TreePlanner(pca_dims=4, max_depth=6, min_samples_leaf=2, next_max_depth=6, next_min_samples_leaf=5,
+                       ).fit(prompts, np.array(embeddings), scores, seps, paths, AGENTS)
 
 
 def test_planner_reproduces_ordered_paths(planner: TreePlanner) -> None:
-    """On held-out prompts of known kinds, the planner returns each kind's ordered path."""
-    prompts, emb, scores, seps, paths = traces(n=60, seed=1)
-    predicted = [planner.plan(p, e, s, sep).path for p, e, s, sep in zip(prompts, emb, scores, seps)]
-    assert np.mean([p == g for p, g in zip(predicted, paths)]) > 0.9
-    assert planner.plan(prompts[3], emb[3], scores[3], seps[3]).abstained
+    """On held-out prompts the planner returns the ordered path, and abstains when no agent fits."""
+    test = traces(100, seed=1)
+    assert np.mean([plan(planner, row) == row[-1] for row in test]) > 0.9
+    assert plan(planner, next(row for row in test if not row[-1])) == []
 
 
-def test_save_load_gives_identical_paths(planner: TreePlanner, tmp_path: Path) -> None:
-    """A planner saved as JSON and loaded back plans exactly the same, with no pickle involved."""
+def test_path_unseen_in_training_is_reachable(planner: TreePlanner) -> None:
+    """A path no training trace contains is planned when the prompt and scores support it."""
+    assert all(list(p) != HELD_OUT for p in planner_paths())
+    rng = random.Random(5)
+    hits = [plan(planner, trace(rng, HELD_OUT, AGENTS)) == HELD_OUT for _ in range(10)]
+    assert np.mean(hits) >= 0.8
+
+
+def planner_paths() -> list[list[str]]:
+    return [row[-1] for row in traces(400, seed=0)]
+
+
+def test_agent_unseen_in_training_is_planned(planner: TreePlanner) -> None:
+    """An agent absent from every training trace is planned through its router score."""
+    rng = random.Random(6)
+    agents = [*AGENTS, "order_pizza"]
+    path = ["search_flights", "order_pizza"]
+    hits = [plan(planner, trace(rng, path, agents)) == path for _ in range(10)]
+    assert np.mean(hits) >= 0.8
+
+
+def test_save_load_gives_identical_plans(planner: TreePlanner, tmp_path: Path) -> None:
+    """A planner saved as JSON and loaded back plans exactly the same (paths and rules), no pickle."""
     planner.save(tmp_path)
     text = (tmp_path / PLANNER_FILE).read_text()
     assert json.loads(text)["kind"] == "amo.tree_planner"
     loaded = TreePlanner.load(tmp_path)
-    prompts, emb, scores, seps, _ = traces(n=30, seed=2)
-    for p, e, s, sep in zip(prompts, emb, scores, seps):
-        assert loaded.plan(p, e, s, sep) == planner.plan(p, e, s, sep)
+    for prompt, embedding, scores, separator, _ in traces(40, seed=2):
+        assert loaded.plan(prompt, embedding, scores, separator) == planner.plan(prompt, embedding, scores, separator)
 
 
-@pytest.mark.parametrize("corrupt", ["truncate", "child", "feature", "kind", "leaf"])
+@pytest.mark.parametrize("corrupt", ["truncate", "child", "feature", "kind", "version", "value", "features",
+                                     "pca", "transitions"])
 def test_corrupt_planner_is_refused(planner: TreePlanner, tmp_path: Path, corrupt: str) -> None:
     """A truncated or inconsistent planner file is refused with its path in the message."""
     data = planner.to_dict()
     if corrupt == "child":
-        data["tree"]["left"][0] = 10**6
+        data["next_tree"]["left"][0] = 10**6
     elif corrupt == "feature":
-        data["tree"]["feature"][0] = 10**6
+        data["stop_tree"]["feature"][0] = 10**6
     elif corrupt == "kind":
         data["kind"] = "something.else"
-    elif corrupt == "leaf":
-        leaf = data["tree"]["left"].index(-1)
-        data["tree"]["leaf_class"][leaf] = 99
+    elif corrupt == "version":
+        data["format_version"] = 1
+    elif corrupt == "value":
+        data["next_tree"]["value"][-1] = 7.0
+    elif corrupt == "features":
+        data["next_tree"]["features"] = data["next_tree"]["features"][::-1]
+    elif corrupt == "pca":
+        data["pca"]["mean"] = data["pca"]["mean"][:-1]
+    elif corrupt == "transitions":
+        data["transitions"] = ["not", "a", "table"]
     text = json.dumps(data)
     (tmp_path / PLANNER_FILE).write_text(text[: len(text) // 2] if corrupt == "truncate" else text)
     with pytest.raises(PlannerFormatError, match=PLANNER_FILE):
@@ -72,24 +111,31 @@ def test_corrupt_planner_is_refused(planner: TreePlanner, tmp_path: Path, corrup
 
 
 def test_explain_names_real_features_and_thresholds(planner: TreePlanner) -> None:
-    """Every rule names one of the planner's features and a threshold that is in the tree."""
-    prompts, emb, scores, seps, _ = traces(n=6, seed=3)
-    plan = planner.plan(prompts[4], emb[4], scores[4], seps[4])
-    thresholds = {f"{t:.4g}" for t in planner.tree_["threshold"]}
-    tests = [rule for step in plan.rules for rule in step if not rule.startswith("->")]
-    assert tests
-    for rule in tests:
-        name, _, rest = rule.partition(" = ")
-        assert name in planner.feature_names_
-        assert rest.split()[-1] in thresholds
-    assert plan.rules[-1][-1].startswith("-> ")
+    """Every rule names a feature of the tree that applied it and a threshold that is in that tree,
+    and each step ends with its decision."""
+    prompt, embedding, scores, separator, path = trace(random.Random(7), ["book_hotel", "convert_currency"], AGENTS)
+    result = planner.plan(prompt, embedding, scores, separator)
+    assert result.path == path
+    trees = {"stop tree:": planner.stop_tree_, "next tree": planner.next_tree_}
+    names = {"stop tree:": planner.stop_features_, "next tree": planner.next_features_}
+    checked = 0
+    for step in result.rules:
+        current = None
+        for line in step:
+            if line.startswith(("stop tree:", "next tree")):
+                current = "stop tree:" if line.startswith("stop") else "next tree"
+            elif not line.startswith("->"):
+                name, _, rest = line.partition(" = ")
+                assert name in names[current]
+                assert rest.split()[-1] in {f"{t:.4g}" for t in trees[current]["threshold"]}
+                checked += 1
+    assert checked and planner.next_features_ == NEXT_FEATURES
+    assert result.rules[0][-1].startswith("-> book_hotel (P(next) = ")
+    assert result.rules[-1][-1].startswith("-> stop")
 
 
-def test_unknown_and_missing_agents_are_tolerated(planner: TreePlanner) -> None:
-    """Scores for agents the planner never saw are ignored; a missing known agent does not crash."""
-    prompts, emb, scores, seps, _ = traces(n=6, seed=4)
-    with_new = dict(scores[1], brand_new_agent=5.0)
-    assert planner.plan(prompts[1], emb[1], with_new, seps[1]).path == planner.plan(
-        prompts[1], emb[1], scores[1], seps[1]).path
-    without = {k: v for k, v in scores[1].items() if k != "compare"}
-    planner.plan(prompts[1], emb[1], without, seps[1])
+def test_missing_known_agent_is_tolerated(planner: TreePlanner) -> None:
+    """Scores without an agent the planner saw in training still give a plan, without that agent."""
+    prompt, embedding, scores, separator, _ = trace(random.Random(8), ["book_hotel", "send_email"], AGENTS)
+    without = {k: v for k, v in scores.items() if k != "send_email"}
+    assert "send_email" not in planner.plan(prompt, embedding, without, separator).path

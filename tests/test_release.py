@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from amo.bundle import MANIFEST, BundleError, file_hashes, verify_bundle
+from amo.bundle import MANIFEST, BundleError, file_hashes, verify_bundle, write_manifest
 from amo.config import GateParams
 from amo.registry import Registry
 
@@ -20,7 +20,7 @@ def fake_bundle(root: Path, bundle_id: str, accuracy: float) -> Path:
     (bundle / "planner.json").write_text('{"tree": []}')
     manifest = {"bundle_id": bundle_id, "created": "2026-01-01T00:00:00Z", "models": {},
                 "metrics": {"router": {"in_scope_accuracy": accuracy}}, "files": file_hashes(bundle)}
-    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(bundle, manifest)
     return bundle
 
 
@@ -77,3 +77,190 @@ def test_promote_then_rollback(tmp_path: Path) -> None:
     with pytest.raises(BundleError):
         registry.rollback(to="one")
     assert registry.current_id() == "two"
+
+
+# -- registry URLs and the CLI ------------------------------------------------------------------
+def test_registry_by_file_url_and_object_store(tmp_path: Path) -> None:
+    """A file:// URL is the local registry (atomic rename); memory:// stands in for an object
+    store: promote, list, rollback and verified downloads work the same."""
+    local = Registry(f"file://{tmp_path / 'reg'}")
+    assert local.local and local.root == tmp_path / "reg"
+    local.promote(fake_bundle(tmp_path, "one", 0.8), GATE)
+    assert json.loads((tmp_path / "reg" / "current.json").read_text())["bundle_id"] == "one"
+
+    store = Registry("memory://amo-test/registry", cache_dir=tmp_path / "cache")
+    assert not store.local
+    store.promote(fake_bundle(tmp_path / "s", "one", 0.8), GATE)
+    store.promote(fake_bundle(tmp_path / "s", "two", 0.85), GATE)
+    assert [(r["bundle_id"], r["current"]) for r in store.list()] == [("one", False), ("two", True)]
+    assert verify_bundle(store.current_path())["bundle_id"] == "two"
+    assert store.current_path() == tmp_path / "cache" / "two"
+    assert store.rollback() == "one" and store.current_id() == "one"
+    assert [e["action"] for e in store.history()] == ["promote", "promote", "rollback"]
+    store.fs.pipe_file("amo-test/registry/bundles/two/planner.json", b'{"tree": [1]}')
+    with pytest.raises(BundleError, match="checksum mismatch in planner.json"):
+        store.rollback(to="two")
+    assert store.current_id() == "one"
+
+
+def cli(params: Path, *args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from amo.cli import app
+
+    result = CliRunner().invoke(app, ["--params", str(params), *args])
+    return result.exit_code, result.output
+
+
+def test_cli_promote_list_verify_rollback(tmp_path: Path) -> None:
+    """`amo promote/bundles list/bundles verify/rollback` drive a file:// registry end to end,
+    printing the gate's decision and refusing a failing or tampered candidate."""
+    import yaml
+
+    params = tmp_path / "params.yaml"
+    raw = {"arms": {"tasks": {"t": {"data": "d", "template": "{input}"}}},
+           "gate": {"floors": {"router.in_scope_accuracy": 0.7}, "tolerance": 0.02},
+           "registry": {"path": f"file://{tmp_path / 'reg'}"}}
+    params.write_text(yaml.safe_dump(raw))
+    code, out = cli(params, "promote", str(fake_bundle(tmp_path, "first", 0.8)))
+    assert code == 0 and "PROMOTED first" in out and "ok: router.in_scope_accuracy = 0.8000 >= floor 0.7" in out
+    code, out = cli(params, "promote", str(fake_bundle(tmp_path, "weak", 0.5)))
+    assert code == 1 and "REJECTED weak" in out and "FAILED: router.in_scope_accuracy = 0.5000 < floor" in out
+    code, out = cli(params, "promote", str(fake_bundle(tmp_path, "second", 0.81)))
+    assert code == 0 and "vs champion 0.8000 (within tolerance" in out
+    code, out = cli(params, "bundles", "list")
+    assert code == 0 and out.splitlines() == [
+        "  first  created 2026-01-01T00:00:00Z  router acc 0.800",
+        "* second  created 2026-01-01T00:00:00Z  router acc 0.810"]
+    code, out = cli(params, "bundles", "verify", "second")
+    assert code == 0 and "bundle second: 2 files verified" in out
+    code, out = cli(params, "rollback")
+    assert code == 0 and "current bundle is now first" in out
+    code, out = cli(params, "rollback", "--to", "second")
+    assert code == 0 and "current bundle is now second" in out
+    (tmp_path / "reg" / "bundles" / "first" / "planner.json").write_text("{}")
+    code, out = cli(params, "bundles", "verify", "first")
+    assert code == 1 and "checksum mismatch in planner.json" in out
+    code, out = cli(params, "rollback", "--to", "first")
+    assert code == 1 and "failed verification" in out
+    history = [json.loads(line) for line in (tmp_path / "reg" / "history.jsonl").read_text().splitlines()]
+    assert [(e["action"], e["bundle_id"]) for e in history] == [
+        ("promote", "first"), ("reject", "weak"), ("promote", "second"), ("rollback", "first"),
+        ("rollback", "second")]
+    assert any("FAILED" in reason for reason in history[1]["reasons"])
+
+
+# -- kill -9 during promotion -------------------------------------------------------------------
+KILL_POINTS = 20
+
+
+def roomy_bundle(root: Path, bundle_id: str, accuracy: float) -> Path:
+    """A fake bundle with a dozen files, so copying it in passes many kill points."""
+    bundle = fake_bundle(root, bundle_id, accuracy)
+    for i in range(10):
+        (bundle / "arms" / f"part{i}.bin").parent.mkdir(exist_ok=True)
+        (bundle / "arms" / f"part{i}.bin").write_bytes(bytes([i]) * 1000 + bundle_id.encode())
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["files"] = file_hashes(bundle)
+    write_manifest(bundle, manifest)
+    return bundle
+
+
+def _promote_and_pause(root: Path, candidate: Path, stop_at: int, conn: object) -> None:
+    """In the forked child: promote, announcing checkpoint `stop_at` and sleeping there."""
+    import time
+
+    hits = 0
+
+    def hook(step: str) -> None:
+        nonlocal hits
+        if hits == stop_at:
+            conn.send(step)  # type: ignore[attr-defined]
+            time.sleep(120)
+        hits += 1
+
+    Registry(root, checkpoint=hook).promote(candidate, GATE)
+    conn.send("finished")  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def crash_kit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    root = tmp_path_factory.mktemp("crash")
+    old, new = roomy_bundle(root, "old", 0.8), roomy_bundle(root, "new", 0.85)
+    steps: list[str] = []
+    registry = Registry(root / "probe", checkpoint=steps.append)
+    registry.promote(old, GATE)
+    steps.clear()
+    registry.promote(new, GATE)
+    return old, new, steps
+
+
+def test_promotion_has_enough_kill_points(crash_kit: tuple[Path, Path, list[str]]) -> None:
+    """Promotion passes at least 20 distinct steps: verify, gate, each file copied, the copy
+    verified and renamed, the pointer written, fsynced and renamed, history recorded."""
+    steps = crash_kit[2]
+    assert len(steps) >= KILL_POINTS and len(set(steps)) == len(steps)
+    assert steps[0] == "candidate verified" and steps[-1] == "history recorded"
+    assert "current.json: renamed" in steps and "bundle renamed into place" in steps
+
+
+@pytest.mark.parametrize("point", range(KILL_POINTS))
+def test_kill_during_promotion_leaves_a_whole_bundle(tmp_path: Path, point: int,
+                                                     crash_kit: tuple[Path, Path, list[str]]) -> None:
+    """kill -9 of the promoting process at any step leaves `current` naming a whole, verified
+    bundle (old before the pointer's rename, new after), and the next promotion succeeds."""
+    import multiprocessing
+    import os
+    import signal
+
+    old, new, steps = crash_kit
+    stop_at = round(point * (len(steps) - 1) / (KILL_POINTS - 1))
+    root = tmp_path / "registry"
+    Registry(root).promote(old, GATE)
+    context = multiprocessing.get_context("fork")
+    parent, child = context.Pipe()
+    process = context.Process(target=_promote_and_pause, args=(root, new, stop_at, child))
+    process.start()
+    try:
+        assert parent.poll(60), "the child never reached its kill point"
+        assert parent.recv() == steps[stop_at]
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(30)
+    assert process.exitcode == -signal.SIGKILL
+    registry = Registry(root)
+    expected = "new" if stop_at >= steps.index("current.json: renamed") else "old"
+    assert registry.current_id() == expected
+    assert verify_bundle(registry.current_path())["bundle_id"] == expected
+    listed = registry.list()
+    assert {row["bundle_id"] for row in listed} <= {"old", "new"}
+    assert [row["bundle_id"] for row in listed if row["current"]] == [expected]
+    for row in listed:  # a listed bundle is always whole; a cut-short copy stays hidden
+        registry.verify(row["bundle_id"])
+    assert registry.promote(new, GATE).accepted and registry.current_id() == "new"
+    registry.verify("new")
+
+
+def test_data_hash_from_data_dvc_or_dvc_lock(tmp_path: Path) -> None:
+    """The manifest's data hash comes from data.dvc, else from dvc.lock's validate stage."""
+    from amo.bundle import data_hash
+
+    lock = tmp_path / "dvc.lock"
+    lock.write_text("schema: '2.0'\nstages:\n  validate:\n    cmd: amo validate\n    deps:\n"
+                    "    - path: data\n      hash: md5\n      md5: abc.dir\n")
+    assert data_hash(tmp_path / "data.dvc", lock) == "abc.dir"
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: def.dir\n  path: data\n")
+    assert data_hash(tmp_path / "data.dvc", lock) == "def.dir"
+    assert data_hash(tmp_path / "none.dvc", tmp_path / "none.lock") is None
+
+
+def test_changed_manifest_is_refused(tmp_path: Path) -> None:
+    """Raising a metric in manifest.json breaks its digest: verification and promotion refuse it."""
+    bundle = fake_bundle(tmp_path, "b1", 0.5)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["metrics"]["router"]["in_scope_accuracy"] = 0.99
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="manifest.json was changed"):
+        verify_bundle(bundle)
+    with pytest.raises(BundleError, match="manifest.json was changed"):
+        Registry(tmp_path / "registry").promote(bundle, GATE)

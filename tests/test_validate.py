@@ -155,6 +155,32 @@ BAD_CASES: list[tuple[str, Mutation, str, int | None, str | None]] = [
      "tasks/rewrite/test.jsonl", 2, "input"),
     ("missing_split", lambda d: (d / "routing" / "val.jsonl").unlink(),
      "routing/val.jsonl", None, None),
+    ("agent_id_not_a_string", lambda d: edit(d, "agents.jsonl", 1, id=7), "agents.jsonl", 1, "id"),
+    ("missing_description", lambda d: edit(d, "agents.jsonl", 2, description=...),
+     "agents.jsonl", 2, "description"),
+    ("blank_description", lambda d: edit(d, "agents.jsonl", 2, description=" " * 30),
+     "agents.jsonl", 2, "description"),
+    ("domain_not_a_string", lambda d: edit(d, "agents.jsonl", 1, domain=5), "agents.jsonl", 1, "domain"),
+    ("exact_duplicate_agent_row", lambda d: set_line(d, "agents.jsonl", 3, json.dumps(AGENTS[0])),
+     "agents.jsonl", 3, "id"),
+    ("empty_prompt", lambda d: edit(d, "routing/train.jsonl", 2, prompt=""),
+     "routing/train.jsonl", 2, "prompt"),
+    ("one_mb_prompt", lambda d: edit(d, "routing/test.jsonl", 1, prompt="q" * 1_000_000),
+     "routing/test.jsonl", 1, "prompt"),
+    ("infinity_grade", lambda d: set_line(d, "routing/train.jsonl", 2,
+                                          '{"prompt": "Where is my order 1234?", "labels": {"order_status": Infinity}}'),
+     "routing/train.jsonl", 2, "labels.order_status"),
+    ("path_not_a_list", lambda d: edit(d, "traces/train.jsonl", 3, path="returns"),
+     "traces/train.jsonl", 3, "path"),
+    ("link_not_a_pair", lambda d: edit(d, "traces/train.jsonl", 1, links=[["search_agent"]]),
+     "traces/train.jsonl", 1, "links[0]"),
+    ("nan_outcome", lambda d: set_line(d, "traces/test.jsonl", 1,
+                                       '{"prompt": "Where is order 99?", "path": ["order_status"], "outcome": NaN}'),
+     "traces/test.jsonl", 1, "outcome"),
+    ("missing_task_input", lambda d: edit(d, "tasks/rewrite/train.jsonl", 1, input=...),
+     "tasks/rewrite/train.jsonl", 1, "input"),
+    ("task_output_not_a_string", lambda d: edit(d, "tasks/rewrite/test.jsonl", 1, output=["a"]),
+     "tasks/rewrite/test.jsonl", 1, "output"),
 ]
 
 
@@ -271,3 +297,24 @@ def test_a_bad_field_does_not_hide_other_problems_of_its_row(data: Path) -> None
     assert "data/agents.jsonl row 1 field tags: expected an array of strings, got string" in shown
     assert ("data/agents.jsonl row 2 field id: duplicate agent id: 'search_agent' (rows 1, 2)"
             in shown)
+
+
+def test_data_docs_are_written_on_success_and_failure(data: Path, tmp_path: Path) -> None:
+    """Each run writes great-expectations data docs: an index of suites and problems, and one
+    GX-rendered HTML page per suite; on failure the index names the file, row and field."""
+    docs = tmp_path / "docs"
+    validate_data(data, docs_dir=docs)
+    index = (docs / "index.html").read_text()
+    pages = sorted((docs / "suites").glob("*.html"))
+    assert "amo data validation: passed" in index and "data/agents.jsonl (rows)" in index
+    assert len(pages) == index.count("suites/") and len(pages) >= 8
+    agents_page = (docs / "suites" / "data_agents_jsonl_rows.html").read_text()
+    assert "<html" in agents_page and "values must be unique" in agents_page.lower()
+    edit(data, "routing/train.jsonl", 3, labels={"ghost": 1})
+    with pytest.raises(DataValidationError, match=f"data docs: {docs / 'index.html'}"):
+        validate_data(data, docs_dir=docs)
+    index = (docs / "index.html").read_text()
+    assert "amo data validation: 1 problem</h1>" in index
+    assert ("<td>data/routing/train.jsonl</td><td>3</td><td>labels.ghost</td>"
+            "<td>unknown agent id &#x27;ghost&#x27; (not in agents.jsonl)</td>") in index
+    assert "FAILED" in index

@@ -7,6 +7,7 @@ manifest names, or the bundle is refused.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,15 +52,22 @@ class Brain:
         self.encoder = Encoder(encoder_dir, self.runtime.get("encoder_batch_size", 64))
         self.scorer = OnnxScorer(self.path / "router" / "router.onnx")
         self.index = AgentIndex.load(self.path / "router")
+        self.agent_ids = self.index.ids
         self.planner = TreePlanner.load(self.path / "planner")
         self._arms: Any = None
+        self._arms_lock = threading.Lock()
+        self._encode_lock = threading.Lock()  # tokenizers refuse concurrent use ("Already borrowed")
 
     @property
     def bundle_id(self) -> str:
         return self.manifest["bundle_id"]
 
+    def _embed(self, prompts: list[str]) -> np.ndarray:
+        with self._encode_lock:
+            return self.encoder.encode(prompts)
+
     def _score(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
-        embedding = self.encoder.encode([prompt])
+        embedding = self._embed([prompt])
         return embedding[0], self.scorer.score(embedding, self.index.embeddings)[0]
 
     def _route(self, scores: np.ndarray) -> Route:
@@ -69,14 +77,23 @@ class Brain:
     def route(self, prompt: str) -> Route:
         return self._route(self._score(prompt)[1])
 
+    def route_many(self, prompts: list[str]) -> list[Route]:
+        """Routes for several prompts with one encoder batch and one ONNX call (the runtime
+        batches concurrent requests this way)."""
+        scores = self.scorer.score(self._embed(prompts), self.index.embeddings)
+        return [self._route(row) for row in scores]
+
     def plan(self, prompt: str) -> tuple[Route, Plan]:
         embedding, scores = self._score(prompt)
-        per_agent = dict(zip(self.index.ids, scores[:-1].tolist()))
-        return self._route(scores), self.planner.plan(prompt, embedding, per_agent, float(scores[-1]))
+        return self._route(scores), self.planner.plan_scores(prompt, embedding, self.agent_ids, scores)
 
     @property
     def arms(self) -> Any:
-        """The ArmServer, loaded on first use (the base model takes seconds to load)."""
+        """The ArmServer, loaded once on first use (the base model takes seconds to load)."""
+        with self._arms_lock:
+            return self._load_arms()
+
+    def _load_arms(self) -> Any:
         if self._arms is None:
             from amo.arms import ArmServer
             from amo.models import load_base_model
@@ -90,13 +107,18 @@ class Brain:
         return self._arms
 
     def invoke(self, rows: list[tuple[str | None, str]], max_new_tokens: int | None = None) -> list[str]:
+        for arm, _ in rows:  # refuse an unknown arm before loading the base model
+            if arm is not None and arm not in self.runtime["arms"]:
+                raise KeyError(f"unknown arm {arm!r}; this bundle's arms: {', '.join(self.runtime['arms'])}")
         return self.arms.invoke(rows, max_new_tokens)
 
     def copilot(self, prompt: str) -> CopilotAnswer:
-        """Route, plan, then run every planned step that has an arm, in one mixed batch."""
+        """Route, plan, then run every planned step that has an arm, in one mixed batch; agents
+        that share an arm share one call (same arm, same prompt: the same answer)."""
         route, plan = self.plan(prompt)
         arm_of = {agent: arm for arm, agents in self.runtime["arm_agents"].items() for agent in agents}
         steps = [(agent, arm_of[agent]) for agent in plan.path if agent in arm_of]
-        outputs = self.invoke([(arm, prompt) for _, arm in steps]) if steps else []
-        return CopilotAnswer(prompt, route, plan, [{"agent": agent, "arm": arm, "output": out}
-                                                   for (agent, arm), out in zip(steps, outputs)])
+        arms = list(dict.fromkeys(arm for _, arm in steps))
+        outputs = dict(zip(arms, self.invoke([(arm, prompt) for arm in arms]))) if arms else {}
+        return CopilotAnswer(prompt, route, plan, [{"agent": agent, "arm": arm, "output": outputs[arm]}
+                                                   for agent, arm in steps])

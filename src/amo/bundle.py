@@ -31,17 +31,25 @@ class BundleError(ValueError):
     """A bundle that is incomplete, altered, or not a bundle; the message names the file."""
 
 
-def data_hash(dvc_file: Path = Path("data.dvc")) -> str | None:
-    """The md5 DVC recorded for the data folder, or None without a data.dvc."""
-    if not dvc_file.is_file():
-        return None
-    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
-    return outs[0].get("md5")
+def data_hash(dvc_file: Path = Path("data.dvc"), lock_file: Path = Path("dvc.lock"),
+              data_dir: str = "data") -> str | None:
+    """The md5 DVC recorded for the data folder: from data.dvc, else from the validate stage's
+    dependency in dvc.lock; None when neither records it."""
+    if dvc_file.is_file():
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+        return outs[0].get("md5")
+    if lock_file.is_file():
+        stages = (yaml.safe_load(lock_file.read_text()) or {}).get("stages") or {}
+        for dep in (stages.get("validate") or {}).get("deps") or []:
+            if dep.get("path") == data_dir:
+                return dep.get("md5")
+    return None
 
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -50,6 +58,20 @@ def git_commit() -> str | None:
 def file_hashes(directory: Path) -> dict[str, str]:
     return {str(p.relative_to(directory)): sha256_file(p)
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest without its own `digest`: any changed byte of metrics, params or
+    file hashes changes it."""
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def write_manifest(bundle: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Seal the manifest with its digest and write it; returns the sealed manifest."""
+    sealed = {**manifest, "digest": manifest_digest(manifest)}
+    (bundle / MANIFEST).write_text(json.dumps(sealed, indent=2, sort_keys=True) + "\n")
+    return sealed
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -100,7 +122,7 @@ def build_bundle(params: Params, raw_params: dict[str, Any], out: Path, *, route
         "amo_version": amo.__version__, "params": raw_params, "metrics": metrics,
         "models": model_refs(params), "files": files,
     }
-    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    manifest = write_manifest(partial, manifest)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(partial, out)
     return manifest
@@ -114,9 +136,14 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: unreadable manifest: {exc}") from None
-    for key in ("bundle_id", "files", "metrics", "models"):
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: the manifest is not a JSON object")
+    for key in ("bundle_id", "files", "metrics", "models", "digest"):
         if key not in manifest:
             raise BundleError(f"{path}: manifest lacks {key!r}")
+    if manifest["digest"] != manifest_digest(manifest):
+        raise BundleError(f"bundle {manifest['bundle_id']} at {bundle} failed verification: "
+                          "manifest.json was changed (its digest does not match)")
     return manifest
 
 

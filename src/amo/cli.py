@@ -129,7 +129,8 @@ def validate() -> None:
 
     report = _run(lambda: pipeline.validate(_params()))
     rows = sum(f["rows"] for f in report["files"].values())
-    typer.echo(f"data valid: {len(report['files'])} files, {rows} rows")
+    typer.echo(f"data valid: {len(report['files'])} files, {rows} rows "
+               f"(data docs: {pipeline.DATA_DOCS_DIR / 'index.html'})")
 
 
 @app.command("train-router")
@@ -192,7 +193,8 @@ def bundle(out: Path = typer.Option(Path("build/bundle"), help="Bundle folder to
 def _registry() -> Any:
     from amo.registry import Registry
 
-    return Registry(Path(_params().registry.path))
+    settings = _params().registry
+    return Registry(settings.path, cache_dir=Path(settings.cache_dir))
 
 
 @app.command()
@@ -226,9 +228,26 @@ def bundles_verify(bundle_id: str = typer.Argument(..., help="A bundle id, or a 
     """Check every file of a bundle against its manifest."""
     from amo.bundle import verify_bundle
 
-    path = Path(bundle_id) if Path(bundle_id).is_dir() else _registry().bundles / bundle_id
-    manifest = _run(lambda: verify_bundle(path))
+    folder = Path(bundle_id)
+    manifest = _run(lambda: verify_bundle(folder) if folder.is_dir() else _registry().verify(bundle_id))
     typer.echo(f"bundle {manifest['bundle_id']}: {len(manifest['files'])} files verified")
+
+
+@app.command()
+def serve(host: str | None = typer.Option(None, help="Default: params.yaml serve.host (127.0.0.1)."),
+          port: int | None = typer.Option(None, help="Default: params.yaml serve.port."),
+          poll_seconds: float | None = typer.Option(None, help="Default: serve.poll_seconds.")) -> None:
+    """Serve the promoted bundle over HTTP; a newly promoted bundle is verified, then swapped in."""
+    from amo.runtime import serve as run_server
+
+    params = _params()
+    s = params.serve
+    typer.echo(f"amo runtime on http://{host or s.host}:{port or s.port} (docs: /docs), "
+               f"registry {params.registry.path}", err=True)
+    run_server(_registry(), host or s.host, port or s.port,
+               poll_seconds=poll_seconds or s.poll_seconds,
+               max_prompt_chars=params.data.max_prompt_chars, max_body_bytes=s.max_body_bytes,
+               max_batch=s.max_batch)
 
 
 # -- serving from the promoted bundle -------------------------------------------------------

@@ -111,10 +111,16 @@ class ArmsParams(_Section):
 
 class PlannerParams(_Section):
     seed: int = 0
-    pca_dims: int = Field(16, ge=1)
+    pca_dims: int = Field(16, ge=0)  # 0: no prompt-embedding features in the stop tree
     max_depth: int = Field(12, ge=1)
     min_samples_leaf: int = Field(2, ge=1)
     max_path_len: int = Field(4, ge=1)
+    next_max_depth: int = Field(8, ge=1)  # the next-agent tree; max_depth is the stop tree's
+    next_min_samples_leaf: int = Field(10, ge=1)
+    min_next: float = Field(0.05, ge=0.0, le=1.0)  # stop when no candidate's P(next) reaches this
+    neighbours: int = Field(10, ge=0)  # nearest training prompts whose paths vote (features); 0: none
+    candidates: int = Field(10, ge=1)  # router's top agents scored by the next tree at each step
+    folds: int = Field(5, ge=2)  # cross-fitting of the transition counts used as training features
 
 
 class GateParams(_Section):
@@ -125,7 +131,21 @@ class GateParams(_Section):
 
 
 class RegistryParams(_Section):
+    # A local folder, or an fsspec URL (file://..., s3://bucket/prefix with s3fs installed, gs://...).
     path: str = "registry"
+    # Where the runtime downloads bundles from a non-local registry before verifying them.
+    cache_dir: str = "build/registry-cache"
+
+
+class ServeParams(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # How often the runtime reads the registry's `current` pointer to pick up a promotion.
+    poll_seconds: float = Field(2.0, gt=0.0)
+    # Larger request bodies get 413; prompts longer than data.max_prompt_chars get 422.
+    max_body_bytes: int = Field(65536, ge=1024)
+    # Concurrent /route requests are encoded together, at most this many at once.
+    max_batch: int = Field(32, ge=1)
 
 
 class OrchestrationParams(_Section):
@@ -173,6 +193,7 @@ class Params(_Section):
     planner: PlannerParams = PlannerParams()
     gate: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()
+    serve: ServeParams = ServeParams()
     orchestration: OrchestrationParams = OrchestrationParams()
 
 

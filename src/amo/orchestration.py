@@ -329,10 +329,11 @@ def promote_bundle(repo: Path, bundle_dir: Path, force: bool = False) -> tuple[A
     from amo.registry import Registry
 
     params = load_params(repo / "params.yaml")
-    registry = Registry(repo / params.registry.path)
+    where = params.registry.path  # a folder relative to the repository, or an fsspec URL
+    registry = Registry(where if "://" in where else repo / where, cache_dir=repo / params.registry.cache_dir)
     bundle_dir = bundle_dir if bundle_dir.is_absolute() else repo / bundle_dir
     candidate = verify_bundle(bundle_dir)["metrics"]
     champion_id = registry.current_id()
-    champion = verify_bundle(registry.bundles / champion_id)["metrics"] if champion_id else None
+    champion = registry.verify(champion_id)["metrics"] if champion_id else None
     decision = registry.promote(bundle_dir, params.gate, force=force)
     return decision, decision_markdown(decision, candidate, champion)

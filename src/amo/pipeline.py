@@ -25,6 +25,7 @@ ARMS_DIR = Path("artifacts/arms")
 PLANNER_DIR = Path("artifacts/planner")
 METRICS_DIR = Path("metrics")
 BUNDLE_DIR = Path("build/bundle")
+DATA_DOCS_DIR = Path("gx/data_docs")  # great-expectations data docs of the last validation
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -51,7 +52,7 @@ def validate(params: Params) -> dict[str, Any]:
                          min_description_chars=d.min_description_chars,
                          max_description_chars=d.max_description_chars,
                          max_prompt_chars=d.max_prompt_chars, max_task_chars=d.max_task_chars,
-                         report_path=METRICS_DIR / "validation.json")
+                         report_path=METRICS_DIR / "validation.json", docs_dir=DATA_DOCS_DIR)
 
 
 # -- router -----------------------------------------------------------------------------------
@@ -126,32 +127,38 @@ def finetune_arm(params: Params, task_name: str) -> dict[str, Any]:
 
 
 # -- planner ----------------------------------------------------------------------------------
-def router_view(params: Params, prompts: list[str]) -> tuple[np.ndarray, list[dict[str, float]], list[float]]:
-    """Prompt embeddings and the trained router's scores (per agent, and the separator)."""
+def router_view(prompts: list[str], index: AgentIndex, encoder: Encoder,  # noqa: F821
+                scorer: OnnxScorer) -> tuple[np.ndarray, np.ndarray]:  # noqa: F821
+    """Prompt embeddings (N, D) and the router's scores (N, A + 1): one per agent of `index`,
+    the separator last."""
+    embeddings = encoder.encode(prompts)
+    return embeddings, scorer.score(embeddings, index.embeddings)
+
+
+def _router_parts(params: Params) -> tuple[AgentIndex, Encoder, OnnxScorer]:  # noqa: F821
+    """The trained agent index, the encoder and the ONNX scorer, loaded once per stage."""
     from amo.onnx_router import OnnxScorer
     from amo.router import AgentIndex
 
-    index = AgentIndex.load(ROUTER_DIR)
-    embeddings = encoder_for(params).encode(prompts)
-    scores = OnnxScorer(ONNX_PATH).score(embeddings, index.embeddings)
-    per_agent = [dict(zip(index.ids, row[:-1].tolist())) for row in scores]
-    return embeddings, per_agent, scores[:, -1].tolist()
+    return AgentIndex.load(ROUTER_DIR), encoder_for(params), OnnxScorer(ONNX_PATH)
 
 
 def fit_planner(params: Params) -> dict[str, Any]:
     from amo.planner import TreePlanner
-    from amo.router import AgentIndex
 
     traces = contracts.read_traces(_split(params, "traces", "train"))
     prompts = [t.prompt for t in traces]
-    embeddings, scores, separators = router_view(params, prompts)
+    index, encoder, scorer = _router_parts(params)
+    embeddings, scores = router_view(prompts, index, encoder, scorer)
     p = params.planner
-    planner = TreePlanner(pca_dims=p.pca_dims, max_depth=p.max_depth,
-                          min_samples_leaf=p.min_samples_leaf, max_path_len=p.max_path_len, seed=p.seed)
-    planner.fit(prompts, embeddings, scores, separators, [t.path for t in traces],
-                AgentIndex.load(ROUTER_DIR).ids)
+    planner = TreePlanner(pca_dims=p.pca_dims, max_depth=p.max_depth, min_samples_leaf=p.min_samples_leaf,
+                          next_max_depth=p.next_max_depth, next_min_samples_leaf=p.next_min_samples_leaf,
+                          min_next=p.min_next, neighbours=p.neighbours,
+                          max_path_len=p.max_path_len, seed=p.seed, candidates=p.candidates, folds=p.folds)
+    planner.fit(prompts, embeddings, scores[:, :-1], scores[:, -1].tolist(), [t.path for t in traces], index.ids)
     planner.save(PLANNER_DIR)
-    metrics = {"train_traces": len(traces), "tree_nodes": len(planner.tree_["left"])}
+    metrics = {"train_traces": len(traces), "stop_tree_nodes": len(planner.stop_tree_["left"]),
+               "next_tree_nodes": len(planner.next_tree_["left"])}
     write_json(METRICS_DIR / "fit_planner.json", metrics)
     return metrics
 
@@ -198,24 +205,22 @@ def evaluate(params: Params) -> dict[str, Any]:
     """Router and planner on the held-out splits through the exported ONNX scorer (what ships),
     plus each arm's metrics from its own stage."""
     from amo.planner import TreePlanner
-    from amo.router import AgentIndex, select
+    from amo.router import select
 
     r = params.router
-    index = AgentIndex.load(ROUTER_DIR)
+    index, encoder, scorer = _router_parts(params)
+    ids = index.ids
     test = contracts.read_routing(_split(params, "routing", "test"))
-    _, scores, separators = router_view(params, [e.prompt for e in test])
-    routes, rankings = [], []
-    for score, sep in zip(scores, separators):
-        row = np.array([score[a] for a in index.ids] + [sep], dtype=np.float32)
-        routes.append(select(row, index.ids, min_k=r.min_k, max_k=r.max_k, margin=r.margin))
-        rankings.append(sorted(score, key=score.get, reverse=True))
+    _, scores = router_view([e.prompt for e in test], index, encoder, scorer)
+    routes = [select(row, ids, min_k=r.min_k, max_k=r.max_k, margin=r.margin) for row in scores]
+    rankings = [[ids[i] for i in np.argsort(-row[:-1], kind="stable")] for row in scores]
     router_metrics = evaluate_router(routes, test, rankings)
 
     traces = contracts.read_traces(_split(params, "traces", "test"))
     planner = TreePlanner.load(PLANNER_DIR)
-    embeddings, t_scores, t_seps = router_view(params, [t.prompt for t in traces])
-    predicted = [planner.plan(t.prompt, e, s, sep).path
-                 for t, e, s, sep in zip(traces, embeddings, t_scores, t_seps)]
+    embeddings, t_scores = router_view([t.prompt for t in traces], index, encoder, scorer)
+    predicted = [planner.plan_scores(t.prompt, e, ids, row, explain=False).path
+                 for t, e, row in zip(traces, embeddings, t_scores)]
     arms = {name: json.loads((METRICS_DIR / "arms" / f"{name}.json").read_text())
             for name in sorted(params.arms.tasks)}
     metrics = {"router": router_metrics, "planner": evaluate_planner(predicted, [t.path for t in traces]),

@@ -1,9 +1,17 @@
 """The bundle registry: bundles by id, an atomically switched `current` pointer, a history.
 
-    registry/
+    <registry>/
       bundles/<bundle_id>/   verified copies of promoted bundles
-      current.json           {"bundle_id": ...}: written to a temp file, fsynced, renamed
+      current.json           {"bundle_id": ...}: the one pointer the runtime follows
       history.jsonl          append-only: every promotion, rejection and rollback, with reasons
+
+The registry is a local directory (`params.yaml: registry.path`, `file://...` too) or any fsspec
+URL (`s3://bucket/amo`, `gs://...` with s3fs/gcsfs installed). Locally, a bundle is copied to a
+hidden `.partial` folder, verified and renamed; `current.json` is written to a temp file, fsynced
+and renamed, so a crash leaves the old pointer or the new one, never a torn one. Object stores have
+no rename: a bundle's files are uploaded under `bundles/<id>/`, read back and verified before
+`current.json` names it, and `current.json` is replaced by one PUT, which readers see whole, old or
+new. History on an object store is rewritten whole on each event: run one promoter at a time.
 """
 
 from __future__ import annotations
@@ -11,30 +19,41 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amo.bundle import BundleError, verify_bundle
+from amo.bundle import MANIFEST, BundleError, verify_bundle
 from amo.config import GateParams
 
 CURRENT = "current.json"
 HISTORY = "history.jsonl"
+
+Checkpoint = Callable[[str], None]
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def atomic_write(path: Path, text: str) -> None:
+def _no_checkpoint(step: str) -> None:
+    """Default hook between promotion steps; crash tests replace it to stop the process there."""
+
+
+def atomic_write(path: Path, text: str, checkpoint: Checkpoint = _no_checkpoint) -> None:
     """Readers see the old file or the new one, never a torn one, even across a crash."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
+        checkpoint(f"{path.name}: temp file written")
         os.fsync(handle.fileno())
+    checkpoint(f"{path.name}: temp file fsynced")
     os.replace(tmp, path)
+    checkpoint(f"{path.name}: renamed")
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
@@ -76,64 +95,148 @@ def gate(candidate: dict[str, Any], champion: dict[str, Any] | None, params: Gat
         best = metric(champion, name) if champion is not None else None
         if best is not None:
             ok = value >= best - params.tolerance
-            checks.append((ok, f"{name} = {value:.4f} vs champion {best:.4f} "
-                               f"({'within' if ok else 'beyond'} tolerance {params.tolerance})"))
+            checks.append((ok, (f"{name} = {value:.4f} vs champion {best:.4f} "
+                                f"({'within' if ok else 'beyond'} tolerance {params.tolerance})")))
     return checks
 
 
 class Registry:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    """Bundles by id, `current.json` and `history.jsonl` under a local folder or fsspec URL."""
+
+    def __init__(self, root: str | Path, cache_dir: Path | None = None,
+                 checkpoint: Checkpoint = _no_checkpoint) -> None:
+        from fsspec.core import url_to_fs
+        from fsspec.implementations.local import LocalFileSystem
+
+        self.url = str(root)
+        self.fs, base = url_to_fs(self.url)
+        self.local = isinstance(self.fs, LocalFileSystem)
+        self.root = Path(base) if self.local else Path(self.url)
+        self._base = base.rstrip("/")
         self.bundles = self.root / "bundles"
+        self.cache_dir = cache_dir
+        self.checkpoint = checkpoint
+
+    # -- paths and small files ----------------------------------------------------------------
+    def _key(self, *parts: str) -> str:
+        """The fsspec path of a registry entry."""
+        return "/".join([self._base, *parts])
+
+    def _read(self, *parts: str) -> str | None:
+        key = self._key(*parts)
+        if not self.fs.exists(key):
+            return None
+        return self.fs.cat_file(key).decode("utf-8")
+
+    def pointer(self) -> str | None:
+        """The raw text of `current.json` (changes on every promotion and rollback)."""
+        return self._read(CURRENT)
 
     def current_id(self) -> str | None:
-        path = self.root / CURRENT
-        if not path.is_file():
-            return None
-        return json.loads(path.read_text())["bundle_id"]
+        text = self.pointer()
+        return None if text is None else json.loads(text)["bundle_id"]
+
+    def bundle_path(self, bundle_id: str) -> Path:
+        """A local folder holding bundle `bundle_id`: the registry's own copy when local, else a
+        fresh download into the cache (verify it before use)."""
+        if self.local:
+            return self.bundles / bundle_id
+        if not self.fs.exists(self._key("bundles", bundle_id, MANIFEST)):
+            raise BundleError(f"registry {self.url}: no bundle {bundle_id}")
+        cache = self.cache_dir or Path(tempfile.gettempdir()) / "amo-registry-cache"
+        target = cache / bundle_id
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        for remote in self.fs.find(self._key("bundles", bundle_id)):
+            relative = remote[len(self._key("bundles", bundle_id)) + 1:]
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(remote, str(target / relative))
+        return target
 
     def current_path(self) -> Path:
         bundle_id = self.current_id()
         if bundle_id is None:
-            raise BundleError(f"registry {self.root}: nothing promoted yet (run `amo promote`)")
-        return self.bundles / bundle_id
+            raise BundleError(f"registry {self.url}: nothing promoted yet (run `amo promote`)")
+        return self.bundle_path(bundle_id)
+
+    def verify(self, bundle_id: str) -> dict[str, Any]:
+        """Every file of a registry bundle against its manifest, filed under its own id."""
+        manifest = verify_bundle(self.bundle_path(bundle_id))
+        if manifest["bundle_id"] != bundle_id:
+            raise BundleError(f"registry {self.url}: bundles/{bundle_id} holds bundle {manifest['bundle_id']}")
+        return manifest
 
     def history(self) -> list[dict[str, Any]]:
-        path = self.root / HISTORY
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        text = self._read(HISTORY) or ""
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def _record(self, event: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / HISTORY, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"time": _now(), **event}, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        line = json.dumps({"time": _now(), **event}, sort_keys=True) + "\n"
+        if self.local:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.root / HISTORY, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        else:
+            self.fs.pipe_file(self._key(HISTORY), ((self._read(HISTORY) or "") + line).encode())
+        self.checkpoint("history recorded")
 
     def _point_to(self, bundle_id: str) -> None:
-        atomic_write(self.root / CURRENT, json.dumps({"bundle_id": bundle_id, "since": _now()}) + "\n")
+        text = json.dumps({"bundle_id": bundle_id, "since": _now()}) + "\n"
+        if self.local:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.root / CURRENT, text, self.checkpoint)
+        else:
+            self.fs.pipe_file(self._key(CURRENT), text.encode())
+            self.checkpoint(f"{CURRENT}: written")
 
+    # -- copying a bundle in ------------------------------------------------------------------
+    def _copy_in(self, candidate: Path, bundle_id: str) -> None:
+        """Copy a verified candidate to bundles/<id>, whole or not at all (as `current` sees it)."""
+        if self.local:
+            target = self.bundles / bundle_id
+            if target.exists():
+                return
+            partial = self.bundles / f".{bundle_id}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            self.bundles.mkdir(parents=True, exist_ok=True)
+
+            def copy(source: str, destination: str) -> str:
+                self.checkpoint(f"copy {Path(source).relative_to(candidate)}")
+                return shutil.copy2(source, destination)
+
+            shutil.copytree(candidate, partial, copy_function=copy)
+            verify_bundle(partial)
+            self.checkpoint("copy verified")
+            os.replace(partial, target)
+            self.checkpoint("bundle renamed into place")
+            return
+        # Object store: manifest last, so a bundle without a manifest is known to be partial.
+        files = sorted(p for p in candidate.rglob("*") if p.is_file() and p.name != MANIFEST)
+        for path in [*files, candidate / MANIFEST]:
+            self.checkpoint(f"upload {path.relative_to(candidate)}")
+            self.fs.put_file(str(path), self._key("bundles", bundle_id, *path.relative_to(candidate).parts))
+        self.verify(bundle_id)
+        self.checkpoint("upload verified")
+
+    # -- operations ---------------------------------------------------------------------------
     def promote(self, candidate: Path, params: GateParams, force: bool = False) -> Decision:
         """Verify, gate against floors and the champion, copy in, then switch `current`."""
         manifest = verify_bundle(candidate)
+        self.checkpoint("candidate verified")
         bundle_id = manifest["bundle_id"]
         champion_id = self.current_id()
-        champion = verify_bundle(self.bundles / champion_id)["metrics"] if champion_id else None
+        champion = self.verify(champion_id)["metrics"] if champion_id else None
         checks = gate(manifest["metrics"], champion, params)
         accepted = force or all(ok for ok, _ in checks)
         reasons = [("ok: " if ok else "FAILED: ") + why for ok, why in checks]
         if force:
             reasons.append("forced: gate overridden by --force")
         decision = Decision(bundle_id, accepted, reasons, champion_id)
+        self.checkpoint("gate decided")
         if accepted:
-            target = self.bundles / bundle_id
-            if not target.exists():
-                partial = self.bundles / f".{bundle_id}.partial"
-                shutil.rmtree(partial, ignore_errors=True)
-                shutil.copytree(candidate, partial)
-                verify_bundle(partial)
-                os.replace(partial, target)
+            self._copy_in(Path(candidate), bundle_id)
             self._point_to(bundle_id)
         self._record({"action": "promote" if accepted else "reject", "bundle_id": bundle_id,
                       "previous": champion_id, "reasons": reasons})
@@ -146,18 +249,23 @@ class Registry:
             promoted = [e["bundle_id"] for e in self.history() if e["action"] in ("promote", "rollback")]
             earlier = [b for b in reversed(promoted) if b != current]
             if not earlier:
-                raise BundleError(f"registry {self.root}: no earlier bundle to roll back to")
+                raise BundleError(f"registry {self.url}: no earlier bundle to roll back to")
             to = earlier[0]
-        verify_bundle(self.bundles / to)
+        self.verify(to)
         self._point_to(to)
         self._record({"action": "rollback", "bundle_id": to, "previous": current, "reasons": []})
         return to
 
     def list(self) -> list[dict[str, Any]]:
         current = self.current_id()
+        key = self._key("bundles")
+        names = [Path(p).name for p in self.fs.ls(key, detail=False)] if self.fs.exists(key) else []
         rows = []
-        for path in sorted(self.bundles.glob("[!.]*")):
-            manifest = json.loads((path / "manifest.json").read_text())
+        for name in sorted(n for n in names if not n.startswith(".")):
+            text = self._read("bundles", name, MANIFEST)
+            if text is None:  # an upload cut short: never current, not listed
+                continue
+            manifest = json.loads(text)
             rows.append({"bundle_id": manifest["bundle_id"], "created": manifest["created"],
                          "current": manifest["bundle_id"] == current, "metrics": manifest["metrics"]})
         return rows

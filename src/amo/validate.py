@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,7 +62,8 @@ class Problem:
 class DataValidationError(ValueError):
     """The data breaks its contracts; `problems` lists every violation found."""
 
-    def __init__(self, problems: list[Problem], report_path: Path | None = None) -> None:
+    def __init__(self, problems: list[Problem], report_path: Path | None = None,
+                 docs_index: Path | None = None) -> None:
         self.problems = list(problems)
         count = len(self.problems)
         lines = [f"data validation failed: {count} problem{'s' if count != 1 else ''}"]
@@ -70,6 +72,8 @@ class DataValidationError(ValueError):
             lines.append(f"  ... and {count - MAX_LISTED} more")
         if report_path is not None:
             lines.append(f"full report: {report_path}")
+        if docs_index is not None:
+            lines.append(f"data docs: {docs_index}")
         super().__init__("\n".join(lines))
 
 
@@ -255,6 +259,11 @@ class _Frame:
     records: list[Record]
     columns: list[str]
     rules: list[_Rule]
+    part: str = "rows"  # what one record is, for the data docs' suite names
+
+    @property
+    def suite(self) -> str:
+        return f"{self.file.name} ({self.part})"
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -345,7 +354,7 @@ def _routing_frames(file: _File, known_ids: set[str] | None, max_prompt: int) ->
                        lambda r, _: f"grade must be >= 1, got {r['grade']}")]
     if known_ids is not None:
         ref_rules.insert(0, _known_agent(known_ids))
-    return [main, _Frame(file, refs, ["agent", "grade"], ref_rules)]
+    return [main, _Frame(file, refs, ["agent", "grade"], ref_rules, "agent references")]
 
 
 def _trace_refs(row: _Row) -> Iterator[Record]:
@@ -380,7 +389,7 @@ def _trace_frames(file: _File, known_ids: set[str] | None, max_prompt: int) -> l
     frames = [_Frame(file, rows, ["prompt", "outcome", "path_len", "min_path_len"], rules)]
     if known_ids is not None:
         refs = [ref for r in file.rows for ref in _trace_refs(r)]
-        frames.append(_Frame(file, refs, ["agent"], [_known_agent(known_ids)]))
+        frames.append(_Frame(file, refs, ["agent"], [_known_agent(known_ids)], "agent references"))
     return frames
 
 
@@ -403,11 +412,13 @@ def _quiet_gx() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _run_frames(frames: list[_Frame]) -> None:
-    """Validate every non-empty frame with its own suite; add failures to the frame's file."""
+def _run_frames(frames: list[_Frame]) -> list[tuple[str, Any]]:
+    """Validate every non-empty frame with its own suite; add failures to the frame's file.
+    Returns (suite name, GX validation result) per frame, for the data docs."""
     frames = [f for f in frames if f.records and f.rules]
+    results: list[tuple[str, Any]] = []
     if not frames:
-        return
+        return results
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     import great_expectations.expectations as gxe
@@ -426,11 +437,53 @@ def _run_frames(frames: list[_Frame]) -> None:
             df = pd.DataFrame({c: pd.Series([r[c] for r in frame.records], dtype=object)
                                for c in frame.columns})
             batch = whole.get_batch(batch_parameters={"dataframe": df})
-            suite = gx.ExpectationSuite(name=f"suite_{i}")
+            suite = gx.ExpectationSuite(name=frame.suite)
             for n, rule in enumerate(frame.rules):
                 suite.add_expectation(getattr(gxe, rule.expectation)(**rule.kwargs, meta={"rule": n}))
             result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
             _collect(frame, result)
+            results.append((frame.suite, result))
+    return results
+
+
+def _verdict(problems: list[Problem]) -> str:
+    count = len(problems)
+    return "passed" if not count else f"{count} problem{'s' if count != 1 else ''}"
+
+
+def write_data_docs(docs_dir: Path, results: list[tuple[str, Any]], problems: list[Problem]) -> Path:
+    """Great-expectations data docs: one page per suite rendered by GX's own renderers, and an
+    index listing every suite and every problem (file, row, field). Returns the index path."""
+    import html
+    import re
+
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    pages = docs_dir / "suites"
+    shutil.rmtree(docs_dir, ignore_errors=True)
+    pages.mkdir(parents=True)
+    renderer, view = ValidationResultsPageRenderer(), DefaultJinjaPageView()
+    rows = []
+    with _quiet_gx():
+        for name, result in results:
+            slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") + ".html"
+            (pages / slug).write_text(view.render(renderer.render(result)), encoding="utf-8")
+            stats = result.statistics
+            verdict = "passed" if result.success else "FAILED"
+            rows.append(f"<tr><td><a href='suites/{slug}'>{html.escape(name)}</a></td><td>{verdict}</td>"
+                        f"<td>{stats['successful_expectations']}/{stats['evaluated_expectations']}</td></tr>")
+    listed = "".join(f"<tr><td>{html.escape(p.file)}</td><td>{p.row or ''}</td><td>{html.escape(p.field)}</td>"
+                     f"<td>{html.escape(p.message)}</td></tr>" for p in problems)
+    index = docs_dir / "index.html"
+    index.write_text(
+        "<!doctype html><meta charset='utf-8'><title>amo data validation</title>"
+        f"<h1>amo data validation: {_verdict(problems)}</h1>"
+        "<h2>Great-expectations suites</h2><table border=1><tr><th>suite</th><th>result</th>"
+        f"<th>expectations met</th></tr>{''.join(rows)}</table>"
+        "<h2>Problems (file, row, field)</h2><table border=1><tr><th>file</th><th>row</th>"
+        f"<th>field</th><th>message</th></tr>{listed}</table>\n", encoding="utf-8")
+    return index
 
 
 def _collect(frame: _Frame, result: Any) -> None:
@@ -523,12 +576,13 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
 def validate_data(data_dir: Path, *, tasks: list[str] | None = None,
                   min_description_chars: int = 20, max_description_chars: int = 4000,
                   max_prompt_chars: int = 4000, max_task_chars: int = 8000,
-                  report_path: Path | None = None) -> dict[str, Any]:
+                  report_path: Path | None = None, docs_dir: Path | None = None) -> dict[str, Any]:
     """Check agents, routing, traces and task files under `data_dir`.
 
     Returns the report `{"ok", "files", "problems"}` (also written to `report_path`, even on
     failure); raises DataValidationError listing every problem if any contract is broken.
-    `tasks=None` checks every folder under `tasks/`.
+    `tasks=None` checks every folder under `tasks/`. With `docs_dir`, great-expectations data
+    docs (HTML, `docs_dir/index.html`) are written too, on success and on failure.
     """
     data_dir = Path(data_dir)
     agents = _read_file(data_dir / "agents.jsonl", _display(data_dir / "agents.jsonl", data_dir),
@@ -548,7 +602,7 @@ def validate_data(data_dir: Path, *, tasks: list[str] | None = None,
     for files in task_files.values():
         for f in files:
             frames += _task_frames(f, max_task_chars)
-    _run_frames(frames)
+    results = _run_frames(frames)
 
     all_files = [agents, *routing, *traces, *(f for files in task_files.values() for f in files)]
     found = [p for f in all_files for p in sorted(f.problems, key=lambda p: p.row or 0)]
@@ -563,8 +617,9 @@ def validate_data(data_dir: Path, *, tasks: list[str] | None = None,
               "problems": [asdict(p) for p in problems]}
     if report_path is not None:
         _write_report(Path(report_path), report)
+    docs_index = write_data_docs(Path(docs_dir), results, problems) if docs_dir is not None else None
     if problems:
-        raise DataValidationError(problems, report_path)
+        raise DataValidationError(problems, report_path, docs_index)
     log.info("data valid: %d files, %d rows", len(report["files"]),
              sum(v["rows"] for v in report["files"].values()))
     return report

@@ -117,6 +117,8 @@ def load(name: str, source: Path, seed: int = 13) -> Imported:
     try:
         module = importlib.import_module(IMPORTERS[name])
     except ModuleNotFoundError as exc:
+        if exc.name != IMPORTERS[name]:
+            raise  # a dependency of the importer is missing: show the real cause
         raise SourceError(f"importer {name!r} is not available: {exc}") from None
     return module.load(Path(source), seed)
 

@@ -1,0 +1,330 @@
+"""`amo serve` over real HTTP on 127.0.0.1: endpoints, JSON errors and limits, lazy arms, a
+promotion swapped in under load, and tampered bundles refused while the old one keeps serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from tiny_bundle import build_tiny_bundle, tamper, tiny_params, variant
+
+from amo.config import GateParams
+from amo.registry import CURRENT, Registry, atomic_write
+
+GATE = GateParams(floors={}, tolerance=1.0)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bundle(tmp_path_factory.mktemp("build"), tiny_lm)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(workdir: Path, tiny_lm: Path, registry: Path) -> tuple[subprocess.Popen[str], str]:
+    """`amo serve` in a subprocess on a free loopback port, once /healthz answers."""
+    raw = tiny_params(tiny_lm)
+    raw["registry"] = {"path": f"file://{registry}"}  # an fsspec URL, as a team would configure
+    raw["serve"] = {"poll_seconds": 0.2, "max_body_bytes": 65536}
+    params = workdir / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([str(Path(sys.executable).parent / "amo"), "--params", str(params), "serve",
+                                "--port", str(port)], cwd=workdir, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"amo serve exited:\n{process.stdout.read() if process.stdout else ''}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+    process.kill()
+    raise AssertionError("amo serve did not answer /healthz in time")
+
+
+@pytest.fixture(scope="module")
+def served(bundle: Path, tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A registry with `bundle` promoted, and `amo serve` on it."""
+    workdir = tmp_path_factory.mktemp("serve")
+    registry = Registry(workdir / "registry")
+    first = registry.promote(bundle, GATE).bundle_id
+    process, url = start_server(workdir, tiny_lm, workdir / "registry")
+    yield {"url": url, "registry": registry, "first": first, "workdir": workdir, "bundle": bundle}
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wait_for(url: str, predicate: Any, seconds: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while True:
+        health = httpx.get(f"{url}/healthz").json()
+        if predicate(health) or time.monotonic() > deadline:
+            return health
+        time.sleep(0.1)
+
+
+def test_route_plan_bundle_and_openapi(served: dict[str, Any]) -> None:
+    """The served bundle answers /route and /plan, /bundle is its manifest, /docs and the
+    OpenAPI schema list every endpoint; arms are not loaded by routing."""
+    url = served["url"]
+    route = httpx.post(f"{url}/route", json={"prompt": "where is my order 1234"})
+    assert route.status_code == 200
+    body = route.json()
+    assert body["bundle_id"] == served["first"] and set(body["route"]) == {"agents", "separator", "abstained"}
+    plan = httpx.post(f"{url}/plan", json={"prompt": "refund for a broken mug"}).json()
+    assert set(plan["plan"]) == {"path", "abstained", "rules"}
+    assert set(plan["plan"]["path"]) <= {"order_status", "returns_refunds", "product_search", "price_lookup"}
+    manifest = httpx.get(f"{url}/bundle").json()
+    assert manifest == json.loads((served["bundle"] / "manifest.json").read_text())
+    paths = httpx.get(f"{url}/openapi.json").json()["paths"]
+    assert {"/route", "/plan", "/invoke", "/copilot", "/healthz", "/bundle"} <= set(paths)
+    assert httpx.get(f"{url}/docs").status_code == 200
+    health = httpx.get(f"{url}/healthz").json()
+    assert health["status"] == "ok" and health["refused"] is None and health["arms_loaded"] is False
+
+
+BAD_REQUESTS = [  # (what, request kwargs, status, error code, words in the message)
+    ("empty prompt", {"json": {"prompt": "   "}}, 422, "empty_prompt", "prompt is empty"),
+    ("invalid JSON", {"content": b'{"prompt": "x"', "headers": {"content-type": "application/json"}},
+     400, "invalid_json", "not valid JSON"),
+    ("1 MB prompt", {"json": {"prompt": "x" * 1_000_000}}, 413, "body_too_large", "larger than 65536 bytes"),
+    ("1 MB chunked body", {"content": iter([b'{"prompt": "', b"x" * 1_000_000, b'"}'])}, 413,
+     "body_too_large", "larger than 65536 bytes"),
+    ("prompt over max_prompt_chars", {"json": {"prompt": "y" * 5000}}, 422, "prompt_too_long",
+     "5000 characters; the limit is 4000"),
+    ("missing prompt", {"json": {"text": "hi"}}, 422, "invalid_request", "prompt: Field required"),
+    ("prompt of the wrong type", {"json": {"prompt": 7}}, 422, "invalid_request", "prompt: Input should be a valid string"),
+]
+
+
+@pytest.mark.parametrize(("what", "request_kwargs", "status", "code", "words"), BAD_REQUESTS,
+                         ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_http_input_gets_a_clear_4xx(served: dict[str, Any], what: str, request_kwargs: dict[str, Any],
+                                         status: int, code: str, words: str) -> None:
+    """Bad input gets a 4xx JSON error {"error": {"code", "message"}}; the server stays healthy."""
+    response = httpx.post(f"{served['url']}/route", **request_kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and words in error["message"], error
+    assert httpx.get(f"{served['url']}/healthz").json()["status"] == "ok"
+    assert httpx.post(f"{served['url']}/route", json={"prompt": "find red running shoes"}).status_code == 200
+
+
+def test_unknown_arm_and_unknown_path(served: dict[str, Any]) -> None:
+    """An unknown arm is a 422 naming the bundle's arms (without loading the base model); an
+    unknown path is a JSON 404."""
+    response = httpx.post(f"{served['url']}/invoke", json={"input": "hi", "arm": "ghost"})
+    assert response.status_code == 422
+    assert response.json()["error"] == {"code": "unknown_arm",
+                                        "message": "unknown arm 'ghost'; this bundle's arms: rewrite"}
+    missing = httpx.get(f"{served['url']}/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "http_404"
+    assert httpx.get(f"{served['url']}/healthz").json()["arms_loaded"] is False
+
+
+def test_invoke_and_copilot_load_arms_once(served: dict[str, Any]) -> None:
+    """The first /invoke loads the arms; /invoke and /copilot answer with the served bundle."""
+    url = served["url"]
+    invoked = httpx.post(f"{url}/invoke", json={"input": "and the price?", "arm": "rewrite",
+                                                "max_new_tokens": 3}, timeout=120)
+    assert invoked.status_code == 200, invoked.text
+    assert isinstance(invoked.json()["output"], str) and invoked.json()["arm"] == "rewrite"
+    assert httpx.get(f"{url}/healthz").json()["arms_loaded"] is True
+    answer = httpx.post(f"{url}/copilot", json={"prompt": "refund for a broken mug"}, timeout=120).json()
+    assert answer["bundle_id"] == served["first"]
+    assert {"route", "plan", "arm_outputs"} <= set(answer)
+    assert all(step["arm"] == "rewrite" for step in answer["arm_outputs"])
+
+
+def test_promotion_is_swapped_in_under_load(served: dict[str, Any]) -> None:
+    """/route and /plan requests running while a new bundle is promoted all succeed; later ones
+    see the new bundle."""
+    url, registry = served["url"], served["registry"]
+    second = variant(served["bundle"], served["workdir"] / "second", "second")
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def client(endpoint: str) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                response = http.post(f"{url}/{endpoint}", json={"prompt": "track parcel 99812"})
+                results.append((response.status_code, response.json().get("bundle_id", "")))
+
+    threads = [threading.Thread(target=client, args=(endpoint,))
+               for endpoint in ("route", "route", "route", "plan")]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    new_id = registry.promote(second, GATE).bundle_id
+    health = wait_for(url, lambda h: h["bundle_id"] == new_id)
+    time.sleep(0.3)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert health["bundle_id"] == new_id
+    assert results and all(status == 200 for status, _ in results)
+    served_ids = [bundle_id for _, bundle_id in results]
+    assert served_ids[0] == served["first"] and served_ids[-1] == new_id
+    assert set(served_ids) == {served["first"], new_id}
+
+
+@pytest.mark.parametrize("kind", ["byte", "missing", "extra"])
+def test_tampered_bundle_in_the_registry_is_refused(served: dict[str, Any], kind: str) -> None:
+    """A bundle written straight into the registry with a changed byte, a missing file or an
+    extra file is refused by the runtime (shown by /healthz); the old bundle keeps serving."""
+    url, registry = served["url"], served["registry"]
+    before = httpx.get(f"{url}/healthz").json()["bundle_id"]
+    bad = variant(served["bundle"], registry.bundles / f"tampered-{kind}", f"tampered-{kind}")
+    bad_id = json.loads((bad / "manifest.json").read_text())["bundle_id"]
+    bad.rename(registry.bundles / bad_id)
+    bad = registry.bundles / bad_id
+    tamper(bad, kind, "router/extra.onnx" if kind == "extra" else "router/router.onnx")
+    atomic_write(registry.root / CURRENT, json.dumps({"bundle_id": bad_id, "since": kind}) + "\n")
+    health = wait_for(url, lambda h: (h["refused"] or {}).get("bundle_id") == bad_id)
+    assert health["refused"]["bundle_id"] == bad_id and "failed verification" in health["refused"]["error"]
+    assert health["bundle_id"] == before and health["status"] == "ok"
+    response = httpx.post(f"{url}/route", json={"prompt": "where is my order 1234"})
+    assert response.status_code == 200 and response.json()["bundle_id"] == before
+    shutil.rmtree(bad)
+
+
+def test_copilot_merges_calls_to_a_shared_arm(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two planned agents answered by the same arm cost one arm call; both steps get its output."""
+    from amo.brain import Brain
+    from amo.planner import Plan
+
+    brain = Brain(bundle)
+    calls: list[list[tuple[str | None, str]]] = []
+    monkeypatch.setattr(brain, "plan", lambda prompt: (brain.route(prompt),
+                                                       Plan(["order_status", "returns_refunds",
+                                                             "price_lookup"], [])))
+    monkeypatch.setattr(brain, "invoke", lambda rows, max_new_tokens=None: calls.append(rows) or
+                        [f"out-{arm}" for arm, _ in rows])
+    answer = brain.copilot("return my order")
+    assert calls == [[("rewrite", "return my order")]]
+    assert answer.arm_outputs == [{"agent": "order_status", "arm": "rewrite", "output": "out-rewrite"},
+                                  {"agent": "returns_refunds", "arm": "rewrite", "output": "out-rewrite"}]
+
+
+def test_runtime_swaps_one_reference_and_keeps_refused_out(tmp_path: Path, bundle: Path) -> None:
+    """refresh() swaps the served Brain only after a full load; a request holding the old Brain
+    keeps it; a bundle that fails to load, or an unreadable pointer, is recorded as refused and
+    not retried until the pointer changes; pointing back at the served bundle clears it."""
+    from amo.runtime import Runtime
+
+    registry = Registry(tmp_path / "registry")
+    first = registry.promote(bundle, GATE).bundle_id
+    loads: list[Path] = []
+
+    class Loaded:
+        def __init__(self, path: Path) -> None:
+            loads.append(path)
+            self.bundle_id = json.loads((path / "manifest.json").read_text())["bundle_id"]
+            if "broken" in self.bundle_id:
+                raise ValueError("cannot load")
+
+    runtime = Runtime(registry, load=Loaded)
+    assert runtime.refresh() and runtime.brain.bundle_id == first
+    in_flight = runtime.brain
+    assert not runtime.refresh() and len(loads) == 1
+    second = registry.promote(variant(bundle, tmp_path / "second", "second"), GATE).bundle_id
+    assert runtime.refresh() and runtime.brain.bundle_id == second and in_flight.bundle_id == first
+    broken = registry.promote(variant(bundle, tmp_path / "broken", "broken"), GATE).bundle_id
+    assert not runtime.refresh()
+    assert runtime.brain.bundle_id == second and runtime.refused["bundle_id"] == broken
+    assert not runtime.refresh() and len(loads) == 3
+    assert runtime.health()["refused"]["error"] == "cannot load"
+    atomic_write(registry.root / CURRENT, "{not json")
+    assert not runtime.refresh() and runtime.brain.bundle_id == second
+    assert runtime.refused["error"].startswith("unreadable current pointer")
+    atomic_write(registry.root / CURRENT, json.dumps({"bundle_id": second}) + "\n")
+    assert not runtime.refresh() and runtime.refused is None and len(loads) == 3
+
+
+BUNDLE_FILES = ["manifest.json", "runtime.json", "router/router.onnx", "router/agents.json",
+                "router/agent_index.safetensors", "planner/planner.json", "arms/rewrite/arm.json",
+                "arms/rewrite/adapter_config.json", "arms/rewrite/adapter_model.safetensors"]
+TAMPERS = ([("byte", name) for name in BUNDLE_FILES] + [("missing", name) for name in BUNDLE_FILES[1:]]
+           + [("extra", "notes.txt"), ("extra", "router/extra.onnx")])
+
+
+@pytest.mark.parametrize(("kind", "name"), TAMPERS, ids=[f"{k}-{n}" for k, n in TAMPERS])
+def test_tampered_real_bundle_is_refused_everywhere(bundle: Path, tmp_path: Path, kind: str, name: str) -> None:
+    """A changed byte in any file, any file missing or an extra file is refused by `verify`, by
+    promotion (the champion stays) and by the runtime's loader."""
+    from amo.bundle import BundleError, verify_bundle
+    from amo.runtime import Runtime
+
+    registry = Registry(tmp_path / "registry")
+    champion = registry.promote(variant(bundle, tmp_path / "champion", "champion"), GATE).bundle_id
+    bad = variant(bundle, tmp_path / "bad", "bad")
+    tamper(bad, kind, name)
+    with pytest.raises(BundleError):
+        verify_bundle(bad)
+    with pytest.raises(BundleError):
+        registry.promote(bad, GATE)
+    assert registry.current_id() == champion
+    runtime = Runtime(registry)
+    assert runtime.refresh() and runtime.brain.bundle_id == champion
+    bad_id = f"{champion[: -len('-champion')]}-bad"
+    shutil.copytree(bad, registry.bundles / bad_id)
+    atomic_write(registry.root / CURRENT, json.dumps({"bundle_id": bad_id}) + "\n")
+    assert not runtime.refresh()
+    assert runtime.brain.bundle_id == champion and runtime.refused["bundle_id"] == bad_id
+
+
+def test_route_many_matches_route_one_by_one(bundle: Path) -> None:
+    """Routing prompts in one batch gives the same agents and scores (to 1e-4) as one at a time."""
+    from amo.brain import Brain
+
+    brain = Brain(bundle)
+    prompts = ["where is my order 1234", "a much longer prompt about returning a broken lamp I bought",
+               "price?", "tell me a joke"]
+    for one, batched in zip([brain.route(p) for p in prompts], brain.route_many(prompts)):
+        assert [a for a, _ in one.agents] == [a for a, _ in batched.agents]
+        assert abs(one.separator - batched.separator) < 1e-4
+
+
+def test_no_bundle_yet_is_a_503_until_one_is_promoted(tmp_path: Path, bundle: Path) -> None:
+    """With nothing promoted, /healthz says no_bundle and /route is a JSON 503; after a promotion
+    the poller loads the bundle and /route answers."""
+    from fastapi.testclient import TestClient
+
+    from amo.runtime import Runtime, create_app
+
+    registry = Registry(tmp_path / "registry")
+    runtime = Runtime(registry, poll_seconds=0.1)
+    with TestClient(create_app(runtime)) as client:
+        assert client.get("/healthz").json()["status"] == "no_bundle"
+        response = client.post("/route", json={"prompt": "where is my order"})
+        assert response.status_code == 503 and response.json()["error"]["code"] == "no_bundle"
+        bundle_id = registry.promote(bundle, GATE).bundle_id
+        deadline = time.monotonic() + 60
+        while client.get("/healthz").json()["bundle_id"] != bundle_id and time.monotonic() < deadline:
+            time.sleep(0.1)
+        response = client.post("/route", json={"prompt": "where is my order"})
+        assert response.status_code == 200 and response.json()["bundle_id"] == bundle_id
