@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from conftest import build_tiny_lm, make_tiny_repo
-from test_prefect_server import BIN, DEPLOYMENTS, api, start_server, stop, wait_for_completed_run
+from test_prefect_server import (
+    announce_changed_agent,
+    api,
+    start_server,
+    stop,
+    wait_for_completed_run,
+    wait_for_deployments,
+)
 
 from amo import orchestration as orch
 
@@ -85,18 +92,8 @@ def main() -> None:
         params.write_text(params.read_text().replace("sensor_interval_seconds: 60", "sensor_interval_seconds: 3600"))
         serving = subprocess.Popen([sys.executable, "flows/serve.py"], cwd=repo, env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        while True:
-            flows = {f["id"]: f["name"] for f in api(server, "/flows/filter")}
-            if DEPLOYMENTS <= {f"{flows[d['flow_id']]}/{d['name']}" for d in api(server, "/deployments/filter")}:
-                break
-            time.sleep(1)
-        deployment = next(d for d in api(server, "/deployments/filter") if d["name"] == "on-new-agent-data")
-        agents = repo / "data/agents.jsonl"
-        rows = [json.loads(line) for line in agents.read_text().splitlines()]
-        rows[0]["description"] += " It also answers questions about gift cards."
-        agents.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        emitted = datetime.now(UTC)
-        subprocess.run([str(BIN / "amo"), "data", "update"], cwd=repo, env=env, check=True, capture_output=True)
+        deployment = wait_for_deployments(server, serving, timeout=600)
+        emitted, _ = announce_changed_agent(repo, env)
         run = wait_for_completed_run(server, deployment["id"], timeout=900)
         started, ended = datetime.fromisoformat(run["start_time"]), datetime.fromisoformat(run["end_time"])
         result["event_to_run"] = {"event_to_run_started_s": round((started - emitted).total_seconds(), 1),

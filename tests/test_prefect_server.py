@@ -109,6 +109,31 @@ def wait_for_completed_run(server: dict[str, Any], deployment_id: str, timeout: 
     return runs[0] if runs else {}
 
 
+def wait_for_deployments(server: dict[str, Any], serving: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
+    """Wait until the serving process registered the four deployments; the on-new-agent-data one."""
+    deadline = time.monotonic() + timeout
+    names: set[str] = set()
+    while not DEPLOYMENTS <= names:
+        if serving.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"deployments not served (exit {serving.poll()}); have {sorted(names)}")
+        time.sleep(1)
+        flows = {f["id"]: f["name"] for f in api(server, "/flows/filter")}
+        names = {f"{flows[d['flow_id']]}/{d['name']}" for d in api(server, "/deployments/filter")}
+    return next(d for d in api(server, "/deployments/filter") if d["name"] == "on-new-agent-data")
+
+
+def announce_changed_agent(repo: Path, env: dict[str, str]) -> tuple[datetime, str]:
+    """Change an agent's description in place, then `amo data update`: the time and its output."""
+    agents = repo / "data/agents.jsonl"
+    rows = [json.loads(line) for line in agents.read_text().splitlines()]
+    rows[0]["description"] += " It also answers questions about gift cards."
+    agents.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    emitted = datetime.now(UTC)
+    out = subprocess.run([str(BIN / "amo"), "data", "update"], cwd=repo, env=env, capture_output=True,
+                         text=True, check=True).stdout
+    return emitted, out
+
+
 def test_new_agent_data_event_starts_a_retrain_that_completes(server: dict[str, Any],
                                                              trained_repo: dict[str, Any],
                                                              tmp_path: Path) -> None:
@@ -125,22 +150,8 @@ def test_new_agent_data_event_starts_a_retrain_that_completes(server: dict[str, 
     serving = subprocess.Popen([sys.executable, "flows/serve.py"], cwd=repo, env=server["env"], stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        names: set[str] = set()
-        while not DEPLOYMENTS <= names:
-            assert serving.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(1)
-            flows = {f["id"]: f["name"] for f in api(server, "/flows/filter")}
-            names = {f"{flows[d['flow_id']]}/{d['name']}" for d in api(server, "/deployments/filter")}
-        deployment = next(d for d in api(server, "/deployments/filter") if d["name"] == "on-new-agent-data")
-
-        agents = repo / "data/agents.jsonl"
-        rows = [json.loads(line) for line in agents.read_text().splitlines()]
-        rows[0]["description"] += " It also answers questions about gift cards."
-        agents.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        emitted = datetime.now(UTC)
-        out = subprocess.run([str(BIN / "amo"), "data", "update"], cwd=repo, env=server["env"],
-                             capture_output=True, text=True, check=True).stdout
+        deployment = wait_for_deployments(server, serving, timeout=90)
+        emitted, out = announce_changed_agent(repo, server["env"])
         new_hash = orch.data_fingerprint(repo / "data")
         assert "event amo.data.updated" in out and new_hash in out
 
