@@ -1,49 +1,181 @@
-"""Prefect flow: the retraining pipeline, one task per DVC stage, in dvc.yaml's order.
+"""Prefect flows: thin wiring over amo.orchestration and the DVC graph (read from dvc.yaml, never copied).
 
-    python flows/retrain.py            # run once against the local (ephemeral) Prefect API
+    python flows/retrain.py                              # one retrain against PREFECT_API_URL (or ephemeral)
+    python flows/retrain.py --tasks query_rewrite --no-promote -S router.epochs=20
 
-The graph is read from dvc.yaml (never copied here); each task runs `dvc repro --single-item`,
-so DVC still skips unchanged stages.
+One flow per concern (validate, train-router, export-router, finetune-arms, fit-planner, evaluate,
+bundle, promote); `retrain` runs them in dvc.yaml's stage order under the repository's retrain lock,
+then promotes through the gate and pushes to the DVC remote. Each stage is `dvc repro --single-item`,
+so DVC still skips what did not change.
 """
 
 from __future__ import annotations
 
-import subprocess
+import argparse
+import json
 from pathlib import Path
+from typing import Any
 
-import yaml
-from prefect import flow, task
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
-
-def stage_names(dvc_file: Path = Path("dvc.yaml")) -> list[str]:
-    """Stages in the file's (topological) order; foreach stages expand to `name@key`."""
-    spec = yaml.safe_load(dvc_file.read_text())
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    names = []
-    for name, stage in spec["stages"].items():
-        if "foreach" in stage:
-            keys = params["arms"]["tasks"] if stage["foreach"] == "${arms.tasks}" else stage["foreach"]
-            names += [f"{name}@{key}" for key in keys]
-        else:
-            names.append(name)
-    return names
+from amo import orchestration as orch
+from amo.config import OrchestrationParams, load_params
+from amo.prefect_tasks import arm_task_runner, finetune_arm, stage_task
 
 
-@task(retries=1, retry_delay_seconds=5)
-def run_stage(name: str) -> str:
-    result = subprocess.run(["dvc", "repro", "--single-item", name], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"stage {name} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
+def _settings(repo: str) -> OrchestrationParams:
+    return load_params(Path(repo) / "params.yaml").orchestration
+
+
+def _stage(repo: str, stage: str, retries: int | None = None) -> str:
+    o = _settings(repo)
+    runner = stage_task.with_options(retries=o.stage_retries if retries is None else retries,
+                                     retry_delay_seconds=o.retry_delay_seconds)
+    return runner(stage, repo)
+
+
+def _report(repo: str, key: str, title: str, names: list[str]) -> None:
+    create_markdown_artifact(orch.metrics_markdown(Path(repo) / "metrics", title, names), key=key,
+                             description=title)
+
+
+@flow(name="validate")
+def validate_data(repo: str = ".") -> dict[str, Any]:
+    """Check the data contracts (never retried: bad data stays bad); the summary is an artifact."""
+    report = Path(repo) / "metrics" / "validation.json"
+    try:
+        _stage(repo, "validate", retries=0)
+    finally:
+        if report.is_file():
+            create_markdown_artifact(orch.validation_markdown(report), key="amo-validation",
+                                     description="data validation")
+    return json.loads(report.read_text())
+
+
+@flow(name="train-router")
+def train_router(repo: str = ".") -> None:
+    _stage(repo, "train_router")
+    _report(repo, "amo-train-router", "Router training", ["train_router"])
+
+
+@flow(name="export-router")
+def export_router(repo: str = ".") -> None:
+    _stage(repo, "export_router")
+    _report(repo, "amo-export-router", "Router ONNX export", ["export_router"])
+
+
+@flow(name="finetune-arms")
+def finetune_arms(repo: str = ".", tasks: list[str] | None = None) -> list[str]:
+    """One `finetune_arm@<task>` task run per arm, fanned out on the configured task runner."""
+    o = _settings(repo)
+    stages = orch.arm_stages(Path(repo), tasks)
+    arm = finetune_arm.with_options(retries=o.stage_retries, retry_delay_seconds=o.retry_delay_seconds)
+    with arm_task_runner(o) as runner:
+        futures = [runner.submit(arm, {"stage": stage, "repo": repo}) for stage in stages]
+        for future in futures:
+            future.result()
+    _report(repo, "amo-arms", "LoRA arms", [f"arms/{s.split('@', 1)[1]}" for s in stages])
+    return stages
+
+
+@flow(name="fit-planner")
+def fit_planner(repo: str = ".") -> None:
+    _stage(repo, "fit_planner")
+    _report(repo, "amo-fit-planner", "Planner", ["fit_planner"])
+
+
+@flow(name="evaluate")
+def evaluate(repo: str = ".") -> None:
+    _stage(repo, "evaluate")
+    _report(repo, "amo-evaluation", "Held-out evaluation", ["evaluation"])
+
+
+@flow(name="bundle")
+def bundle(repo: str = ".") -> None:
+    _stage(repo, "bundle")
+
+
+@flow(name="promote")
+def promote(repo: str = ".", bundle: str = "build/bundle", force: bool = False) -> dict[str, Any]:
+    """Gate a candidate bundle against the floors and the champion; the decision is an artifact."""
+    decision, markdown = orch.promote_bundle(Path(repo), Path(bundle), force=force)
+    create_markdown_artifact(markdown, key="amo-promotion", description="promotion decision")
+    get_run_logger().info("%s", decision)
+    return {"bundle_id": decision.bundle_id, "accepted": decision.accepted, "champion": decision.champion,
+            "reasons": decision.reasons}
+
+
+# Which concern flow runs a dvc.yaml stage; a stage missing here still runs, as a plain stage task.
+CONCERNS = {"validate": validate_data, "train_router": train_router, "export_router": export_router,
+            "fit_planner": fit_planner, "evaluate": evaluate, "bundle": bundle}
 
 
 @flow(name="retrain")
-def retrain(promote: bool = True) -> None:
-    for name in stage_names():
-        run_stage(name)
-    if promote:
-        subprocess.run(["amo", "promote", "build/bundle"], check=True)
+def retrain(repo: str = ".", tasks: list[str] | None = None, promote_bundle: bool = True,
+            overrides: list[str] | None = None, data_hash: str | None = None,
+            push: bool | None = None) -> dict[str, Any]:
+    """The whole pipeline in dvc.yaml's order, one retrain per repository at a time.
+
+    tasks: arms to fine-tune (default all); overrides: `key=value` as for `dvc exp run -S`, kept in
+    params.yaml like `dvc exp run` does; data_hash: the fingerprint an `amo.data.updated` event
+    announced; push: `dvc push` afterwards (default params.yaml orchestration.push)."""
+    root, log = Path(repo), get_run_logger()
+    o = _settings(repo)
+    with orch.retrain_lock(root, o.lock_timeout_seconds, owner=f"flow run {flow_run.get_id()}"):
+        changed = orch.apply_overrides(root, overrides or [])
+        if changed:
+            log.info("params overrides applied to params.yaml: %s", changed)
+        params = load_params(root / "params.yaml")
+        data_dir = params.data.dir
+        trained_on = orch.data_fingerprint(root / data_dir)
+        if data_hash and data_hash != trained_on:
+            log.warning("event announced data %s; training on the data now present, %s", data_hash, trained_on)
+        if (root / f"{data_dir}.dvc").is_file():
+            log.info("data version %s", orch.track_data(root, data_dir))
+        ran = []
+        for group, stages in orch.stage_groups(root).items():
+            if group == "finetune_arm":
+                ran += finetune_arms(repo, tasks)
+                continue
+            if group in CONCERNS:
+                CONCERNS[group](repo)
+            else:
+                _stage(repo, group)
+            ran += stages
+        decision = promote(repo) if promote_bundle else None
+        pushed = o.push if push is None else push
+        if pushed:
+            orch.push(root, params.orchestration.remote)
+        orch.record_data_hash(root, trained_on, "retrain")
+    create_markdown_artifact(orch.metrics_markdown(root / "metrics", "Retrain: all metrics"),
+                             key="amo-retrain", description="metrics of this retrain")
+    return {"stages": ran, "data_hash": trained_on, "overrides": changed, "promotion": decision,
+            "pushed": pushed}
+
+
+@flow(name="data-sensor")
+def data_sensor(repo: str = ".") -> str | None:
+    """Emit `amo.data.updated` when the data folder's fingerprint differs from the last one
+    announced or trained on, so new data dropped in place starts a retrain with no extra step."""
+    root = Path(repo)
+    data_dir = root / load_params(root / "params.yaml").data.dir
+    changed = orch.data_changed(data_dir, root)
+    if changed:
+        sent = orch.emit_data_updated(data_dir, root, why="data-sensor")
+        get_run_logger().info("new data %s: event %s sent", changed, sent["event_id"])
+    return changed
 
 
 if __name__ == "__main__":
-    retrain()
+    parser = argparse.ArgumentParser(description="Run the retrain flow once.")
+    parser.add_argument("--repo", default=".")
+    parser.add_argument("--tasks", default=None, help="Comma-separated arm tasks; default all.")
+    parser.add_argument("--no-promote", action="store_true")
+    parser.add_argument("--no-push", action="store_true")
+    parser.add_argument("-S", "--set-param", action="append", default=[], dest="overrides")
+    args = parser.parse_args()
+    print(json.dumps(retrain(repo=args.repo, tasks=args.tasks.split(",") if args.tasks else None,
+                             promote_bundle=not args.no_promote, overrides=args.overrides,
+                             push=False if args.no_push else None), indent=2, default=str))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,3 +43,83 @@ def build_tiny_lm(directory: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """A real Prefect API (temporary database) for flow tests, started once per session."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+TINY_REPO_FILES = ["src", "flows", "dvc.yaml", "params.yaml", "data.dvc", ".dvc/config", ".dvcignore",
+                   ".gitignore", "pyproject.toml"]
+
+
+def git_env() -> dict[str, str]:
+    import sys
+
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
+                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid", OMP_NUM_THREADS="1")
+
+
+def make_tiny_repo(repo: Path, tiny_lm: Path) -> Path:
+    """A git repository holding a copy of the project with tiny params (tiny base LM, few steps)
+    and the demo data written; nothing trained yet."""
+    import shutil
+    import subprocess
+
+    for item in TINY_REPO_FILES:
+        source, target = ROOT / item, repo / item
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["base_model"] = {"path": str(tiny_lm), "gguf_file": None}
+    params["router"]["epochs"] = 4
+    for task in params["arms"]["tasks"].values():
+        task.update(steps=3, eval_examples=2, max_new_tokens=4, batch_size=4)
+    params["gate"]["floors"] = {"router.in_scope_accuracy": 0.0}  # a tiny router may score 0
+    params["orchestration"].update(stage_retries=0, retry_delay_seconds=0)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"],
+                 ["amo", "data", "demo", "--out", "data"]):
+        subprocess.run(args, cwd=repo, env=git_env(), check=True, capture_output=True)
+    return repo
+
+
+def flows() -> Any:
+    """flows/retrain.py, imported the way `python flows/serve.py` imports it."""
+    import importlib
+    import sys
+
+    if str(ROOT / "flows") not in sys.path:
+        sys.path.insert(0, str(ROOT / "flows"))
+    return importlib.import_module("retrain")
+
+
+@pytest.fixture(scope="session")
+def trained_repo(prefect_api: str, tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny repository after one real `retrain` flow run with a params override, pushing to a
+    file:// remote."""
+    base = tmp_path_factory.mktemp("trained")
+    repo = make_tiny_repo(base / "repo", tiny_lm)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["orchestration"]["remote"] = f"file://{base / 'remote'}"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    start = time.perf_counter()
+    state = flows().retrain(repo=str(repo), overrides=["router.epochs=6"], return_state=True)
+    seconds = time.perf_counter() - start
+    assert state.is_completed(), state.message
+    return {"repo": repo, "remote": base / "remote", "result": state.result(), "seconds": seconds,
+            "flow_run_id": state.state_details.flow_run_id}
+
+

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import make_tiny_repo
 
 from amo.planner import NEXT_FEATURES, STOP_FEATURES
-
-COPY = ["src", "dvc.yaml", "params.yaml", "data.dvc", ".dvc/config", ".gitignore", "pyproject.toml"]
 
 
 def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -35,25 +32,7 @@ def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory, tiny_lm: Path) -> Path:
     """A copy of the project with small params, its demo data written, after one `dvc repro`."""
-    repo = tmp_path_factory.mktemp("repo")
-    for item in COPY:
-        source, target = ROOT / item, repo / item
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["base_model"] = {"path": str(tiny_lm), "gguf_file": None}
-    params["router"]["epochs"] = 4
-    for task in params["arms"]["tasks"].values():
-        task.update(steps=3, eval_examples=2, max_new_tokens=4, batch_size=4)
-    params["gate"]["floors"] = {"router.in_scope_accuracy": 0.05}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(repo, "git", "init", "-q")
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "copy")
-    run(repo, "amo", "data", "demo", "--out", "data")
+    repo = make_tiny_repo(tmp_path_factory.mktemp("repo"), tiny_lm)
     run(repo, "dvc", "repro")
     return repo
 

@@ -129,6 +129,29 @@ def agents_add(agent_id: str = typer.Argument(..., metavar="ID", help="New agent
     agent = Agent(id=agent_id, description=description, domain=domain, tags=tuple(tag))
     result = _run(lambda: add_agent(params, agent, target, index_dir))
     typer.echo(json.dumps(result, ensure_ascii=False))
+    if target is not None:  # new agent data: start the on-new-agent-data retrain when Prefect is up
+        from amo.orchestration import emit_data_updated
+
+        sent = _run(lambda: emit_data_updated(Path(params.data.dir), Path("."), why="amo agents add"))
+        if sent["event_id"] is not None:
+            typer.echo(f"event amo.data.updated {sent['event_id']} sent to {sent['api_url']}")
+
+
+@data_app.command("update")
+def data_update(data_dir: Path | None = typer.Option(None, "--data", help="Default: params.yaml data.dir.")
+                ) -> None:
+    """Announce changed data: emit the `amo.data.updated` Prefect event with the data's hash
+    (starts the retrain/on-new-agent-data deployment)."""
+    from amo.orchestration import emit_data_updated
+
+    folder = data_dir or Path(_params().data.dir)
+    sent = _run(lambda: emit_data_updated(folder, Path("."), why="amo data update"))
+    if sent["event_id"] is None:
+        typer.echo(f"data {folder} hash {sent['data_hash']}: not announced, PREFECT_API_URL is not set "
+                   "(start a Prefect server, see README; the data sensor announces it later)")
+        return
+    typer.echo(f"data {folder} hash {sent['data_hash']}: event amo.data.updated {sent['event_id']} "
+               f"sent to {sent['api_url']}")
 
 
 # -- stages (dvc.yaml calls these) ------------------------------------------------------------

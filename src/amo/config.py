@@ -154,6 +154,42 @@ class ServeParams(_Section):
     max_batch: int = Field(32, ge=1)
 
 
+class OrchestrationParams(_Section):
+    """How Prefect runs the pipeline (flows/, see README "Orchestration with Prefect")."""
+
+    nightly_cron: str = "0 2 * * *"
+    timezone: str = "UTC"  # IANA name; the nightly schedule is read in this zone
+    sensor_interval_seconds: int = Field(60, ge=5)  # how often the data sensor looks for new data
+    lock_timeout_seconds: float = Field(0.0, ge=0.0)  # a second retrain waits this long, then fails
+    stage_retries: int = Field(1, ge=0)  # per stage task; validation failures are never retried
+    retry_delay_seconds: float = Field(10.0, ge=0.0)
+    push: bool = True  # `dvc push` after a completed retrain
+    # DVC remote to push to: None (the default of .dvc/config), a remote name, or a URL
+    # (s3://bucket/amo, gs://..., file:///srv/amo, needs dvc-s3 / dvc-gs for the clouds).
+    remote: str | None = None
+    arm_workers: int = Field(1, ge=1)  # arm fine-tunes at once on the local thread pool
+    # A Dask scheduler (tcp://host:8786) runs the arm fan-out on that cluster; AMO_DASK_ADDRESS wins.
+    dask_address: str | None = None
+
+    @field_validator("nightly_cron")
+    @classmethod
+    def _cron_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"nightly_cron needs 5 fields (minute hour day month weekday), got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone must be an IANA zone name like Europe/Paris, got {value!r}") from None
+        return value
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     encoder: EncoderParams = EncoderParams()
@@ -164,6 +200,7 @@ class Params(_Section):
     gate: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()
     serve: ServeParams = ServeParams()
+    orchestration: OrchestrationParams = OrchestrationParams()
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -1,0 +1,339 @@
+"""What the Prefect flows do, as plain functions: read the DVC graph, run one stage, hold the
+one-retrain-per-repository lock, apply params overrides, fingerprint the data and emit the
+`amo.data.updated` event, push to the DVC remote, and write the Markdown reports.
+
+The flows in `flows/` only wire these together; the Prefect tasks live in `amo.prefect_tasks`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATA_UPDATED = "amo.data.updated"
+STATE_DIR = ".amo"
+LOCK_FILE = "retrain.lock"
+DATA_STATE = "data_state.json"
+TAIL_LINES = 25
+REMOTE_NAME = "amo-remote"
+
+
+class StageError(RuntimeError):
+    """A DVC stage (or DVC command) that failed; the message names it and ends with DVC's output."""
+
+    def __init__(self, stage: str, returncode: int, output: str) -> None:
+        self.stage, self.returncode = stage, returncode
+        self.tail = tail(output)
+        super().__init__(f"stage {stage} failed (exit {returncode}); last lines:\n{self.tail}")
+
+
+class RetrainBusy(RuntimeError):
+    """Another retrain holds this repository's lock; the message says who and since when."""
+
+
+def tail(text: str, lines: int = TAIL_LINES) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+# -- the DVC graph ------------------------------------------------------------------------------
+def _lookup(mapping: dict[str, Any], dotted: str) -> Any:
+    value: Any = mapping
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def stage_groups(repo: Path = Path(".")) -> dict[str, list[str]]:
+    """dvc.yaml's stages in file order (DVC's own topological order); a `foreach` stage
+    expands to its members `name@key`, resolved from params.yaml like DVC does."""
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8"))
+    params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    groups: dict[str, list[str]] = {}
+    for name, stage in spec["stages"].items():
+        if "foreach" not in stage:
+            groups[name] = [name]
+            continue
+        items = stage["foreach"]
+        if isinstance(items, str) and items.startswith("${") and items.endswith("}"):
+            items = _lookup(params, items[2:-1])
+        groups[name] = [f"{name}@{key}" for key in items]
+    return groups
+
+
+def stage_names(repo: Path = Path(".")) -> list[str]:
+    """Every stage a full retrain runs, in order."""
+    return [item for items in stage_groups(repo).values() for item in items]
+
+
+def arm_stages(repo: Path, tasks: list[str] | None) -> list[str]:
+    """The `finetune_arm@<task>` stages to run: all of them, or the named tasks (unknown names refused)."""
+    members = stage_groups(repo).get("finetune_arm", [])
+    if tasks is None:
+        return members
+    known = {m.split("@", 1)[1]: m for m in members}
+    unknown = sorted(set(tasks) - set(known))
+    if unknown:
+        raise KeyError(f"unknown arm task(s) {', '.join(unknown)}; params.yaml arms.tasks has: "
+                       f"{', '.join(sorted(known))}")
+    return [known[t] for t in tasks]
+
+
+# -- running DVC ----------------------------------------------------------------------------------
+def _env() -> dict[str, str]:
+    """Stage commands run `amo` and `python` from PATH: the running interpreter's bin comes first."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def dvc(repo: Path, *args: str, label: str | None = None) -> str:
+    """Run one DVC command in `repo`; raise StageError (named `label`) with DVC's output tail."""
+    result = subprocess.run(["dvc", *args], check=False, cwd=repo, env=_env(), capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise StageError(label or " ".join(args), result.returncode, output)
+    return output
+
+
+def run_stage(stage: str, repo: Path = Path(".")) -> str:
+    """`dvc repro --single-item STAGE`: runs it if its deps or params changed, else skips it."""
+    return dvc(repo, "repro", "--single-item", stage, label=stage)
+
+
+def track_data(repo: Path, data_dir: str) -> str:
+    """`dvc add DATA`: record the data folder's current version in `<data>.dvc` (so it is pushed)."""
+    dvc(repo, "add", data_dir, label=f"dvc add {data_dir}")
+    outs = yaml.safe_load((repo / f"{data_dir}.dvc").read_text(encoding="utf-8"))["outs"]
+    return outs[0]["md5"]
+
+
+def use_remote(repo: Path, remote: str | None) -> str | None:
+    """The DVC remote to use: None (the default of .dvc/config), a remote's name, or a URL
+    (s3://, gs://, file://, a path), registered in .dvc/config.local as `amo-remote`."""
+    if remote is None or ("://" not in remote and not remote.startswith(("/", "."))):
+        return remote
+    # DVC reads a local remote as a path; file:// is fsspec's spelling of the same thing.
+    dvc(repo, "remote", "add", "--local", "--force", REMOTE_NAME, remote.removeprefix("file://"),
+        label="dvc remote add")
+    return REMOTE_NAME
+
+
+def push(repo: Path, remote: str | None = None) -> str:
+    """`dvc push --run-cache`: data, artifacts and the run cache (so a clone restores even the
+    uncached metrics and bundle instead of re-running stages)."""
+    name = use_remote(repo, remote)
+    return dvc(repo, "push", "--run-cache", *(["--remote", name] if name else []), label="dvc push")
+
+
+def pull(repo: Path, remote: str | None = None) -> str:
+    """`dvc pull --run-cache`, the mirror of push: afterwards `dvc repro` restores, runs nothing."""
+    name = use_remote(repo, remote)
+    return dvc(repo, "pull", "--run-cache", *(["--remote", name] if name else []), label="dvc pull")
+
+
+def apply_overrides(repo: Path, overrides: list[str]) -> dict[str, Any]:
+    """Set `key=value` overrides in params.yaml with DVC's own `dvc exp run -S` code (same
+    grammar, comments kept); refuse, and leave the file untouched, if the result is invalid.
+    Returns the overridden keys with their new values."""
+    from dvc.utils.hydra import apply_overrides as dvc_apply
+
+    from amo.config import load_params
+
+    if not overrides:
+        return {}
+    path = repo / "params.yaml"
+    original = path.read_text(encoding="utf-8")
+    try:
+        dvc_apply(path, list(overrides))
+        load_params(path)
+    except Exception as exc:  # noqa: BLE001 (hydra, omegaconf and config errors alike restore the file)
+        path.write_text(original, encoding="utf-8")
+        raise ValueError(f"params override {overrides} refused: {exc}") from None
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return {o.split("=", 1)[0].lstrip("+~"): _lookup(raw, o.split("=", 1)[0].lstrip("+~"))
+            for o in overrides if "=" in o}
+
+
+# -- one retrain at a time ---------------------------------------------------------------------
+@contextmanager
+def retrain_lock(repo: Path, timeout: float = 0.0, owner: str = "", poll: float = 0.5) -> Iterator[Path]:
+    """Hold `.amo/retrain.lock` (an fcntl lock: released by the kernel if the holder dies).
+    A second retrain waits up to `timeout` seconds, then raises RetrainBusy naming the holder."""
+    path = repo / STATE_DIR / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+                    raise RetrainBusy(f"another retrain is running in {repo.resolve()} "
+                                      f"(lock {path}, held by {holder}); waited {timeout:g} s") from None
+                time.sleep(poll)
+        os.ftruncate(fd, 0)
+        holder = {"pid": os.getpid(), "owner": owner,
+                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# -- new agent data ------------------------------------------------------------------------------
+def data_fingerprint(data_dir: Path) -> str:
+    """sha256 over every file's relative path and content: changes when any file is added,
+    removed or edited (e.g. a new agents.jsonl dropped in place)."""
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: data folder not found")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        content = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest.update(f"{path.relative_to(data_dir).as_posix()}\0{content}\n".encode())
+    return digest.hexdigest()
+
+
+def _state_path(repo: Path) -> Path:
+    return repo / STATE_DIR / DATA_STATE
+
+
+def last_data_hash(repo: Path) -> str | None:
+    """The data fingerprint last announced or trained on, or None."""
+    path = _state_path(repo)
+    return json.loads(path.read_text())["data_hash"] if path.is_file() else None
+
+
+def record_data_hash(repo: Path, data_hash: str, why: str) -> None:
+    from amo.registry import atomic_write
+
+    path = _state_path(repo)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps({"data_hash": data_hash, "why": why,
+                                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+
+
+def emit_data_updated(data_dir: Path, repo: Path = Path("."), why: str = "amo data update") -> dict[str, Any]:
+    """Send the `amo.data.updated` Prefect event with the data's fingerprint, wait until it is
+    delivered, and record the fingerprint as announced. Without PREFECT_API_URL nothing is sent.
+    Returns the event's id (None if not sent), the hash and the API URL."""
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL
+
+    data_hash = data_fingerprint(data_dir)
+    if not PREFECT_API_URL.value():
+        # No server to tell (an ephemeral API would vanish with this process): the data sensor
+        # announces it once a server runs, since the hash is not recorded here.
+        return {"event_id": None, "data_hash": data_hash, "api_url": None}
+    event = emit_event(DATA_UPDATED, resource={"prefect.resource.id": f"amo.data.{repo.resolve().name}",
+                                               "prefect.resource.name": str(data_dir)},
+                       payload={"data_hash": data_hash, "data_dir": str(data_dir),
+                                "repo": str(repo.resolve()), "why": why})
+    EventsWorker.drain_all(timeout=30)
+    record_data_hash(repo, data_hash, why)
+    return {"event_id": str(event.id) if event else None, "data_hash": data_hash,
+            "api_url": PREFECT_API_URL.value()}
+
+
+def data_changed(data_dir: Path, repo: Path = Path(".")) -> str | None:
+    """The sensor's test: the new fingerprint if the data differs from the last announced one."""
+    current = data_fingerprint(data_dir)
+    return None if current == last_data_hash(repo) else current
+
+
+# -- reports --------------------------------------------------------------------------------------
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key in sorted(value):
+            out.update(_flatten(value[key], f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def metrics_markdown(metrics_dir: Path, title: str, names: list[str] | None = None) -> str:
+    """A table of every number in metrics/*.json (or the named files, e.g. `arms/x`)."""
+    files = ([metrics_dir / f"{n}.json" for n in names] if names is not None
+             else sorted(metrics_dir.rglob("*.json")))
+    rows = []
+    for path in files:
+        if not path.is_file():
+            rows.append((path.relative_to(metrics_dir).as_posix(), "(missing)", ""))
+            continue
+        for key, value in _flatten(json.loads(path.read_text())).items():
+            if isinstance(value, (int, float, str, bool)) and key != "files":
+                rows.append((path.relative_to(metrics_dir).with_suffix("").as_posix(), key, value))
+    lines = [f"# {title}", "", "| file | metric | value |", "| --- | --- | --- |"]
+    lines += [f"| {f} | {k} | {_cell(v)} |" for f, k, v in rows]
+    return "\n".join(lines) + "\n"
+
+
+def validation_markdown(report_path: Path) -> str:
+    """Files, rows and result of the validate stage's great-expectations report."""
+    report = json.loads(report_path.read_text())
+    lines = ["# Data validation", "", (f"valid: **{report.get('ok')}**, "
+                                      f"{len(report.get('problems', []))} problem(s)"), "",
+             "| file | rows | expectations |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {info.get('rows', '')} | {info.get('expectations', '')} |"
+              for name, info in sorted(report.get("files", {}).items())]
+    problems = report.get("problems", [])
+    if problems:
+        lines += ["", "| file | row | field | problem |", "| --- | --- | --- | --- |"]
+        lines += [f"| {p['file']} | {p['row'] or ''} | {p['field']} | {_cell(p['message'])} |"
+                  for p in problems[:50]]
+    return "\n".join(lines) + "\n"
+
+
+def decision_markdown(decision: Any, candidate: dict[str, Any], champion: dict[str, Any] | None) -> str:
+    """The promotion decision: verdict, each gate check, and the metrics next to the champion's."""
+    verdict = "PROMOTED" if decision.accepted else "REJECTED"
+    lines = [f"# Promotion: {verdict}", "", (f"candidate `{decision.bundle_id}`, "
+                                            f"champion `{decision.champion or 'none'}`"), ""]
+    lines += [f"- {reason}" for reason in decision.reasons] or ["- no gate checks configured"]
+    cand, champ = _flatten(candidate), _flatten(champion or {})
+    lines += ["", "| metric | candidate | champion |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {_cell(v)} | {_cell(champ.get(k, '—'))} |"
+              for k, v in cand.items() if isinstance(v, (int, float))]
+    return "\n".join(lines) + "\n"
+
+
+def promote_bundle(repo: Path, bundle_dir: Path, force: bool = False) -> tuple[Any, str]:
+    """Gate and promote a bundle into the repository's registry; the decision and its Markdown."""
+    from amo.bundle import verify_bundle
+    from amo.config import load_params
+    from amo.registry import Registry
+
+    params = load_params(repo / "params.yaml")
+    where = params.registry.path  # a folder relative to the repository, or an fsspec URL
+    registry = Registry(where if "://" in where else repo / where, cache_dir=repo / params.registry.cache_dir)
+    bundle_dir = bundle_dir if bundle_dir.is_absolute() else repo / bundle_dir
+    candidate = verify_bundle(bundle_dir)["metrics"]
+    champion_id = registry.current_id()
+    champion = registry.verify(champion_id)["metrics"] if champion_id else None
+    decision = registry.promote(bundle_dir, params.gate, force=force)
+    return decision, decision_markdown(decision, candidate, champion)
