@@ -147,6 +147,8 @@ def test_ultratool_agents_labels_paths_and_arguments(ultratool_dir: Path) -> Non
     assert outputs[report] == ['{"content": "All done.", "file_path": "D:/r.txt"}',
                                '{"file_path": "<the old file path>"}']
     assert "Set an alarm at nine." not in outputs
+    alarms = [t["input"] for t in tasks if t["input"].startswith("Set alarms at 7")]
+    assert [a.rsplit("\n", 1)[1] for a in alarms] == ["call 1 of 2", "call 2 of 2"]
     shown = json.loads(tasks[0]["input"].split("\n", 1)[1])
     assert list(shown) == ["name", "description", "arguments"]
 

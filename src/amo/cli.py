@@ -17,7 +17,9 @@ app = typer.Typer(help="Train, validate, bundle and serve an Agentic Meta-Orches
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Write or import data sets in amo's contracts.", no_args_is_help=True)
 bundles_app = typer.Typer(help="Inspect the bundle registry.", no_args_is_help=True)
+agents_app = typer.Typer(help="Change the agent catalogue.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(agents_app, name="agents")
 app.add_typer(bundles_app, name="bundles")
 
 _state: dict[str, Path] = {"params": Path("params.yaml")}
@@ -55,10 +57,11 @@ def _run(action: Callable[[], Any]) -> Any:
     from amo.importers import SourceError
     from amo.models import ModelNotFoundError
     from amo.planner import PlannerFormatError
+    from amo.router import AgentError
 
     known: tuple[type[Exception], ...] = (ConfigError, BundleError, ModelNotFoundError,
                                           PlannerFormatError, ArmLoadError, SourceError, FileNotFoundError,
-                                          KeyError)
+                                          KeyError, AgentError)
     try:
         from amo.validate import DataValidationError
 
@@ -102,6 +105,30 @@ def data_import(name: str = typer.Argument(..., help="Data set: clinc150, amazon
     counts = _run(lambda: import_dataset(name, source, target,
                                          seed if seed is not None else _params().data.seed))
     typer.echo(f"imported {name} to {target}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+# -- agents -------------------------------------------------------------------------------------
+@agents_app.command("add")
+def agents_add(agent_id: str = typer.Argument(..., metavar="ID", help="New agent id."),
+               description: str = typer.Option(..., help="What the agent does (one sentence or more)."),
+               domain: str = typer.Option("", help="Optional domain."),
+               tag: list[str] = typer.Option([], "--tag", help="A tag; repeat for more."),
+               agents_file: Path | None = typer.Option(None, "--agents", help="Agents file to append to; "
+                                                       "default: <data.dir>/agents.jsonl."),
+               index: Path | None = typer.Option(None, help="Router agent index folder to re-embed; "
+                                                 "default: artifacts/router when it exists."),
+               index_only: bool = typer.Option(False, help="Leave the agents file alone.")) -> None:
+    """Add an agent: append it to agents.jsonl and embed it into the router's agent index (the
+    cheap index step), so it is routable without retraining."""
+    from amo.data import Agent
+    from amo.pipeline import ROUTER_DIR, add_agent
+
+    params = _params()
+    target = None if index_only else (agents_file or Path(params.data.dir) / "agents.jsonl")
+    index_dir = index or (ROUTER_DIR if (ROUTER_DIR / "agents.json").is_file() else None)
+    agent = Agent(id=agent_id, description=description, domain=domain, tags=tuple(tag))
+    result = _run(lambda: add_agent(params, agent, target, index_dir))
+    typer.echo(json.dumps(result, ensure_ascii=False))
 
 
 # -- stages (dvc.yaml calls these) ------------------------------------------------------------

@@ -45,6 +45,10 @@ class RouterParams(_Section):
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     batch_size: int = Field(64, ge=1)
+    # Scorer: prompt and description projected to proj_dim, then an interaction MLP or a dot product.
+    scorer: Literal["mlp", "bilinear"] = "mlp"
+    proj_dim: int = Field(64, ge=1)
+    oos_weight: float = Field(1.0, gt=0.0)  # loss weight of out-of-scope rows (class balance)
     # Inference: agents scoring above the separator by `margin` are selected, best first.
     min_k: int = Field(0, ge=0)  # 0 lets the router abstain; 1 always answers with its best agent
     max_k: int = Field(3, ge=1)

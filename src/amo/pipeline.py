@@ -69,7 +69,8 @@ def train_router(params: Params) -> dict[str, Any]:
     x_val = encoder.encode([e.prompt for e in val])
     p = params.router
     router = ListwiseRouter(hidden=p.hidden, dropout=p.dropout, epochs=p.epochs, lr=p.lr,
-                            weight_decay=p.weight_decay, batch_size=p.batch_size, seed=p.seed)
+                            weight_decay=p.weight_decay, batch_size=p.batch_size, seed=p.seed,
+                            proj_dim=p.proj_dim, scorer=p.scorer, oos_weight=p.oos_weight)
     router.fit(x_train, grade_matrix(train, index.ids), index.embeddings,
                val=(x_val, grade_matrix(val, index.ids)))
     router.save(ROUTER_DIR)
@@ -80,6 +81,48 @@ def train_router(params: Params) -> dict[str, Any]:
                "seconds": round(time.perf_counter() - start, 2)}
     write_json(METRICS_DIR / "train_router.json", metrics)
     return metrics
+
+
+def add_agent(params: Params, agent: contracts.Agent, agents_file: Path | None,
+              index_dir: Path | None, encoder: Any = None) -> dict[str, Any]:
+    """Append `agent` to the agents file and/or the router's agent index (embedding only its
+    description), so it is routable without retraining. Refuses a bad id, a description outside
+    params.yaml's bounds, or an id already present, before writing anything."""
+    import re
+
+    from amo.router import AgentError, AgentIndex
+    from amo.validate import AGENT_ID_PATTERN
+
+    d = params.data
+    if not re.fullmatch(AGENT_ID_PATTERN.strip("^$"), agent.id):
+        raise AgentError(f"agent id {agent.id!r} must match {AGENT_ID_PATTERN}")
+    if not d.min_description_chars <= len(agent.description.strip()) <= d.max_description_chars:
+        raise AgentError(f"agent {agent.id!r}: description must have {d.min_description_chars}-"
+                         f"{d.max_description_chars} characters, got {len(agent.description.strip())}")
+    if agents_file is None and index_dir is None:
+        raise AgentError("nothing to update: give an agents file, an index folder, or both")
+    if agents_file is not None:
+        existing = contracts.read_agents(agents_file) if agents_file.is_file() else []
+        if any(a.id == agent.id for a in existing):
+            raise AgentError(f"{agents_file}: agent {agent.id!r} already exists")
+    index = None
+    if index_dir is not None:
+        index = AgentIndex.load(index_dir)  # FileNotFoundError names the missing file
+        if agent.id in index.ids:
+            raise AgentError(f"{index_dir}: agent {agent.id!r} is already in the index")
+    result: dict[str, Any] = {"agent": agent.id}
+    if index is not None:
+        index = index.add([agent], encoder or encoder_for(params))
+        index.save(index_dir)
+        result["index"] = {"path": str(index_dir), "agents": len(index.ids)}
+    if agents_file is not None:
+        record = {"id": agent.id, "description": agent.description, "domain": agent.domain,
+                  "tags": list(agent.tags)}
+        agents_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(agents_file, "a", encoding="utf-8", newline="\n") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        result["agents_file"] = str(agents_file)
+    return result
 
 
 def export_router(params: Params) -> dict[str, Any]:

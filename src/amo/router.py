@@ -21,46 +21,73 @@ from torch import nn
 from amo.data import Agent, RoutingExample
 
 SEPARATOR_GRADE = 0.5  # between irrelevant (0) and the lowest relevant grade (1)
+SCORERS = ("mlp", "bilinear")
+
+
+class AgentError(ValueError):
+    """An agent that cannot be added: bad id or description, or an id already present."""
 
 
 class ScoringModel(nn.Module):
     """f(prompt, candidate) for every agent plus the separator: (B, D), (C, D) -> (B, C + 1).
 
-    An interaction MLP over [p, d, p*d, |p-d|]; the separator is a learned pseudo-description
-    scored by the same function, so its threshold moves with the prompt.
+    Prompts and candidates are first projected to a small dimension (once per prompt, once per
+    candidate), so the per-pair work is small: an interaction MLP over [p, d, p*d, |p-d|] of the
+    projections (`kind="mlp"`) or their dot product (`kind="bilinear"`). A learned multiple of the
+    encoder's cosine similarity is added to either, which keeps unseen agents' descriptions
+    meaningful. The separator is a learned pseudo-description scored by the same function, so
+    its threshold moves with the prompt.
     """
 
-    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float, proj_dim: int = 64,
+                 kind: str = "mlp") -> None:
         super().__init__()
+        if kind not in SCORERS:
+            raise ValueError(f"scorer kind must be one of {SCORERS}, got {kind!r}")
+        self.kind = kind
         self.separator = nn.Parameter(torch.zeros(dim))
+        self.prompt_proj = nn.Linear(dim, proj_dim)
+        self.agent_proj = nn.Linear(dim, proj_dim)
+        self.cosine_scale = nn.Parameter(torch.tensor(10.0))
         self.mlp = nn.Sequential(
-            nn.Linear(4 * dim, hidden), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden // 2), nn.GELU(), nn.Linear(hidden // 2, 1),
-        )
+            nn.Linear(4 * proj_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1),
+        ) if kind == "mlp" else None
 
     def forward(self, prompts: torch.Tensor, agents: torch.Tensor) -> torch.Tensor:
         candidates = torch.cat([agents, self.separator.unsqueeze(0)], dim=0)  # (C+1, D)
-        batch, count = prompts.shape[0], candidates.shape[0]
-        p = prompts.unsqueeze(1).expand(batch, count, -1)  # (B, C+1, D)
-        d = candidates.unsqueeze(0).expand(batch, count, -1)  # (B, C+1, D)
-        features = torch.cat([p, d, p * d, (p - d).abs()], dim=-1)  # (B, C+1, 4D)
-        return self.mlp(features).squeeze(-1)  # (B, C+1)
+        p, d = self.prompt_proj(prompts), self.agent_proj(candidates)  # (B, k), (C+1, k)
+        cosine = prompts @ candidates.t()  # (B, C+1); prompts and agents are unit vectors
+        if self.mlp is None:
+            return p @ d.t() + self.cosine_scale * cosine
+        # The first layer over [p, d, p*d, |p-d|], split by block: the p and d blocks are
+        # computed once per prompt and once per candidate instead of once per pair.
+        first, rest = self.mlp[0], self.mlp[1:]
+        w_p, w_d, w_pd, w_abs = first.weight.chunk(4, dim=1)
+        pairs_p, pairs_d = p.unsqueeze(1), d.unsqueeze(0)  # (B, 1, k), (1, C+1, k)
+        hidden = ((p @ w_p.t()).unsqueeze(1) + (d @ w_d.t() + first.bias).unsqueeze(0)
+                  + (pairs_p * pairs_d) @ w_pd.t() + (pairs_p - pairs_d).abs() @ w_abs.t())
+        return rest(hidden).squeeze(-1) + self.cosine_scale * cosine  # (B, C+1)
 
 
-def listwise_loss(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+def listwise_loss(scores: torch.Tensor, grades: torch.Tensor,
+                  row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Generalised uRank over graded relevance (Zhu, 2510.22781).
 
     For every candidate d with grade g > 0: -log(exp f(d) / (exp f(d) + sum exp f(d'))), the sum
     over candidates d' of lower grade. The separator has grade 0.5, so it is a "less relevant"
     rival of every relevant agent and must itself beat every irrelevant one.
-    scores, grades: (B, C); returns the mean over active terms.
+    scores, grades: (B, C); returns the mean over active terms, each weighted by its row's
+    weight when `row_weights` (B,) is given.
     """
     lower = grades.unsqueeze(1) < grades.unsqueeze(2)  # (B, d, d'): d' less relevant than d
     rivals = scores.unsqueeze(1).expand_as(lower).masked_fill(~lower, float("-inf"))
     pool = torch.cat([scores.unsqueeze(2), rivals], dim=2)  # (B, C, 1 + C)
     terms = torch.logsumexp(pool, dim=2) - scores  # (B, C), -log P(d)
     active = (grades > 0) & lower.any(dim=2)
-    return terms[active].sum() / active.sum().clamp(min=1)
+    if row_weights is None:
+        return terms[active].sum() / active.sum().clamp(min=1)
+    weights = row_weights.unsqueeze(1).expand_as(terms)[active]
+    return (terms[active] * weights).sum() / weights.sum().clamp(min=1e-12)
 
 
 def grade_matrix(examples: Sequence[RoutingExample], agent_ids: Sequence[str]) -> np.ndarray:
@@ -106,6 +133,12 @@ class RouterConfig:
     dim: int
     hidden: int = 256
     dropout: float = 0.1
+    proj_dim: int = 64
+    scorer: str = "mlp"
+
+
+def _build(config: RouterConfig) -> ScoringModel:
+    return ScoringModel(config.dim, config.hidden, config.dropout, config.proj_dim, config.scorer)
 
 
 class ListwiseRouter:
@@ -113,9 +146,13 @@ class ListwiseRouter:
 
     def __init__(self, hidden: int = 256, dropout: float = 0.1, epochs: int = 60, lr: float = 1e-3,
                  weight_decay: float = 1e-4, batch_size: int = 64, seed: int = 0,
-                 max_candidates: int = 512) -> None:
+                 max_candidates: int = 512, proj_dim: int = 64, scorer: str = "mlp",
+                 oos_weight: float = 1.0) -> None:
         self.hidden = hidden
         self.dropout = dropout
+        self.proj_dim = proj_dim
+        self.scorer = scorer
+        self.oos_weight = oos_weight
         self.epochs = epochs
         self.lr = lr
         self.weight_decay = weight_decay
@@ -127,14 +164,17 @@ class ListwiseRouter:
             val: tuple[np.ndarray, np.ndarray] | None = None, log: Any = None) -> ListwiseRouter:
         """prompts (N, D) and agents (A, D) embeddings, grades (N, A + 1) from grade_matrix.
 
-        With `val`, the epoch with the lowest validation loss is kept.
+        With `val`, the epoch with the lowest validation loss is kept. Out-of-scope rows (no
+        relevant agent) weigh `oos_weight` in the loss, the others 1.
         """
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
-        self.config_ = RouterConfig(dim=prompts.shape[1], hidden=self.hidden, dropout=self.dropout)
-        model = ScoringModel(self.config_.dim, self.hidden, self.dropout)
+        self.config_ = RouterConfig(dim=prompts.shape[1], hidden=self.hidden, dropout=self.dropout,
+                                    proj_dim=self.proj_dim, scorer=self.scorer)
+        model = _build(self.config_)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         x, y, a = torch.from_numpy(prompts), torch.from_numpy(grades), torch.from_numpy(agents)
+        w = torch.where((y[:, :-1] > 0).any(dim=1), 1.0, float(self.oos_weight))
         best: tuple[float, dict[str, torch.Tensor]] | None = None
         self.history_: list[dict[str, float]] = []
         for epoch in range(self.epochs):
@@ -143,7 +183,7 @@ class ListwiseRouter:
             for rows in torch.randperm(len(x), generator=generator).split(self.batch_size):
                 columns = self._candidate_columns(y[rows], generator)
                 scores = model(x[rows], a[columns[:-1]])
-                loss = listwise_loss(scores, y[rows][:, columns])
+                loss = listwise_loss(scores, y[rows][:, columns], w[rows])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -203,10 +243,11 @@ class ListwiseRouter:
 
         meta = json.loads((directory / "router.json").read_text())
         config = RouterConfig(**meta["config"])
-        router = cls(hidden=config.hidden, dropout=config.dropout)
+        router = cls(hidden=config.hidden, dropout=config.dropout, proj_dim=config.proj_dim,
+                     scorer=config.scorer)
         router.config_ = config
         router.history_ = meta.get("history", [])
-        model = ScoringModel(config.dim, config.hidden, config.dropout)
+        model = _build(config)
         model.load_state_dict(load_file(str(directory / "router.safetensors")))
         model.eval()
         router.model_ = model
@@ -229,6 +270,17 @@ class AgentIndex:
     @classmethod
     def build(cls, agents: list[Agent], encoder: Any) -> AgentIndex:
         return cls(agents, encoder.encode([agent.description for agent in agents]))
+
+    def add(self, agents: list[Agent], encoder: Any) -> AgentIndex:
+        """This index with `agents` appended; only their descriptions are embedded (the cheap
+        index step: the scoring model is untouched and routes to them at once)."""
+        known = set(self.ids)
+        for agent in agents:
+            if agent.id in known:
+                raise AgentError(f"agent {agent.id!r} is already in the index")
+            known.add(agent.id)
+        added = encoder.encode([agent.description for agent in agents]).astype(np.float32)
+        return AgentIndex(self.agents + list(agents), np.vstack([self.embeddings, added]))
 
     def save(self, directory: Path) -> None:
         from safetensors.numpy import save_file

@@ -4,6 +4,13 @@ ordered calls become a routing example, a trace and argument-filling tasks.
 One seeded split of the queries by their prompt (stripped, lowercased, as validation compares
 prompts) into train/val/test drives everything: routing uses the three splits, traces and
 `argument_filling` put val into train, so a question in routing test is in traces and tasks test.
+
+- routing: prompt = question, labels = {agent id: 1} for every tool the query calls; queries
+  without a call are dropped (counted), queries with the same prompt merged into one example.
+- traces: path = the called tools' agent ids in call order (repeats kept), outcome "success".
+- argument_filling: one task per call whose arguments could be read: input = question + "\n" +
+  the tool's schema {name, description, arguments} as compact JSON (+ "\ncall k of n" when the
+  query calls that tool n > 1 times), output = the arguments, json.dumps(sort_keys=True).
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line, object) for each non-blank line of a JSON Lines file; SourceError naming
     the file and row for anything that is not a JSON object."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise SourceError(f"{path}: cannot read as UTF-8 text: {exc}") from None
     for row, line in enumerate(text.split("\n"), start=1):
@@ -155,12 +162,15 @@ def _trimmed(value: Any, limit: int) -> Any:
     return value
 
 
-def task_input(question: str, tool: Tool, max_chars: int) -> str | None:
-    """The question, a newline, the tool's schema as compact JSON; long schemas have their texts
-    cut shorter and shorter until the whole fits `max_chars` (None if even names do not fit)."""
+def task_input(question: str, tool: Tool, max_chars: int,
+               call: tuple[int, int] = (1, 1)) -> str | None:
+    """The question, a newline, the tool's schema as compact JSON, and for a tool the query calls
+    n > 1 times a line "call k of n" (else one input would have several right outputs). Long
+    schemas have their texts cut shorter until the whole fits `max_chars` (None if it never does)."""
     schema = {"name": tool.name, "description": tool.description, "arguments": tool.arguments}
+    which = f"\ncall {call[0]} of {call[1]}" if call[1] > 1 else ""
     for limit in (None, 400, 200, 100, 50, 20, 0):
-        text = f"{question}\n{compact(schema if limit is None else _trimmed(schema, limit))}"
+        text = f"{question}\n{compact(schema if limit is None else _trimmed(schema, limit))}{which}"
         if len(text) <= max_chars:
             return text
     return None
@@ -208,10 +218,13 @@ def build(source: Source, seed: int, params: DataParams | None = None) -> Import
     for side, rows in sides.items():
         tasks[side] = []
         for q in (q for g in rows for q in g):
+            total, seen = Counter(c.tool for c in q.calls), Counter[str]()
             for call in q.calls:
+                seen[call.tool] += 1
                 if call.arguments is None:
                     continue
-                text = task_input(q.question, tools[call.tool], params.max_task_chars)
+                text = task_input(q.question, tools[call.tool], params.max_task_chars,
+                                  (seen[call.tool], total[call.tool]))
                 output = json.dumps(call.arguments, sort_keys=True, ensure_ascii=False)
                 if text is None or len(output) > params.max_task_chars:
                     notes[f"calls over {params.max_task_chars} characters"] += 1

