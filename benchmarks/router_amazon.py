@@ -6,54 +6,29 @@ amo's listwise router (graded labels: level 1 grade 1, level 2 grade 2, level 3 
 zero-shot cosine router and logistic regression per level, same splits and same frozen encoder.
 Each level is predicted as the best-scoring candidate of that level; `amo_path` also reports the
 consistent-path rule (the level-3 category whose path has the highest summed score). Router
-hyperparameters come from params.yaml `router`, overridable here. Writes
+settings are this script's arguments (shared with the other router benchmarks). Writes
 benchmarks/results/router_amazon.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import sys
-import time
-from inspect import signature
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from router_clinc150 import as_examples, common_arguments, embed, train_router
 
-from amo.config import load_params
-from amo.data import RoutingExample
-from amo.importers import amazon_htc
-from amo.models import Encoder, cache_dir, resolve_encoder
-from amo.router import ListwiseRouter, grade_matrix
+from amo.data import Agent, RoutingExample
+from amo.importers import load
+from amo.models import Encoder, resolve_encoder
+from amo.router import grade_matrix
 
 LEVELS = (1, 2, 3)
 PAPER = {"amo": [0.95, 0.81, 0.72], "classifier": [0.90, 0.75, 0.66], "chatgpt4": [0.87, 0.71, 0.59]}
-
-
-def cached_encode(encoder: Encoder, texts: list[str]) -> np.ndarray:
-    """Embeddings of `texts`, kept under the amo cache keyed by the encoder and the texts."""
-    digest = hashlib.sha256(str(encoder.path).encode())
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\x00")
-    path = cache_dir() / "embeddings" / f"{digest.hexdigest()[:24]}.npy"
-    if path.is_file():
-        return np.load(path)
-    vectors = encoder.encode(texts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, vectors)
-    return vectors
-
-
-def router_from_params(params_path: Path, overrides: dict[str, Any]) -> ListwiseRouter:
-    """A ListwiseRouter with params.yaml's `router` settings (those it accepts), then overrides."""
-    accepted = signature(ListwiseRouter).parameters
-    settings = {k: v for k, v in load_params(params_path).router.model_dump().items() if k in accepted}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    return ListwiseRouter(**settings)
 
 
 def level_of(agent_id: str) -> int:
@@ -112,43 +87,34 @@ def classifier_scores(x_train: np.ndarray, train: list[RoutingExample], x_val: n
     return scores, chosen
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", type=Path, default=Path("../shared/datasets/amazon_htc"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--seed", type=int, default=13, help="split seed")
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                              "amazon_htc", "router_amazon.json", epochs=20, batch_size=64)
+    parser.add_argument("--scorer", default="mlp")
+    parser.add_argument("--oos-weight", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=13, help="the importer's split seed")
     parser.add_argument("--grades", default="1,2,3", help="relevance grade of levels 1,2,3")
-    parser.add_argument("--epochs", type=int, default=None, help="default: params.yaml router.epochs")
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--hidden", type=int, default=None)
-    parser.add_argument("--classifier-c", default="1,10,100", help="C grid, picked on val")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/router_amazon.json"))
-    args = parser.parse_args(argv)
+    parser.add_argument("--classifier-grid", default="1,10,100", help="C values, picked on val")
+    return parser.parse_args(argv)
 
-    import torch
 
-    torch.set_num_threads(1)
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = arguments(argv)
+    torch.set_num_threads(args.threads)
     grades = tuple(int(g) for g in args.grades.split(","))
-    imported = amazon_htc.load(args.source, args.seed)
-    ids = [a["id"] for a in imported.agents]
-    splits = {name: [RoutingExample(r["prompt"], r["labels"]) for r in records]
-              for name, records in imported.routing.items()}
+    data = load("amazon_htc", args.source, args.seed)
+    agents = [Agent(a["id"], a["description"], a["domain"], tuple(a["tags"])) for a in data.agents]
+    ids = [a.id for a in agents]
+    splits = {name: as_examples(rows) for name, rows in data.routing.items()}
+    agent_x, x = embed(Encoder(resolve_encoder(args.encoder)), agents, splits, args.cache)
     train, val, test = regrade(splits["train"], grades), regrade(splits["val"], grades), splits["test"]
-    params = load_params(args.params)
-    encoder = Encoder(resolve_encoder(params.encoder.path), params.encoder.batch_size)
-    start = time.perf_counter()
-    agents = cached_encode(encoder, [a["description"] for a in imported.agents])
-    x = {name: cached_encode(encoder, [e.prompt for e in part]) for name, part in splits.items()}
-    encode_seconds = time.perf_counter() - start
 
-    start = time.perf_counter()
-    router = router_from_params(args.params, {"epochs": args.epochs, "lr": args.lr, "hidden": args.hidden})
-    router.fit(x["train"], grade_matrix(train, ids), agents, val=(x["val"], grade_matrix(val, ids)))
-    train_seconds = time.perf_counter() - start
-    amo_scores = router.score(x["test"], agents)[:, :-1]
-    cosine = x["test"] @ agents.T
+    router, train_seconds = train_router(args, args.scorer, x["train"], grade_matrix(train, ids), agent_x,
+                                         (x["val"], grade_matrix(val, ids)))
+    amo_scores = router.score(x["test"], agent_x)[:, :-1]
+    cosine = x["test"] @ agent_x.T
     clf, chosen_c = classifier_scores(x["train"], train, x["val"], val, x["test"], ids,
-                                      [float(c) for c in args.classifier_c.split(",")], seed=0)
+                                      [float(c) for c in args.classifier_grid.split(",")], seed=0)
     systems = {"amo": accuracies(per_level(amo_scores, ids), ids, test),
                "amo_path": accuracies(consistent_path(amo_scores, ids), ids, test),
                "cosine": accuracies(per_level(cosine, ids), ids, test),
@@ -157,17 +123,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     counts = {f"level_{level}": sum(level_of(a) == level for a in ids) for level in LEVELS}
     best = min(router.history_, key=lambda r: r.get("val_loss", r["train_loss"]))
     result = {
-        "command": shlex.join(["python", "benchmarks/router_amazon.py", *sys.argv[1:]]) if argv is None
-        else shlex.join(["python", "benchmarks/router_amazon.py", *argv]),
+        "command": "python " + shlex.join(["benchmarks/router_amazon.py", *(argv or sys.argv[1:])]),
+        "dataset": ("Amazon reviews (amazon_htc/reviews.csv) via amo.importers.amazon_htc "
+                    f"(seed {args.seed}): " + ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+                    + f"; {len(ids)} category agents (" + " / ".join(str(c) for c in counts.values())
+                    + " at levels 1 / 2 / 3)"),
         "systems": systems,
         "paper": {name: dict(zip(("l1_accuracy", "l2_accuracy", "l3_accuracy"), v)) for name, v in PAPER.items()},
-        "data": {"source": str(args.source), "split_seed": args.seed, "agents": len(ids), **counts,
-                 **{f"{name}_prompts": len(part) for name, part in splits.items()}},
-        "router": {**{k: getattr(router, k) for k in signature(ListwiseRouter).parameters},
-                   "grades_by_level": list(grades), "best_epoch": best["epoch"],
-                   "train_seconds": round(train_seconds, 1)},
+        "prediction": "each level: the best-scoring candidate of that level; *_path: the level-3 "
+                      "category whose path has the highest summed score, and its ancestors",
+        "grades_by_level": list(grades),
         "classifier": {"model": "logistic regression per level on the same embeddings", **chosen_c},
-        "encode_seconds": round(encode_seconds, 1), "torch_threads": torch.get_num_threads(),
+        "encoder": "all-MiniLM-L6-v2 (frozen)",
+        "threads": args.threads,
+        "amo_train_seconds": round(train_seconds, 1), "amo_best_epoch": best["epoch"],
+        "settings": {k: v for k, v in vars(args).items() if k not in ("source", "cache", "out")},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -3,12 +3,13 @@
     python benchmarks/router_latency.py --source ../shared/datasets/clinc150
 
 The agents are a data set's first `--agents` agents (CLINC150: its 150 intents). A router is
-fitted on the data set's training prompts (latency does not depend on the weights, so a few
-epochs do), then one test prompt at a time is routed end to end:
+fitted briefly on the data set's training prompts (latency does not depend on the weights), then
+one test prompt at a time is routed end to end:
   torch: sentence-transformers encoder + torch scorer + select
   onnx:  ONNX encoder (tokenizers + onnxruntime) + ONNX scorer + select
-Both run with 1 thread; the two paths alternate on the same prompts (random order per prompt), so
-load from other processes on the shared machine falls on both alike. Writes
+Both run with `--threads` threads (1); after a warm-up the two paths alternate on the same prompts
+in a random order per prompt, so load from other processes on the shared machine falls on both
+alike. Wall-clock and this thread's CPU time are both recorded. Writes
 benchmarks/results/router_latency.json.
 """
 
@@ -27,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from router_amazon import router_from_params
+from router_clinc150 import common_arguments, embed, train_router
 
 from amo.config import RouterParams, load_params
-from amo.data import RoutingExample
-from amo.importers import load as load_dataset
+from amo.data import Agent, RoutingExample
+from amo.importers import load
 from amo.models import Encoder, resolve_encoder
 from amo.onnx_encoder import OnnxEncoder, export_encoder
 from amo.onnx_router import OnnxScorer, export_router
@@ -105,48 +106,48 @@ def time_routes(paths: dict[str, Callable[[str], Route]], prompts: list[str], ru
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="clinc150")
-    parser.add_argument("--source", type=Path, default=Path("../shared/datasets/clinc150"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                              "clinc150", "router_latency.json", epochs=3, batch_size=128)
+    parser.add_argument("--dataset", default="clinc150", help="an importer name")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="route settings")
+    parser.add_argument("--scorer", default="mlp")
+    parser.add_argument("--oos-weight", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--agents", type=int, default=150)
-    parser.add_argument("--epochs", type=int, default=3, help="router fit (weights do not change latency)")
+    parser.add_argument("--fit-prompts", type=int, default=3000, help="train/val prompts for the fit")
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/router_latency.json"))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     import onnxruntime
     import torch
 
+    args = arguments(argv)
     torch.set_num_threads(args.threads)
-    params = load_params(args.params)
-    imported = load_dataset(args.dataset, args.source, params.data.seed)
-    agents = imported.agents[: args.agents]
-    ids = [a["id"] for a in agents]
+    data = load(args.dataset, args.source)
+    agents = [Agent(a["id"], a["description"], a.get("domain") or "", tuple(a.get("tags") or ()))
+              for a in data.agents[: args.agents]]
+    ids = [a.id for a in agents]
     keep = set(ids)
-
-    def restricted(split: str) -> list[RoutingExample]:
-        return [RoutingExample(r["prompt"], {a: g for a, g in r["labels"].items() if a in keep})
-                for r in imported.routing.get(split, [])]
-
-    train, test = restricted("train"), restricted("test")
-    torch_encoder = Encoder(resolve_encoder(params.encoder.path), params.encoder.batch_size)
-    agent_vectors = torch_encoder.encode([a["description"] for a in agents])
-    router = router_from_params(args.params, {"epochs": args.epochs})
-    router.fit(torch_encoder.encode([e.prompt for e in train]), grade_matrix(train, ids), agent_vectors)
-
+    splits = {name: [RoutingExample(r["prompt"], {a: g for a, g in r["labels"].items() if a in keep})
+                     for r in rows] for name, rows in data.routing.items()}
+    prompts = [e.prompt for e in splits.pop("test")]
+    # latency does not depend on the weights: a short fit (--epochs, --fit-prompts) gives a real scorer
+    splits = {name: rows[: args.fit_prompts] for name, rows in splits.items()}
+    encoder = Encoder(resolve_encoder(args.encoder))
+    agent_x, x = embed(encoder, agents, splits, args.cache)
+    router, _ = train_router(args, args.scorer, x["train"], grade_matrix(splits["train"], ids), agent_x,
+                             (x["val"], grade_matrix(splits["val"], ids)))
     with tempfile.TemporaryDirectory() as tmp:
-        paths = route_paths(router, torch_encoder, [a["description"] for a in agents], agent_vectors,
-                            ids, params.router, Path(tmp), args.threads)
-        prompts = [e.prompt for e in test] or [e.prompt for e in train]
+        paths = route_paths(router, encoder, [a.description for a in agents], agent_x, ids,
+                            load_params(args.params).router, Path(tmp), args.threads)
         latency = time_routes(paths, prompts, args.runs, args.warmup, args.seed)
 
     result = {
-        "command": shlex.join(["python", "benchmarks/router_latency.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": "python " + shlex.join(["benchmarks/router_latency.py", *(argv or sys.argv[1:])]),
         "n_agents": len(ids),
         **latency,
         "targets": {"onnx_p50_le_5ms": latency["onnx"]["p50_ms"] <= 5.0,
@@ -155,9 +156,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         "route_path": {"torch": "sentence-transformers encode + torch scorer + select",
                        "onnx": "tokenizers + ONNX encoder + ONNX scorer + select"},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("source", "cache", "out")},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     for name in ("torch", "onnx"):
         row = latency[name]
         print(f"{name:<6} p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
