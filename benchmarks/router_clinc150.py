@@ -61,7 +61,8 @@ def common_arguments(parser: argparse.ArgumentParser, dataset: str, out: str, ep
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
                               "clinc150", "router_clinc150.json", epochs=20, batch_size=128)
-    parser.add_argument("--scorers", default="mlp,bilinear", help="comma-separated; first is 'amo'")
+    parser.add_argument("--scorers", default="bilinear:384,mlp:64",
+                        help="comma-separated KIND[:PROJ_DIM] (default proj dim: --proj-dim); first is 'amo'")
     parser.add_argument("--oos-weight", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -78,13 +79,13 @@ def embed(encoder: Encoder, agents: list[Agent], splits: dict[str, list[RoutingE
                            for name, rows in splits.items()}
 
 
-def train_router(args: argparse.Namespace, scorer: str, x: np.ndarray, grades: np.ndarray,
+def train_router(args: argparse.Namespace, scorer: str, proj_dim: int, x: np.ndarray, grades: np.ndarray,
                  agents: np.ndarray, val: tuple[np.ndarray, np.ndarray]) -> tuple[ListwiseRouter, float]:
     start = time.perf_counter()
     router = ListwiseRouter(hidden=args.hidden, dropout=args.dropout, epochs=args.epochs, lr=args.lr,
                             weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed,
-                            proj_dim=args.proj_dim, scorer=scorer, oos_weight=args.oos_weight)
-    router.fit(x, grades, agents, val=val)
+                            proj_dim=proj_dim, scorer=scorer, oos_weight=args.oos_weight)
+    router.fit(x, grades, agents, val=val, log=lambda record: print(scorer, record, flush=True))
     return router, time.perf_counter() - start
 
 
@@ -107,14 +108,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     systems: dict[str, dict[str, float]] = {}
     scorers: dict[str, dict] = {}
-    for i, scorer in enumerate(args.scorers.split(",")):
-        router, seconds = train_router(args, scorer, x["train"], grades["train"], agent_x,
+    for i, spec in enumerate(args.scorers.split(",")):
+        scorer, _, dim = spec.partition(":")
+        proj_dim = int(dim) if dim else args.proj_dim
+        router, seconds = train_router(args, scorer, proj_dim, x["train"], grades["train"], agent_x,
                                        (x["val"], grades["val"]))
         val_scores, test_scores = router.score(x["val"], agent_x), router.score(x["test"], agent_x)
         tuned = evaluate_system(val_scores, test_scores, splits, agents)
         separator_only = evaluate_system(val_scores, test_scores, splits, agents, tuned=False)
         best = min(router.history_, key=lambda r: r["val_loss"])
-        scorers[scorer] = {"train_seconds": round(seconds, 1), "epochs": args.epochs,
+        scorers[spec] = {"scorer": scorer, "proj_dim": proj_dim, "train_seconds": round(seconds, 1), "epochs": args.epochs,
                            "seconds_per_epoch": round(seconds / args.epochs, 2),
                            "best_epoch": best["epoch"], "val_loss": round(best["val_loss"], 4),
                            "parameters": sum(p.numel() for p in router.model_.parameters()),

@@ -109,3 +109,30 @@ def test_agent_index_round_trip(tmp_path: Path) -> None:
     loaded = AgentIndex.load(tmp_path)
     assert loaded.agents == agents
     np.testing.assert_array_equal(loaded.embeddings, index.embeddings)
+
+
+def test_row_weights_scale_a_rows_share_of_the_loss() -> None:
+    """With row weights, an out-of-scope row weighted 3 counts three times as much as weight 1."""
+    scores = torch.tensor([[2.0, 0.0, 1.0], [1.0, 0.5, 0.0]])
+    grades = torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.0, 0.5]])
+    plain = listwise_loss(scores, grades, torch.tensor([1.0, 1.0]))
+    assert torch.isclose(plain, listwise_loss(scores, grades))
+    heavy = listwise_loss(scores, grades, torch.tensor([1.0, 3.0]))
+    oos_term = float(torch.logsumexp(torch.tensor([0.0, 1.0, 0.5]), 0) - 0.0)
+    assert heavy > plain
+    assert abs(float(heavy) * 5 - (float(plain) * 3 + 2 * oos_term)) < 1e-4
+
+
+def test_bilinear_scorer_learns_and_exports(tmp_path: Path) -> None:
+    """The projected-bilinear scorer fits the toy problem and its ONNX export agrees with torch."""
+    x, examples, agents, ids = toy_problem(seed=1)
+    router = ListwiseRouter(scorer="bilinear", proj_dim=16, epochs=40, seed=0).fit(
+        x, grade_matrix(examples, ids), agents)
+    routes = [select(s, ids) for s in router.score(x, agents)]
+    hits = [bool(r.agents) and e.labels.get(r.agents[0][0]) == 2 for r, e in zip(routes, examples) if e.labels]
+    assert np.mean(hits) > 0.9
+    router.save(tmp_path / "router")
+    loaded = ListwiseRouter.load(tmp_path / "router")
+    assert loaded.config_.scorer == "bilinear"
+    onnx = OnnxScorer(export_router(loaded, tmp_path / "router.onnx"))
+    np.testing.assert_allclose(onnx.score(x, agents[:4]), router.score(x, agents[:4]), atol=1e-4)
