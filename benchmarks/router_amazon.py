@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     agent_x, x = embed(Encoder(resolve_encoder(args.encoder)), agents, splits, args.cache)
     train, val, test = regrade(splits["train"], grades), regrade(splits["val"], grades), splits["test"]
 
-    router, train_seconds = train_router(args, args.scorer, x["train"], grade_matrix(train, ids), agent_x,
-                                         (x["val"], grade_matrix(val, ids)))
+    router, train_seconds = train_router(args, args.scorer, args.proj_dim, x["train"],
+                                         grade_matrix(train, ids), agent_x, (x["val"], grade_matrix(val, ids)))
     amo_scores = router.score(x["test"], agent_x)[:, :-1]
     cosine = x["test"] @ agent_x.T
     clf, chosen_c = classifier_scores(x["train"], train, x["val"], val, x["test"], ids,

@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     splits = {name: rows[: args.fit_prompts] for name, rows in splits.items()}
     encoder = Encoder(resolve_encoder(args.encoder))
     agent_x, x = embed(encoder, agents, splits, args.cache)
-    router, _ = train_router(args, args.scorer, x["train"], grade_matrix(splits["train"], ids), agent_x,
-                             (x["val"], grade_matrix(splits["val"], ids)))
+    router, _ = train_router(args, args.scorer, args.proj_dim, x["train"], grade_matrix(splits["train"], ids),
+                             agent_x, (x["val"], grade_matrix(splits["val"], ids)))
     with tempfile.TemporaryDirectory() as tmp:
         paths = route_paths(router, encoder, [a.description for a in agents], agent_x, ids,
                             load_params(args.params).router, Path(tmp), args.threads)

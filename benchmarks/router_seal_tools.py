@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
     encoder = Encoder(resolve_encoder(args.encoder))
     agent_x, x = embed(encoder, agents, splits, args.cache)
 
-    router, train_seconds = train_router(args, args.scorer, x["train"], grade_matrix(splits["train"], ids),
-                                         agent_x, (x["val"], grade_matrix(splits["val"], ids)))
+    router, train_seconds = train_router(args, args.scorer, args.proj_dim, x["train"],
+                                         grade_matrix(splits["train"], ids), agent_x,
+                                         (x["val"], grade_matrix(splits["val"], ids)))
     classify = fit_multilabel_classifier(x["train"], splits["train"], ids, c=args.classifier_c)
     scored = {
         "amo": (router.score(x["val"], agent_x), router.score(x["test"], agent_x)),
