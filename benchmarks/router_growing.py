@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import shlex
 import sys
 import time
@@ -49,6 +50,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--domains", default="", help="comma-separated subset; default: all ten")
     parser.add_argument("--scorer", default="mlp")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="folds run in parallel processes")
     return parser.parse_args(argv)
 
 
@@ -61,63 +63,74 @@ def f1s(scores: np.ndarray, margin: float, test: list[RoutingExample], ids: list
             "margin": round(margin, 4)}
 
 
+_SHARED: dict = {}  # set in main before the worker processes fork
+
+
+def run_fold(domain: str) -> dict:
+    """Train without `domain`'s intents, add them back as agents, and score every system."""
+    args, agents, splits, agent_x, x = (_SHARED[k] for k in ("args", "agents", "splits", "agent_x", "x"))
+    torch.set_num_threads(args.threads)
+    ids = [a.id for a in agents]
+    start = time.perf_counter()
+    new = {a.id for a in agents if a.domain == domain}
+    old_columns = [i for i, a in enumerate(agents) if a.id not in new]
+    old_agents = [agents[i] for i in old_columns]
+    old_ids = [a.id for a in old_agents]
+
+    def keep(name: str) -> list[int]:
+        return [i for i, e in enumerate(splits[name]) if not set(e.labels) & new]
+
+    train_rows, val_rows = keep("train"), keep("val")
+    train = [splits["train"][i] for i in train_rows]
+    val = [splits["val"][i] for i in val_rows]
+    router = ListwiseRouter(hidden=args.hidden, dropout=args.dropout, epochs=args.epochs, lr=args.lr,
+                            weight_decay=args.weight_decay, batch_size=args.batch_size,
+                            seed=args.seed, proj_dim=args.proj_dim, scorer=args.scorer)
+    router.fit(x["train"][train_rows], grade_matrix(train, old_ids), agent_x[old_columns],
+               val=(x["val"][val_rows], grade_matrix(val, old_ids)))
+    classify = fit_classifier(x["train"][train_rows], train, ids, c=args.classifier_c, seed=args.seed)
+
+    systems = {
+        "amo": (router.score(x["val"][val_rows], agent_x[old_columns]), router.score(x["test"], agent_x)),
+        "cosine": (cosine_scores(x["val"][val_rows], agent_x[old_columns]), cosine_scores(x["test"], agent_x)),
+        "classifier": (classify(x["val"][val_rows])[:, [*old_columns, len(ids)]], classify(x["test"])),
+    }
+    fold: dict = {"held_out_domain": domain, "new_agents": sorted(new)}
+    for name, (val_scores, test_scores) in systems.items():
+        margin = tune_margin(val_scores, val, old_agents)
+        fold[name] = f1s(test_scores, margin, splits["test"], ids, new)
+    fold["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(fold), flush=True)
+    return fold
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = arguments(argv)
     torch.set_num_threads(args.threads)
     data = load("clinc150", args.source)
     agents = [Agent(a["id"], a["description"], a["domain"], tuple(a["tags"])) for a in data.agents]
-    ids = [a.id for a in agents]
     splits = {name: as_examples(rows) for name, rows in data.routing.items()}
     agent_x, x = embed(Encoder(resolve_encoder(args.encoder)), agents, splits, args.cache)
     domains = args.domains.split(",") if args.domains else list(dict.fromkeys(a.domain for a in agents))
-
-    folds = []
-    for domain in domains:
-        start = time.perf_counter()
-        new = {a.id for a in agents if a.domain == domain}
-        old_columns = [i for i, a in enumerate(agents) if a.id not in new]
-        old_agents = [agents[i] for i in old_columns]
-        old_ids = [a.id for a in old_agents]
-
-        def keep(name: str, new: set[str] = new) -> list[int]:
-            return [i for i, e in enumerate(splits[name]) if not set(e.labels) & new]
-
-        train_rows, val_rows = keep("train"), keep("val")
-        train = [splits["train"][i] for i in train_rows]
-        val = [splits["val"][i] for i in val_rows]
-        router = ListwiseRouter(hidden=args.hidden, dropout=args.dropout, epochs=args.epochs, lr=args.lr,
-                                weight_decay=args.weight_decay, batch_size=args.batch_size,
-                                seed=args.seed, proj_dim=args.proj_dim, scorer=args.scorer)
-        router.fit(x["train"][train_rows], grade_matrix(train, old_ids), agent_x[old_columns],
-                   val=(x["val"][val_rows], grade_matrix(val, old_ids)))
-        classify = fit_classifier(x["train"][train_rows], train, ids, c=args.classifier_c, seed=args.seed)
-
-        systems = {
-            "amo": (router.score(x["val"][val_rows], agent_x[old_columns]),
-                    router.score(x["test"], agent_x)),
-            "cosine": (cosine_scores(x["val"][val_rows], agent_x[old_columns]),
-                       cosine_scores(x["test"], agent_x)),
-            "classifier": (classify(x["val"][val_rows])[:, [*old_columns, len(ids)]], classify(x["test"])),
-        }
-        fold: dict = {"held_out_domain": domain, "new_agents": sorted(new)}
-        for name, (val_scores, test_scores) in systems.items():
-            margin = tune_margin(val_scores, val, old_agents)
-            fold[name] = f1s(test_scores, margin, splits["test"], ids, new)
-        fold["seconds"] = round(time.perf_counter() - start, 1)
-        folds.append(fold)
-        print(json.dumps(fold), flush=True)
+    _SHARED.update(args=args, agents=agents, splits=splits, agent_x=agent_x, x=x)
+    if args.workers > 1:  # folds are independent: one single-threaded process each
+        with multiprocessing.get_context("fork").Pool(args.workers) as pool:
+            folds = pool.map(run_fold, domains, chunksize=1)
+    else:
+        folds = [run_fold(domain) for domain in domains]
 
     def mean(system: str, key: str) -> float:
         return round(float(np.mean([f[system][key] for f in folds])), 4)
 
     summary = {name: {"new_f1": mean(name, "new_f1"), "old_f1": mean(name, "old_f1")}
                for name in ("amo", "cosine", "classifier")}
-    for name, values in summary.items():
+    for values in summary.values():
         values["new_over_old"] = round(values["new_f1"] / values["old_f1"], 4) if values["old_f1"] else 0.0
     result = {
         "command": "python " + shlex.join(["benchmarks/router_growing.py", *(argv or sys.argv[1:])]),
         "encoder": "all-MiniLM-L6-v2 (frozen)",
         "threads": args.threads,
+        "workers": args.workers,
         "settings": {k: v for k, v in vars(args).items() if k not in ("source", "cache", "out", "plot")},
         "target": "new-agent F1 >= 0.8 x trained-agent F1",
         "mean": summary,

@@ -123,16 +123,17 @@ def test_row_weights_scale_a_rows_share_of_the_loss() -> None:
     assert abs(float(heavy) * 5 - (float(plain) * 3 + 2 * oos_term)) < 1e-4
 
 
-def test_bilinear_scorer_learns_and_exports(tmp_path: Path) -> None:
-    """The projected-bilinear scorer fits the toy problem and its ONNX export agrees with torch."""
+@pytest.mark.parametrize("scorer", ["bilinear", "siamese"])
+def test_bilinear_scorers_learn_and_export(scorer: str, tmp_path: Path) -> None:
+    """The projected-bilinear scorers fit the toy problem and their ONNX export agrees with torch."""
     x, examples, agents, ids = toy_problem(seed=1)
-    router = ListwiseRouter(scorer="bilinear", proj_dim=16, epochs=40, seed=0).fit(
+    router = ListwiseRouter(scorer=scorer, proj_dim=16, epochs=40, seed=0).fit(
         x, grade_matrix(examples, ids), agents)
     routes = [select(s, ids) for s in router.score(x, agents)]
     hits = [bool(r.agents) and e.labels.get(r.agents[0][0]) == 2 for r, e in zip(routes, examples) if e.labels]
     assert np.mean(hits) > 0.9
     router.save(tmp_path / "router")
     loaded = ListwiseRouter.load(tmp_path / "router")
-    assert loaded.config_.scorer == "bilinear"
+    assert loaded.config_.scorer == scorer
     onnx = OnnxScorer(export_router(loaded, tmp_path / "router.onnx"))
     np.testing.assert_allclose(onnx.score(x, agents[:4]), router.score(x, agents[:4]), atol=1e-4)

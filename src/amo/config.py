@@ -46,7 +46,7 @@ class RouterParams(_Section):
     weight_decay: float = Field(1e-4, ge=0.0)
     batch_size: int = Field(64, ge=1)
     # Scorer: prompt and description projected to proj_dim, then an interaction MLP or a dot product.
-    scorer: Literal["mlp", "bilinear"] = "mlp"
+    scorer: Literal["mlp", "bilinear", "siamese"] = "mlp"
     proj_dim: int = Field(64, ge=1)
     oos_weight: float = Field(1.0, gt=0.0)  # loss weight of out-of-scope rows (class balance)
     # Inference: agents scoring above the separator by `margin` are selected, best first.

@@ -21,7 +21,7 @@ from torch import nn
 from amo.data import Agent, RoutingExample
 
 SEPARATOR_GRADE = 0.5  # between irrelevant (0) and the lowest relevant grade (1)
-SCORERS = ("mlp", "bilinear")
+SCORERS = ("mlp", "bilinear", "siamese")
 
 
 class AgentError(ValueError):
@@ -33,7 +33,9 @@ class ScoringModel(nn.Module):
 
     Prompts and candidates are first projected to a small dimension (once per prompt, once per
     candidate), so the per-pair work is small: an interaction MLP over [p, d, p*d, |p-d|] of the
-    projections (`kind="mlp"`) or their dot product (`kind="bilinear"`). A learned multiple of the
+    projections (`kind="mlp"`) or their dot product (`kind="bilinear"`; `kind="siamese"` projects
+    prompts and descriptions with one shared matrix, a learned metric rather than per-agent
+    weights, so it carries over to agents never seen in training). A learned multiple of the
     encoder's cosine similarity is added to either, which keeps unseen agents' descriptions
     meaningful. The separator is a learned pseudo-description scored by the same function, so
     its threshold moves with the prompt.
@@ -47,7 +49,7 @@ class ScoringModel(nn.Module):
         self.kind = kind
         self.separator = nn.Parameter(torch.zeros(dim))
         self.prompt_proj = nn.Linear(dim, proj_dim)
-        self.agent_proj = nn.Linear(dim, proj_dim)
+        self.agent_proj = None if kind == "siamese" else nn.Linear(dim, proj_dim)
         self.cosine_scale = nn.Parameter(torch.tensor(10.0))
         self.mlp = nn.Sequential(
             nn.Linear(4 * proj_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1),
@@ -55,7 +57,8 @@ class ScoringModel(nn.Module):
 
     def forward(self, prompts: torch.Tensor, agents: torch.Tensor) -> torch.Tensor:
         candidates = torch.cat([agents, self.separator.unsqueeze(0)], dim=0)  # (C+1, D)
-        p, d = self.prompt_proj(prompts), self.agent_proj(candidates)  # (B, k), (C+1, k)
+        p = self.prompt_proj(prompts)  # (B, k)
+        d = (self.agent_proj or self.prompt_proj)(candidates)  # (C+1, k)
         cosine = prompts @ candidates.t()  # (B, C+1); prompts and agents are unit vectors
         if self.mlp is None:
             return p @ d.t() + self.cosine_scale * cosine

@@ -226,7 +226,7 @@ def load(source: Path, seed: int) -> Imported:
     if not isinstance(raw, dict):
         raise SourceError(f"{data_path}: expected an object with train/val/test/oos_* lists")
     agents = [{"id": intent, "description": DESCRIPTIONS[intent], "domain": domain_of[intent],
-               "tags": [domain_of[intent]]} for intent in DESCRIPTIONS if intent in domain_of]
+               "tags": [domain_of[intent]]} for intent in domain_of]
     routing = {split: _records(data_path, raw, split, domain_of) + _records(data_path, raw, oos, domain_of)
                for split, oos in SPLITS.items()}
     return Imported(name="clinc150", agents=agents, routing=routing)
