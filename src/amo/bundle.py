@@ -21,6 +21,7 @@ import yaml
 import amo
 from amo.config import Params
 from amo.models import resolve_base_model, resolve_encoder, sha256_file
+from amo.onnx_encoder import ENCODER_FILES
 
 MANIFEST = "manifest.json"
 RUNTIME = "runtime.json"
@@ -99,6 +100,9 @@ def build_bundle(params: Params, raw_params: dict[str, Any], out: Path, *, route
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     _copy(onnx_path, partial / "router" / "router.onnx")
+    for name in ENCODER_FILES:  # the encoder as ONNX, when export_router wrote it
+        if (onnx_path.parent / name).is_file():
+            _copy(onnx_path.parent / name, partial / "router" / name)
     for name in ("agents.json", "agent_index.safetensors"):
         _copy(router_dir / name, partial / "router" / name)
     _copy(planner_dir / "planner.json", partial / "planner" / "planner.json")

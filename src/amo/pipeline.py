@@ -147,9 +147,25 @@ def export_router(params: Params) -> dict[str, Any]:
                        - router.score(probe, index.embeddings)).max())
     if gap > 1e-4:
         raise RuntimeError(f"ONNX and torch router scores differ by {gap:.2e} (> 1e-4)")
-    metrics = {"max_abs_diff_vs_torch": gap, "onnx_bytes": ONNX_PATH.stat().st_size}
+    metrics = {"max_abs_diff_vs_torch": gap, "onnx_bytes": ONNX_PATH.stat().st_size,
+               **export_encoder_onnx(params, [a.description for a in index.agents[:16]])}
     write_json(METRICS_DIR / "export_router.json", metrics)
     return metrics
+
+
+def export_encoder_onnx(params: Params, probe: list[str]) -> dict[str, Any]:
+    """Export the encoder next to the router ONNX (routing then needs no torch) and check it
+    against sentence-transformers on real texts."""
+    from amo.models import resolve_encoder
+    from amo.onnx_encoder import ENCODER_ONNX, OnnxEncoder, export_encoder
+
+    export_encoder(resolve_encoder(params.encoder.path), ONNX_PATH.parent)
+    gap = float(np.abs(OnnxEncoder(ONNX_PATH.parent).encode(probe)
+                       - encoder_for(params).encode(probe)).max()) if probe else 0.0
+    if gap > 1e-4:
+        raise RuntimeError(f"ONNX and sentence-transformers embeddings differ by {gap:.2e} (> 1e-4)")
+    return {"encoder_max_abs_diff_vs_torch": gap,
+            "encoder_onnx_bytes": (ONNX_PATH.parent / ENCODER_ONNX).stat().st_size}
 
 
 # -- arms -------------------------------------------------------------------------------------

@@ -218,10 +218,22 @@ class ListwiseRouter:
 
     @staticmethod
     @torch.no_grad()
-    def _loss(model: ScoringModel, prompts: np.ndarray, grades: np.ndarray, agents: np.ndarray) -> float:
+    def _loss(model: ScoringModel, prompts: np.ndarray, grades: np.ndarray, agents: np.ndarray,
+              max_elements: int = 20_000_000) -> float:
+        """Validation loss over all agents, in chunks of prompts: listwise_loss builds (B, C, C)
+        tensors, ~4 GB for 55 prompts against 4,076 agents in one piece. Chunk means are weighted
+        by their relevant-candidate counts (the active terms), so the result equals the unchunked
+        loss."""
         model.eval()
-        scores = model(torch.from_numpy(prompts), torch.from_numpy(agents))
-        return float(listwise_loss(scores, torch.from_numpy(grades)))
+        a = torch.from_numpy(agents)
+        chunk = max(1, max_elements // (len(agents) + 1) ** 2)
+        total, count = 0.0, 0
+        for start in range(0, len(prompts), chunk):
+            g = torch.from_numpy(grades[start:start + chunk])
+            n = int((g > 0).sum())
+            total += float(listwise_loss(model(torch.from_numpy(prompts[start:start + chunk]), a), g)) * n
+            count += n
+        return total / max(count, 1)
 
     @torch.no_grad()
     def score(self, prompts: np.ndarray, agents: np.ndarray, batch: int = 256) -> np.ndarray:
