@@ -61,13 +61,16 @@ def test_changed_params_of_one_task_retrain_that_arm_only(repo: Path) -> None:
 
 def test_new_rows_in_one_task_retrain_that_arm_only(repo: Path) -> None:
     """A new training row for product_extraction reruns validation, after which only
-    finetune_arm@product_extraction is out of date: the other arm's validation report is unchanged."""
+    finetune_arm@product_extraction is out of date: the other arm's and the router's validation
+    reports (what train_router depends on) are unchanged."""
     train = repo / "data/tasks/product_extraction/train.jsonl"
     other = repo / "metrics/validation/tasks/query_rewrite.json"
-    before = other.read_text()
+    router = repo / "metrics/validation/router.json"
+    before, router_before = other.read_text(), router.read_text()
     with open(train, "a", encoding="utf-8") as handle:
         handle.write(json.dumps({"input": "blue kettle under $30", "output": '{"item": "kettle"}'}) + "\n")
     assert {"validate", "finetune_arm@product_extraction"} <= changed_stages(repo)
     run(repo, "dvc", "repro", "validate")
-    assert other.read_text() == before
+    assert other.read_text() == before and router.read_text() == router_before
+    assert json.loads(router_before)["files"]
     assert changed_stages(repo) == {"finetune_arm@product_extraction"}

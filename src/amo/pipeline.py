@@ -53,12 +53,18 @@ def validate(params: Params) -> dict[str, Any]:
                            max_description_chars=d.max_description_chars,
                            max_prompt_chars=d.max_prompt_chars, max_task_chars=d.max_task_chars,
                            report_path=METRICS_DIR / "validation.json", docs_dir=DATA_DOCS_DIR)
-    # One small report per task folder (data/tasks/<task>): each finetune_arm stage depends on
-    # its own, so new rows in one task's data (or anywhere else) do not retrain the other arms.
+    # Small reports per consumer: the router's (agents + routing) and one per task folder. Each
+    # training stage depends on its own, so new rows in one task's data do not retrain the
+    # router or the other arms.
+    root = Path(d.dir).name
+
+    def part(path: Path, *prefixes: str) -> None:
+        files = {k: v for k, v in report["files"].items() if k.startswith(prefixes)}
+        write_json(path, {"ok": report["ok"], "files": files})
+
+    part(METRICS_DIR / "validation" / "router.json", f"{root}/agents.jsonl", f"{root}/routing/")
     for folder in sorted(p for p in (Path(d.dir) / "tasks").glob("*") if p.is_dir()):
-        prefix = f"{Path(d.dir).name}/tasks/{folder.name}/"
-        write_json(METRICS_DIR / "validation" / "tasks" / f"{folder.name}.json",
-                   {"ok": report["ok"], "files": {k: v for k, v in report["files"].items() if k.startswith(prefix)}})
+        part(METRICS_DIR / "validation" / "tasks" / f"{folder.name}.json", f"{root}/tasks/{folder.name}/")
     return report
 
 
