@@ -53,23 +53,50 @@ def test_sizes_and_consistency(demo) -> None:
     assert all(isinstance(json.loads(r["output"]), dict) for r in rows(out / "tasks/product_extraction/train.jsonl"))
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 2): the demo wording is still separable by "
-                   "bag-of-words (~0.99 top-1); more paraphrase variety is needed")
+def primary_labels(records: list[dict]) -> list[str]:
+    return [max(sorted(r["labels"]), key=r["labels"].get) if r["labels"] else "oos" for r in records]
+
+
 def test_bag_of_words_is_not_enough(demo) -> None:
-    """A unigram logistic regression does not route the test split perfectly."""
+    """A unigram count + logistic regression model routes under 90% of the test split top-1 (incl. "oos")."""
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
     out, _ = demo
-
-    def xy(name: str) -> tuple[list[str], list[str]]:
-        records = rows(out / "routing" / f"{name}.jsonl")
-        return [r["prompt"] for r in records], [max(r["labels"], key=r["labels"].get) if r["labels"] else "oos"
-                                                for r in records]
-
-    (x_train, y_train), (x_test, y_test) = xy("train"), xy("test")
+    train, test = rows(out / "routing" / "train.jsonl"), rows(out / "routing" / "test.jsonl")
     vectorizer = CountVectorizer()
-    model = LogisticRegression(max_iter=2000).fit(vectorizer.fit_transform(x_train), y_train)
-    accuracy = model.score(vectorizer.transform(x_test), y_test)
+    model = LogisticRegression(max_iter=2000).fit(vectorizer.fit_transform([r["prompt"] for r in train]),
+                                                  primary_labels(train))
+    accuracy = model.score(vectorizer.transform([r["prompt"] for r in test]), primary_labels(test))
     print(f"bag-of-words top-1 accuracy: {accuracy:.3f}")
-    assert accuracy < 0.97
+    assert accuracy < 0.90
+
+
+def test_wording_overlaps_across_agents_and_out_of_scope(demo) -> None:
+    """Shop words (order, price, return, licence) occur in prompts of several agents and out of scope."""
+    out, _ = demo
+    records = [r for name in ("train", "val", "test") for r in rows(out / "routing" / f"{name}.jsonl")]
+    for word in ("order", "price", "return", "licence"):
+        owners = {label for r in records if word in r["prompt"].lower() for label in (r["labels"] or {"oos": 1})}
+        assert len(owners) >= 3 and "oos" in owners, (word, owners)
+    negated = [r for r in records if "not asking about" in r["prompt"].lower() or "this isn't about" in r["prompt"].lower()]
+    assert negated and all(len(r["labels"]) == 1 for r in negated)
+
+
+def test_traces_chain_asks_in_path_order(demo) -> None:
+    """Traces have ordered paths of 1-4 agents, links that follow the path, and out-of-scope traces with no path."""
+    out, _ = demo
+    traces = rows(out / "traces" / "train.jsonl") + rows(out / "traces" / "test.jsonl")
+    assert {len(t["path"]) for t in traces} == {0, 1, 2, 3, 4}
+    assert all(t["links"] == [list(pair) for pair in zip(t["path"], t["path"][1:])] for t in traces)
+    assert all(t["outcome"] == "abstained" for t in traces if not t["path"])
+
+
+def test_query_rewrite_needs_the_history(demo) -> None:
+    """Rewrites resolve references from the history: several question forms, and the rewrite names what the history named."""
+    out, _ = demo
+    examples = rows(out / "tasks/query_rewrite/train.jsonl")
+    questions = {r["input"].split("Question: ")[1] for r in examples}
+    assert len(questions) >= 40
+    assert any("the first one" in q or "the second one" in q for q in questions)
+    assert any("order #" in r["output"] and "order #" not in r["input"].split("Question: ")[1] for r in examples)
