@@ -71,8 +71,15 @@ def validate(params: Params) -> dict[str, Any]:
 # -- router -----------------------------------------------------------------------------------
 def train_router(params: Params) -> dict[str, Any]:
     """Embed agents and prompts with the frozen encoder; fit the listwise ranker."""
+    from amo.config import ConfigError
     from amo.router import AgentIndex, ListwiseRouter, grade_matrix
 
+    if params.encoder.finetune.enabled:
+        # The bundle and the runtime still load `encoder.path`: a tuned encoder would be trained
+        # on but not served. Until that is wired, refuse rather than ignore the setting.
+        raise ConfigError("encoder.finetune.enabled: the pipeline does not fine-tune the encoder yet "
+                          "(see README 'Fine-tuning the encoder'; benchmarks/router_clinc150.py "
+                          "--finetune-encoder measures it), got True")
     start = time.perf_counter()
     encoder = encoder_for(params)
     agents = contracts.read_agents(Path(params.data.dir) / "agents.jsonl")

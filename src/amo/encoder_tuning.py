@@ -1,0 +1,96 @@
+"""Optional fine-tuning of the sentence encoder on (prompt, relevant agent description) pairs.
+
+sentence-transformers' trainer with MultipleNegativesRankingLoss: every other description in a
+batch is a negative for a prompt, so the no-duplicates batch sampler keeps two prompts of one agent
+(same description) out of the same batch. The tuned encoder is a plain sentence-transformers
+directory (plus `finetune.json`), usable anywhere `encoder.path` is.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from amo.config import EncoderParams, FinetuneParams
+from amo.data import Agent, RoutingExample
+from amo.models import offline, resolve_encoder
+
+MANIFEST = "finetune.json"
+
+
+def training_pairs(examples: Sequence[RoutingExample], agents: Sequence[Agent]) -> list[tuple[str, str]]:
+    """(prompt, description) for every relevant agent of every in-scope example; out-of-scope
+    prompts have no positive and are left out. An unknown agent id is refused by row."""
+    descriptions = {agent.id: agent.description for agent in agents}
+    pairs = []
+    for row, example in enumerate(examples):
+        for agent_id in sorted(example.labels, key=lambda a: -example.labels[a]):
+            if agent_id not in descriptions:
+                raise ValueError(f"routing row {row}: labels names unknown agent {agent_id!r}")
+            pairs.append((example.prompt, descriptions[agent_id]))
+    return pairs
+
+
+def finetune_encoder(base: Path, pairs: Sequence[tuple[str, str]], out: Path, params: FinetuneParams,
+                     log: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """Train the encoder at `base` on `pairs` (at most `params.max_examples`, a seeded sample) and
+    save it to `out`; returns `out`."""
+    offline()
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
+
+    if not pairs:
+        raise ValueError("encoder fine-tuning needs at least one (prompt, description) pair, got none")
+    chosen = list(pairs)
+    if params.max_examples and len(chosen) > params.max_examples:
+        chosen = random.Random(params.seed).sample(chosen, params.max_examples)
+    torch.manual_seed(params.seed)
+    model = SentenceTransformer(str(base), device="cpu")
+    data = Dataset.from_dict({"prompt": [p for p, _ in chosen], "description": [d for _, d in chosen]})
+
+    class Report(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **_: Any) -> None:
+            if log and logs:
+                log({"step": state.global_step, **logs})
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="amo-encoder-ft-") as scratch:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=scratch, num_train_epochs=params.epochs, per_device_train_batch_size=params.batch_size,
+            learning_rate=params.lr, warmup_steps=params.warmup, seed=params.seed, data_seed=params.seed,
+            batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", report_to="none", use_cpu=True,
+            logging_steps=params.log_steps, disable_tqdm=True, dataloader_num_workers=0)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
+                                             loss=MultipleNegativesRankingLoss(model), callbacks=[Report()])
+        trainer.train()
+    seconds = time.perf_counter() - start
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out))
+    manifest = {"base": str(base), "pairs": len(chosen), "seconds": round(seconds, 1),
+                "steps": trainer.state.global_step, "params": params.model_dump()}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def prepare_encoder(params: EncoderParams, examples: Sequence[RoutingExample], agents: Sequence[Agent],
+                    out: Path, log: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """The encoder directory the pipeline should use: `encoder.path` untouched when
+    `encoder.finetune.enabled` is false, else a copy fine-tuned on `examples` saved to `out`."""
+    base = resolve_encoder(params.path)
+    if not params.finetune.enabled:
+        return base
+    return finetune_encoder(base, training_pairs(examples, agents), out, params.finetune, log)

