@@ -129,10 +129,12 @@ def agents_add(agent_id: str = typer.Argument(..., metavar="ID", help="New agent
     agent = Agent(id=agent_id, description=description, domain=domain, tags=tuple(tag))
     result = _run(lambda: add_agent(params, agent, target, index_dir))
     typer.echo(json.dumps(result, ensure_ascii=False))
-    if target is not None:  # new agent data: start the on-new-agent-data retrain when Prefect is up
+    data_dir = Path(params.data.dir)
+    if target is not None and target.resolve().parent == data_dir.resolve():
+        # The pipeline's agents changed: start the on-new-agent-data retrain when Prefect is up.
         from amo.orchestration import emit_data_updated
 
-        sent = _run(lambda: emit_data_updated(Path(params.data.dir), Path("."), why="amo agents add"))
+        sent = _run(lambda: emit_data_updated(data_dir, Path("."), why="amo agents add"))
         if sent["event_id"] is not None:
             typer.echo(f"event amo.data.updated {sent['event_id']} sent to {sent['api_url']}")
 
