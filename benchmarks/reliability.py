@@ -234,7 +234,7 @@ def main() -> None:
                          "server_threads": args.server_threads, "load_generator":
                          "separate process, asyncio + httpx, one connection per client",
                          "bundle": load["bundle"],
-                         "machine": f"{os.cpu_count()} cores shared with other jobs; load average "
+                         "machine": f"{os.cpu_count()} cores; load average "
                                     f"at the end {os.getloadavg()[0]:.1f}"},
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,7 @@ def time_routes(paths: dict[str, Callable[[str], Route]], prompts: list[str], ru
     out.update({
         "same_selection_fraction": round(same_selection / runs, 4), "runs": runs, "warmup": warmup,
         "machine": {"cpus": os.cpu_count(), "shared": True,
-                    "note": "other helpers' jobs were running on the same 2 cores",
+                    "note": "the load averages before and after say how busy the 2 cores were",
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in load_after]}})
     return out
