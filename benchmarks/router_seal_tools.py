@@ -25,7 +25,7 @@ import torch
 from router_clinc150 import as_examples, common_arguments, embed, train_router
 from router_latency import route_paths, time_routes
 
-from amo.benchmarking import cosine_scores, fit_multilabel_classifier, routing_metrics, tune_margin
+from amo.benchmarking import compare_multilabel
 from amo.config import load_params
 from amo.data import Agent, RoutingExample
 from amo.importers import load
@@ -69,20 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
     router, train_seconds = train_router(args, args.scorer, args.proj_dim, x["train"],
                                          grade_matrix(splits["train"], ids), agent_x,
                                          (x["val"], grade_matrix(splits["val"], ids)))
-    classify = fit_multilabel_classifier(x["train"], splits["train"], ids, c=args.classifier_c)
-    scored = {
-        "amo": (router.score(x["val"], agent_x), router.score(x["test"], agent_x)),
-        "cosine": (cosine_scores(x["val"], agent_x), cosine_scores(x["test"], agent_x)),
-        "classifier": (classify(x["val"]), classify(x["test"])),
-    }
-
-    def selection_f1(metrics: dict[str, float]) -> float:
-        return metrics["selection_f1"]
-
     systems = {}
-    for name, (val_scores, test_scores) in scored.items():
-        margin = tune_margin(val_scores, splits["val"], agents, objective=selection_f1, max_k=args.max_k)
-        metrics = routing_metrics(test_scores, splits["test"], agents, margin, args.max_k)
+    for name, (test_scores, metrics) in compare_multilabel(router, x, splits, agents, agent_x,
+                                                           args.classifier_c, args.max_k).items():
         systems[name] = {"recall_at_5": round(recall_at_5(test_scores, splits["test"], ids), 4),
                          **{k: round(metrics[k], 4) for k in ("selection_f1", "ndcg_at_5", "margin")}}
         print(f"{name:11s} " + "  ".join(f"{k}={systems[name][k]:.3f}" for k in KEYS), flush=True)

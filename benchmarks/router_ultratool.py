@@ -20,7 +20,7 @@ import time
 import torch
 from router_clinc150 import as_examples, common_arguments, embed
 
-from amo.benchmarking import cosine_scores, fit_multilabel_classifier, routing_metrics, tune_margin
+from amo.benchmarking import compare_multilabel
 from amo.data import Agent
 from amo.importers import load
 from amo.models import Encoder, resolve_encoder
@@ -55,20 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
     router.fit(x["train"], grade_matrix(splits["train"], ids), agent_x,
                val=(x["val"], grade_matrix(splits["val"], ids)))
     train_seconds = time.perf_counter() - start
-    classify = fit_multilabel_classifier(x["train"], splits["train"], ids, c=args.classifier_c)
-    scored = {
-        "amo": (router.score(x["val"], agent_x), router.score(x["test"], agent_x)),
-        "cosine": (cosine_scores(x["val"], agent_x), cosine_scores(x["test"], agent_x)),
-        "classifier": (classify(x["val"]), classify(x["test"])),
-    }
-
-    def selection_f1(metrics: dict[str, float]) -> float:
-        return metrics["selection_f1"]
-
     systems = {}
-    for name, (val_scores, test_scores) in scored.items():
-        margin = tune_margin(val_scores, splits["val"], agents, objective=selection_f1, max_k=args.max_k)
-        metrics = routing_metrics(test_scores, splits["test"], agents, margin, args.max_k)
+    for name, (test_scores, metrics) in compare_multilabel(router, x, splits, agents, agent_x,
+                                                           args.classifier_c, args.max_k).items():
         systems[name] = {k: round(metrics[k], 4) for k in (*KEYS, "margin")}
         print(f"{name:11s} " + "  ".join(f"{k}={systems[name][k]:.3f}" for k in KEYS), flush=True)
     seen = {agent for e in splits["train"] for agent in e.labels}

@@ -168,3 +168,24 @@ def tune_margin(scores: np.ndarray, examples: Sequence[RoutingExample], agents: 
     best = max(grid, key=lambda m: (objective(routing_metrics(scores, examples, agents, float(m), max_k)),
                                     -abs(m)))
     return float(best)
+
+
+def compare_multilabel(router: Any, x: dict[str, np.ndarray], splits: dict[str, Sequence[RoutingExample]],
+                       agents: Sequence[Agent], agent_x: np.ndarray, classifier_c: float,
+                       max_k: int) -> dict[str, tuple[np.ndarray, dict[str, float]]]:
+    """amo, cosine and a one-vs-rest classifier side by side on multi-label routing, same
+    embeddings: each system's margin is tuned on val for selection-set F1 (at most `max_k`
+    agents). Returns system -> (test scores, test metrics)."""
+    ids = [agent.id for agent in agents]
+    classify = fit_multilabel_classifier(x["train"], splits["train"], ids, c=classifier_c)
+    scored = {
+        "amo": (router.score(x["val"], agent_x), router.score(x["test"], agent_x)),
+        "cosine": (cosine_scores(x["val"], agent_x), cosine_scores(x["test"], agent_x)),
+        "classifier": (classify(x["val"]), classify(x["test"])),
+    }
+    out = {}
+    for name, (val_scores, test_scores) in scored.items():
+        margin = tune_margin(val_scores, splits["val"], agents, max_k=max_k,
+                             objective=lambda metrics: metrics["selection_f1"])
+        out[name] = (test_scores, routing_metrics(test_scores, splits["test"], agents, margin, max_k))
+    return out
