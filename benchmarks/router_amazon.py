@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     grades = tuple(int(g) for g in args.grades.split(","))
     data = load("amazon_htc", args.source, args.seed)
-    agents = [Agent(a["id"], a["description"], a["domain"], tuple(a["tags"])) for a in data.agents]
+    agents = [Agent.from_record(a) for a in data.agents]
     ids = [a.id for a in agents]
     splits = {name: as_examples(rows) for name, rows in data.routing.items()}
     agent_x, x = embed(Encoder(resolve_encoder(args.encoder)), agents, splits, args.cache)

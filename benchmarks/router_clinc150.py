@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = arguments(argv)
     torch.set_num_threads(args.threads)
     data = load("clinc150", args.source)
-    agents = [Agent(a["id"], a["description"], a["domain"], tuple(a["tags"])) for a in data.agents]
+    agents = [Agent.from_record(a) for a in data.agents]
     ids = [a.id for a in agents]
     splits = {name: as_examples(rows) for name, rows in data.routing.items()}
     tuning = None

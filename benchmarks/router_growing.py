@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = arguments(argv)
     torch.set_num_threads(args.threads)
     data = load("clinc150", args.source)
-    agents = [Agent(a["id"], a["description"], a["domain"], tuple(a["tags"])) for a in data.agents]
+    agents = [Agent.from_record(a) for a in data.agents]
     splits = {name: as_examples(rows) for name, rows in data.routing.items()}
     agent_x, x = embed(Encoder(resolve_encoder(args.encoder)), agents, splits, args.cache)
     domains = args.domains.split(",") if args.domains else list(dict.fromkeys(a.domain for a in agents))

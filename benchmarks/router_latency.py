@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = arguments(argv)
     torch.set_num_threads(args.threads)
     data = load(args.dataset, args.source)
-    agents = [Agent(a["id"], a["description"], a.get("domain") or "", tuple(a.get("tags") or ()))
-              for a in data.agents[: args.agents]]
+    agents = [Agent.from_record(a) for a in data.agents[: args.agents]]
     ids = [a.id for a in agents]
     keep = set(ids)
     splits = {name: [RoutingExample(r["prompt"], {a: g for a, g in r["labels"].items() if a in keep})

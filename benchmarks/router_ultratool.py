@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = arguments(argv)
     torch.set_num_threads(args.threads)
     data = load("ultratool", args.source, args.seed)
-    agents = [Agent(a["id"], a["description"], a.get("domain") or "", tuple(a.get("tags") or ()))
-              for a in data.agents]
+    agents = [Agent.from_record(a) for a in data.agents]
     ids = [a.id for a in agents]
     splits = {name: as_examples(rows) for name, rows in data.routing.items()}
     agent_x, x = embed(Encoder(resolve_encoder(args.encoder)), agents, splits, args.cache)

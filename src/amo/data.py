@@ -17,6 +17,12 @@ class Agent:
     domain: str = ""
     tags: tuple[str, ...] = ()
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Agent:
+        """An agent from its contract record (agents.jsonl line, an importer's record)."""
+        return cls(id=record["id"], description=record["description"],
+                   domain=record.get("domain") or "", tags=tuple(record.get("tags") or ()))
+
 
 @dataclass(frozen=True)
 class RoutingExample:
@@ -51,8 +57,7 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def read_agents(path: Path) -> list[Agent]:
-    return [Agent(id=r["id"], description=r["description"], domain=r.get("domain") or "",
-                  tags=tuple(r.get("tags") or ())) for r in iter_jsonl(path)]
+    return [Agent.from_record(r) for r in iter_jsonl(path)]
 
 
 def read_routing(path: Path) -> list[RoutingExample]:

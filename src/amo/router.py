@@ -310,6 +310,5 @@ class AgentIndex:
         from safetensors.numpy import load_file
 
         records = json.loads((directory / "agents.json").read_text())
-        agents = [Agent(id=r["id"], description=r["description"], domain=r.get("domain", ""),
-                        tags=tuple(r.get("tags", ()))) for r in records]
+        agents = [Agent.from_record(r) for r in records]
         return cls(agents, load_file(str(directory / "agent_index.safetensors"))["embeddings"])
