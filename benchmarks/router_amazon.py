@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from router_clinc150 import as_examples, common_arguments, embed, train_router
+from router_clinc150 import common_arguments, embed, routing_data, train_router
 
-from amo.data import Agent, RoutingExample
-from amo.importers import load
+from amo.data import RoutingExample
 from amo.models import Encoder, resolve_encoder
 from amo.router import grade_matrix
 
@@ -102,10 +101,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = arguments(argv)
     torch.set_num_threads(args.threads)
     grades = tuple(int(g) for g in args.grades.split(","))
-    data = load("amazon_htc", args.source, args.seed)
-    agents = [Agent.from_record(a) for a in data.agents]
+    agents, splits = routing_data("amazon_htc", args.source, args.seed)
     ids = [a.id for a in agents]
-    splits = {name: as_examples(rows) for name, rows in data.routing.items()}
     agent_x, x = embed(Encoder(resolve_encoder(args.encoder)), agents, splits, args.cache)
     train, val, test = regrade(splits["train"], grades), regrade(splits["val"], grades), splits["test"]
 

@@ -91,6 +91,13 @@ def as_examples(records: list[dict]) -> list[RoutingExample]:
     return [RoutingExample(r["prompt"], dict(r["labels"])) for r in records]
 
 
+def routing_data(name: str, source: Path, seed: int = 13) -> tuple[list[Agent], dict[str, list[RoutingExample]]]:
+    """A data set's agents and routing splits through its importer."""
+    data = load(name, source, seed)
+    return ([Agent.from_record(a) for a in data.agents],
+            {split: as_examples(rows) for split, rows in data.routing.items()})
+
+
 def embed(encoder: Encoder, agents: list[Agent], splits: dict[str, list[RoutingExample]],
           cache: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     agent_vectors = cached_encode(encoder, [a.description for a in agents], cache)
@@ -130,10 +137,8 @@ def evaluate_system(val_scores: np.ndarray, test_scores: np.ndarray, splits: dic
 def main(argv: list[str] | None = None) -> dict:
     args = arguments(argv)
     torch.set_num_threads(args.threads)
-    data = load("clinc150", args.source)
-    agents = [Agent.from_record(a) for a in data.agents]
+    agents, splits = routing_data("clinc150", args.source)
     ids = [a.id for a in agents]
-    splits = {name: as_examples(rows) for name, rows in data.routing.items()}
     tuning = None
     if args.finetune_encoder:
         path, tuning = tuned_encoder(args, agents, splits["train"])

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from router_clinc150 import RESULTS, as_examples, common_arguments, embed
+from router_clinc150 import RESULTS, common_arguments, embed, routing_data
 
 from amo.benchmarking import (
     cosine_scores,
@@ -37,8 +37,7 @@ from amo.benchmarking import (
     top_label,
     tune_margin,
 )
-from amo.data import Agent, RoutingExample
-from amo.importers import load
+from amo.data import RoutingExample
 from amo.models import Encoder, resolve_encoder
 from amo.router import ListwiseRouter, grade_matrix
 
@@ -107,9 +106,7 @@ def run_fold(domain: str) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = arguments(argv)
     torch.set_num_threads(args.threads)
-    data = load("clinc150", args.source)
-    agents = [Agent.from_record(a) for a in data.agents]
-    splits = {name: as_examples(rows) for name, rows in data.routing.items()}
+    agents, splits = routing_data("clinc150", args.source)
     agent_x, x = embed(Encoder(resolve_encoder(args.encoder)), agents, splits, args.cache)
     domains = args.domains.split(",") if args.domains else list(dict.fromkeys(a.domain for a in agents))
     _SHARED.update(args=args, agents=agents, splits=splits, agent_x=agent_x, x=x)

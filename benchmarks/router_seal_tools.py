@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from router_clinc150 import as_examples, common_arguments, embed, train_router
+from router_clinc150 import common_arguments, embed, routing_data, train_router
 from router_latency import route_paths, time_routes
 
 from amo.benchmarking import compare_multilabel
 from amo.config import load_params
-from amo.data import Agent, RoutingExample
-from amo.importers import load
+from amo.data import RoutingExample
 from amo.models import Encoder, resolve_encoder
 from amo.router import grade_matrix
 
@@ -58,10 +57,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = arguments(argv)
     torch.set_num_threads(args.threads)
-    data = load("seal_tools", args.source, args.seed)
-    agents = [Agent.from_record(a) for a in data.agents]
+    agents, splits = routing_data("seal_tools", args.source, args.seed)
     ids = [a.id for a in agents]
-    splits = {name: as_examples(rows) for name, rows in data.routing.items()}
     encoder = Encoder(resolve_encoder(args.encoder))
     agent_x, x = embed(encoder, agents, splits, args.cache)
 

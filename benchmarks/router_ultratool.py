@@ -18,11 +18,9 @@ import sys
 import time
 
 import torch
-from router_clinc150 import as_examples, common_arguments, embed
+from router_clinc150 import common_arguments, embed, routing_data
 
 from amo.benchmarking import compare_multilabel
-from amo.data import Agent
-from amo.importers import load
 from amo.models import Encoder, resolve_encoder
 from amo.router import ListwiseRouter, grade_matrix
 
@@ -41,10 +39,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = arguments(argv)
     torch.set_num_threads(args.threads)
-    data = load("ultratool", args.source, args.seed)
-    agents = [Agent.from_record(a) for a in data.agents]
+    agents, splits = routing_data("ultratool", args.source, args.seed)
     ids = [a.id for a in agents]
-    splits = {name: as_examples(rows) for name, rows in data.routing.items()}
     agent_x, x = embed(Encoder(resolve_encoder(args.encoder)), agents, splits, args.cache)
 
     start = time.perf_counter()
