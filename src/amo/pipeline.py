@@ -20,6 +20,7 @@ from amo.config import Params
 log = logging.getLogger("amo")
 
 ROUTER_DIR = Path("artifacts/router")
+TUNED_ENCODER_DIR = ROUTER_DIR / "encoder"  # written by train_router when encoder.finetune.enabled
 ONNX_PATH = Path("artifacts/router_onnx/router.onnx")
 ARMS_DIR = Path("artifacts/arms")
 PLANNER_DIR = Path("artifacts/planner")
@@ -33,10 +34,17 @@ def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def encoder_for(params: Params) -> Encoder:  # noqa: F821
-    from amo.models import Encoder, resolve_encoder
+def encoder_dir(params: Params) -> Path:
+    """The encoder every stage from train_router on embeds with, and the one the bundle serves."""
+    from amo.encoder_tuning import served_encoder
 
-    return Encoder(resolve_encoder(params.encoder.path), params.encoder.batch_size)
+    return served_encoder(params.encoder, TUNED_ENCODER_DIR)
+
+
+def encoder_for(params: Params) -> Encoder:  # noqa: F821
+    from amo.models import Encoder
+
+    return Encoder(encoder_dir(params), params.encoder.batch_size)
 
 
 def _split(params: Params, kind: str, split: str) -> Path:
@@ -70,22 +78,22 @@ def validate(params: Params) -> dict[str, Any]:
 
 # -- router -----------------------------------------------------------------------------------
 def train_router(params: Params) -> dict[str, Any]:
-    """Embed agents and prompts with the frozen encoder; fit the listwise ranker."""
-    from amo.config import ConfigError
+    """Embed agents and prompts with the encoder (fine-tuned first on the train split when
+    `encoder.finetune.enabled`); fit the listwise ranker."""
+    import shutil
+
+    from amo.encoder_tuning import prepare_encoder
     from amo.router import AgentIndex, ListwiseRouter, grade_matrix
 
-    if params.encoder.finetune.enabled:
-        # The bundle and the runtime still load `encoder.path`: a tuned encoder would be trained
-        # on but not served. Until that is wired, refuse rather than ignore the setting.
-        raise ConfigError("encoder.finetune.enabled: the pipeline does not fine-tune the encoder yet "
-                          "(see README 'Fine-tuning the encoder'; benchmarks/router_clinc150.py "
-                          "--finetune-encoder measures it), got True")
     start = time.perf_counter()
-    encoder = encoder_for(params)
     agents = contracts.read_agents(Path(params.data.dir) / "agents.jsonl")
-    index = AgentIndex.build(agents, encoder)
     train = contracts.read_routing(_split(params, "routing", "train"))
     val = contracts.read_routing(_split(params, "routing", "val"))
+    shutil.rmtree(TUNED_ENCODER_DIR, ignore_errors=True)  # never serve a stale tuned encoder
+    prepare_encoder(params.encoder, train, agents, TUNED_ENCODER_DIR, log=lambda r: log.info("encoder %s", r))
+    encoder_seconds = time.perf_counter() - start
+    encoder = encoder_for(params)
+    index = AgentIndex.build(agents, encoder)
     x_train = encoder.encode([e.prompt for e in train])
     x_val = encoder.encode([e.prompt for e in val])
     p = params.router
@@ -99,7 +107,8 @@ def train_router(params: Params) -> dict[str, Any]:
     best = min(router.history_, key=lambda r: r.get("val_loss", r["train_loss"]))
     metrics = {"agents": len(agents), "train_prompts": len(train), "val_prompts": len(val),
                "best_epoch": best["epoch"], "val_loss": best.get("val_loss"),
-               "seconds": round(time.perf_counter() - start, 2)}
+               "encoder_finetuned": params.encoder.finetune.enabled,
+               "encoder_seconds": round(encoder_seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
     write_json(METRICS_DIR / "train_router.json", metrics)
     return metrics
 
@@ -169,10 +178,9 @@ def export_router(params: Params) -> dict[str, Any]:
 def export_encoder_onnx(params: Params, probe: list[str]) -> dict[str, Any]:
     """Export the encoder next to the router ONNX (routing then needs no torch) and check it
     against sentence-transformers on real texts."""
-    from amo.models import resolve_encoder
     from amo.onnx_encoder import ENCODER_ONNX, OnnxEncoder, export_encoder
 
-    export_encoder(resolve_encoder(params.encoder.path), ONNX_PATH.parent)
+    export_encoder(encoder_dir(params), ONNX_PATH.parent)
     gap = float(np.abs(OnnxEncoder(ONNX_PATH.parent).encode(probe)
                        - encoder_for(params).encode(probe)).max()) if probe else 0.0
     if gap > 1e-4:
