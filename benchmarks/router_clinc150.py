@@ -68,23 +68,35 @@ def common_arguments(parser: argparse.ArgumentParser, dataset: str, out: str, ep
     return parser
 
 
-def arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
-                              "clinc150", "router_clinc150.json", epochs=20, batch_size=128)
-    parser.add_argument("--scorers", default="bilinear:384,mlp:64",
-                        help="comma-separated KIND[:PROJ_DIM] (default proj dim: --proj-dim); first is 'amo'")
-    parser.add_argument("--oos-weight", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+def finetune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--finetune-encoder and its settings (amo.config.FinetuneParams) for benchmarks that offer it."""
     parser.add_argument("--finetune-encoder", action="store_true",
                         help="fine-tune the encoder on the train split first; all systems use it")
     parser.add_argument("--ft-epochs", type=float, default=1.0)
     parser.add_argument("--ft-lr", type=float, default=2e-5)
     parser.add_argument("--ft-batch-size", type=int, default=64)
     parser.add_argument("--ft-max-examples", type=int, default=0, help="0: every train pair")
-    args = parser.parse_args(argv)
+    parser.add_argument("--ft-positives", choices=["all", "top"], default="all",
+                        help="pair each prompt with every relevant agent or only the highest-graded")
+    parser.add_argument("--ft-seed", type=int, default=0)
+    return parser
+
+
+def finetuned_out(args: argparse.Namespace, argv: list[str] | None, name: str) -> argparse.Namespace:
+    """With --finetune-encoder and no --out, results go to `name` instead of the frozen file."""
     if args.finetune_encoder and "--out" not in (argv if argv is not None else sys.argv[1:]):
-        args.out = RESULTS / "router_clinc150_finetuned.json"
+        args.out = RESULTS / name
     return args
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = finetune_arguments(common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                                                 "clinc150", "router_clinc150.json", epochs=20, batch_size=128))
+    parser.add_argument("--scorers", default="bilinear:384,mlp:64",
+                        help="comma-separated KIND[:PROJ_DIM] (default proj dim: --proj-dim); first is 'amo'")
+    parser.add_argument("--oos-weight", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    return finetuned_out(parser.parse_args(argv), argv, "router_clinc150_finetuned.json")
 
 
 def as_examples(records: list[dict]) -> list[RoutingExample]:
@@ -106,16 +118,26 @@ def embed(encoder: Encoder, agents: list[Agent], splits: dict[str, list[RoutingE
 
 
 def tuned_encoder(args: argparse.Namespace, agents: list[Agent], train: list[RoutingExample]) -> tuple[Path, dict]:
-    """The encoder fine-tuned on the train split, cached in --cache under a hash of its settings."""
+    """The encoder fine-tuned on the train split, cached in --cache under a hash of its settings
+    and of the training pairs."""
     params = FinetuneParams(enabled=True, epochs=args.ft_epochs, lr=args.ft_lr, batch_size=args.ft_batch_size,
-                            max_examples=args.ft_max_examples, seed=args.seed)
+                            max_examples=args.ft_max_examples, seed=args.ft_seed, positives=args.ft_positives)
     base = resolve_encoder(args.encoder)
-    key = hashlib.sha256(f"{base}|{params.model_dump_json()}".encode()).hexdigest()[:16]
+    pairs = training_pairs(train, agents, params.positives)
+    key = hashlib.sha256(f"{base}|{params.model_dump_json()}|{json.dumps(pairs)}".encode()).hexdigest()[:16]
     out = args.cache / f"encoder-ft-{key}"
     if not (out / MANIFEST).is_file():
-        finetune_encoder(base, training_pairs(train, agents), out, params,
-                         log=lambda record: print("encoder", record, flush=True))
+        finetune_encoder(base, pairs, out, params, log=lambda record: print("encoder", record, flush=True))
     return out, json.loads((out / MANIFEST).read_text())
+
+
+def encoder_path(args: argparse.Namespace, agents: list[Agent], train: list[RoutingExample]) -> tuple[Path, dict | None]:
+    """--encoder as given, or tuned on the train split with --finetune-encoder (and its manifest)."""
+    if not args.finetune_encoder:
+        return resolve_encoder(args.encoder), None
+    path, tuning = tuned_encoder(args, agents, train)
+    print(f"tuned encoder: {path} ({tuning['seconds']} s, {tuning['pairs']} pairs)", flush=True)
+    return path, tuning
 
 
 def train_router(args: argparse.Namespace, scorer: str, proj_dim: int, x: np.ndarray, grades: np.ndarray,
@@ -139,12 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     agents, splits = routing_data("clinc150", args.source)
     ids = [a.id for a in agents]
-    tuning = None
-    if args.finetune_encoder:
-        path, tuning = tuned_encoder(args, agents, splits["train"])
-        print(f"tuned encoder: {path} ({tuning['seconds']} s, {tuning['pairs']} pairs)", flush=True)
-    else:
-        path = resolve_encoder(args.encoder)
+    path, tuning = encoder_path(args, agents, splits["train"])
     encoder = Encoder(path)
     agent_x, x = embed(encoder, agents, splits, args.cache)
     grades = {name: grade_matrix(rows, ids) for name, rows in splits.items()}

@@ -52,6 +52,14 @@ def test_training_pairs_take_relevant_agents_and_skip_out_of_scope() -> None:
         training_pairs([RoutingExample("hi", {"nobody": 1})], AGENTS)
 
 
+def test_top_positives_keep_only_the_highest_graded_agents() -> None:
+    """positives="top" pairs a prompt with its highest-graded agents only (a hierarchy's leaf), "all" with each."""
+    graded = [RoutingExample("wire money then set an alarm", {"transfer": 3, "alarm": 1, "weather": 3})]
+    expected = [(graded[0].prompt, AGENTS[1].description), (graded[0].prompt, AGENTS[0].description)]
+    assert sorted(training_pairs(graded, AGENTS, "top")) == sorted(expected)
+    assert len(training_pairs(graded, AGENTS, "all")) == 3
+
+
 def test_disabled_default_leaves_the_encoder_untouched(tmp_path: Path) -> None:
     """params.yaml ships fine-tuning off: the configured encoder path comes back and nothing is written."""
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml").encoder

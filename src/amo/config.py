@@ -37,6 +37,9 @@ class FinetuneParams(_Section):
     lr: float = Field(2e-5, gt=0.0)
     batch_size: int = Field(64, ge=2)  # in-batch negatives: batch_size - 1 descriptions per prompt
     max_examples: int = Field(0, ge=0)  # 0: every (prompt, description) pair of the training split
+    # "all": a pair per relevant agent; "top": only the highest-graded ones (a hierarchy's leaf,
+    # whose description names its ancestors: their own pairs would sit in one batch as negatives)
+    positives: Literal["all", "top"] = "all"
     warmup: float = Field(0.1, ge=0.0, lt=1.0)  # fraction of the steps
     log_steps: int = Field(20, ge=1)
     seed: int = 0

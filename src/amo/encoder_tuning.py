@@ -23,16 +23,20 @@ from amo.models import offline, resolve_encoder
 MANIFEST = "finetune.json"
 
 
-def training_pairs(examples: Sequence[RoutingExample], agents: Sequence[Agent]) -> list[tuple[str, str]]:
-    """(prompt, description) for every relevant agent of every in-scope example; out-of-scope
-    prompts have no positive and are left out. An unknown agent id is refused by row."""
+def training_pairs(examples: Sequence[RoutingExample], agents: Sequence[Agent],
+                   positives: str = "all") -> list[tuple[str, str]]:
+    """(prompt, description) for every relevant agent of every in-scope example, or with
+    `positives="top"` for its highest-graded agents only; out-of-scope prompts have no positive
+    and are left out. An unknown agent id is refused by row."""
     descriptions = {agent.id: agent.description for agent in agents}
     pairs = []
     for row, example in enumerate(examples):
+        top = max(example.labels.values(), default=0)
         for agent_id in sorted(example.labels, key=lambda a: -example.labels[a]):
             if agent_id not in descriptions:
                 raise ValueError(f"routing row {row}: labels names unknown agent {agent_id!r}")
-            pairs.append((example.prompt, descriptions[agent_id]))
+            if positives == "all" or example.labels[agent_id] == top:
+                pairs.append((example.prompt, descriptions[agent_id]))
     return pairs
 
 
@@ -104,4 +108,5 @@ def prepare_encoder(params: EncoderParams, examples: Sequence[RoutingExample], a
     base = resolve_encoder(params.path)
     if not params.finetune.enabled:
         return base
-    return finetune_encoder(base, training_pairs(examples, agents), out, params.finetune, log)
+    return finetune_encoder(base, training_pairs(examples, agents, params.finetune.positives), out,
+                            params.finetune, log)
