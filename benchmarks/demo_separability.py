@@ -59,7 +59,8 @@ def router_and_planner(data: Path, params) -> dict[str, dict[str, float]]:
     from amo.models import Encoder, resolve_encoder
     from amo.pipeline import evaluate_planner, evaluate_router
     from amo.planner import TreePlanner
-    from amo.router import AgentIndex, ListwiseRouter, grade_matrix, select
+    from amo.router import ListwiseRouter
+    from amo.routing import AgentIndex, grade_matrix, select
 
     torch.set_num_threads(1)
     encoder = Encoder(resolve_encoder(params.encoder.path), params.encoder.batch_size)

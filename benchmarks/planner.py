@@ -161,7 +161,8 @@ def main() -> None:
     from amo.importers import load, stable_fraction
     from amo.models import Encoder, resolve_encoder
     from amo.planner import TreePlanner
-    from amo.router import ListwiseRouter, grade_matrix, select
+    from amo.router import ListwiseRouter
+    from amo.routing import grade_matrix, select
 
     params = load_params(ROOT / "params.yaml")
     source = args.source or next((d / "shared" / "datasets" / args.dataset for d in ROOT.parents

@@ -33,7 +33,7 @@ from router_clinc150 import (
 
 from amo.data import RoutingExample
 from amo.models import Encoder
-from amo.router import grade_matrix
+from amo.routing import grade_matrix
 
 LEVELS = (1, 2, 3)
 PAPER = {"amo": [0.95, 0.81, 0.72], "classifier": [0.90, 0.75, 0.66], "chatgpt4": [0.87, 0.71, 0.59]}

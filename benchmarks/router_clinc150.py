@@ -42,7 +42,8 @@ from amo.data import Agent, RoutingExample
 from amo.encoder_tuning import MANIFEST, finetune_encoder, training_pairs
 from amo.importers import load
 from amo.models import Encoder, resolve_encoder
-from amo.router import ListwiseRouter, grade_matrix
+from amo.router import ListwiseRouter
+from amo.routing import grade_matrix
 
 RESULTS = Path("benchmarks/results")
 SYSTEM_KEYS = ("in_scope_accuracy", "oos_recall", "oos_precision", "macro_f1", "ndcg_at_5",

@@ -39,7 +39,8 @@ from amo.benchmarking import (
 )
 from amo.data import RoutingExample
 from amo.models import Encoder, resolve_encoder
-from amo.router import ListwiseRouter, grade_matrix
+from amo.router import ListwiseRouter
+from amo.routing import grade_matrix
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:

@@ -36,7 +36,8 @@ from amo.importers import load
 from amo.models import Encoder, resolve_encoder
 from amo.onnx_encoder import OnnxEncoder, export_encoder
 from amo.onnx_router import OnnxScorer, export_router
-from amo.router import ListwiseRouter, Route, grade_matrix, select
+from amo.router import ListwiseRouter
+from amo.routing import Route, grade_matrix, select
 
 
 def percentiles(wall: list[float], cpu: list[float]) -> dict[str, float]:

@@ -29,7 +29,7 @@ from amo.benchmarking import compare_multilabel
 from amo.config import load_params
 from amo.data import RoutingExample
 from amo.models import Encoder, resolve_encoder
-from amo.router import grade_matrix
+from amo.routing import grade_matrix
 
 KEYS = ("recall_at_5", "selection_f1", "ndcg_at_5")
 

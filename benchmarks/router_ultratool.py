@@ -22,7 +22,8 @@ from router_clinc150 import common_arguments, embed, routing_data
 
 from amo.benchmarking import compare_multilabel
 from amo.models import Encoder, resolve_encoder
-from amo.router import ListwiseRouter, grade_matrix
+from amo.router import ListwiseRouter
+from amo.routing import grade_matrix
 
 KEYS = ("selection_f1", "ndcg_at_5", "in_scope_accuracy", "domain_accuracy")
 

@@ -14,7 +14,8 @@ from amo.cli import app
 from amo.config import load_params
 from amo.data import Agent, RoutingExample, read_agents
 from amo.pipeline import add_agent
-from amo.router import AgentError, AgentIndex, ListwiseRouter, grade_matrix, select
+from amo.router import ListwiseRouter
+from amo.routing import AgentError, AgentIndex, grade_matrix, select
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = {

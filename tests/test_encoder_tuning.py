@@ -98,14 +98,14 @@ def test_finetuning_refuses_no_pairs(tmp_path: Path) -> None:
     assert not (tmp_path / "e").exists()
 
 
-def _pipeline_params(root: Path, enabled: bool):  # noqa: ANN202
+def _pipeline_params(root: Path, enabled: bool):
     """Project params over a tiny data folder in `root`, encoder fine-tuning on or off."""
     import json
 
     import yaml
+    from conftest import ROOT
 
     from amo.config import parse_params
-    from conftest import ROOT
 
     data = root / "data"
     (data / "routing").mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,7 @@ def test_pipeline_trains_exports_and_bundles_the_tuned_encoder(tmp_path: Path,
     from amo import pipeline
     from amo.bundle import model_refs
     from amo.onnx_encoder import OnnxEncoder
-    from amo.router import AgentIndex
+    from amo.routing import AgentIndex
 
     torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)

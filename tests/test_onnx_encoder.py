@@ -12,7 +12,8 @@ from amo.data import RoutingExample
 from amo.models import Encoder, resolve_encoder
 from amo.onnx_encoder import ENCODER_FILES, OnnxEncoder, export_encoder, has_onnx_encoder
 from amo.onnx_router import OnnxScorer, export_router
-from amo.router import ListwiseRouter, grade_matrix
+from amo.router import ListwiseRouter
+from amo.routing import grade_matrix
 
 AGENTS = {
     "order_status": "Tells a customer where their order is and when it will arrive.",
@@ -77,3 +78,13 @@ def test_missing_encoder_files_are_named(tmp_path: Path) -> None:
     assert not has_onnx_encoder(tmp_path)
     with pytest.raises(FileNotFoundError, match="missing encoder_tokenizer.json, encoder.json"):
         OnnxEncoder(tmp_path)
+
+
+def test_serving_a_route_does_not_import_torch() -> None:
+    """The runtime's modules (Brain, HTTP app, routing) import without torch: only arms load it, lazily."""
+    import subprocess
+    import sys
+
+    code = "import sys, amo.brain, amo.runtime, amo.routing; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

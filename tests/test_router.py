@@ -8,7 +8,8 @@ import torch
 
 from amo.data import Agent, RoutingExample
 from amo.onnx_router import OnnxScorer, export_router
-from amo.router import AgentIndex, ListwiseRouter, grade_matrix, listwise_loss, select
+from amo.router import ListwiseRouter, listwise_loss
+from amo.routing import AgentIndex, grade_matrix, select
 
 
 def toy_problem(seed: int = 0, n: int = 280) -> tuple[np.ndarray, list[RoutingExample], np.ndarray, list[str]]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from amo.data import Agent, RoutingExample
 from amo.metrics import ndcg_at_k, set_f1
-from amo.router import Route, select
+from amo.routing import Route, select
 
 OOS_LABEL = "__oos__"
 

@@ -19,7 +19,7 @@ from amo.models import Encoder, resolve_base_model, resolve_encoder, sha256_file
 from amo.onnx_encoder import OnnxEncoder, has_onnx_encoder
 from amo.onnx_router import OnnxScorer
 from amo.planner import Plan, TreePlanner
-from amo.router import AgentIndex, Route, select
+from amo.routing import AgentIndex, Route, select
 
 
 def _check_model(kind: str, path: Path, expected: str) -> None:

@@ -57,7 +57,7 @@ def _run(action: Callable[[], Any]) -> Any:
     from amo.importers import SourceError
     from amo.models import ModelNotFoundError
     from amo.planner import PlannerFormatError
-    from amo.router import AgentError
+    from amo.routing import AgentError
 
     known: tuple[type[Exception], ...] = (ConfigError, BundleError, ModelNotFoundError,
                                           PlannerFormatError, ArmLoadError, SourceError, FileNotFoundError,

@@ -83,7 +83,8 @@ def train_router(params: Params) -> dict[str, Any]:
     import shutil
 
     from amo.encoder_tuning import prepare_encoder
-    from amo.router import AgentIndex, ListwiseRouter, grade_matrix
+    from amo.router import ListwiseRouter
+    from amo.routing import AgentIndex, grade_matrix
 
     start = time.perf_counter()
     agents = contracts.read_agents(Path(params.data.dir) / "agents.jsonl")
@@ -120,7 +121,7 @@ def add_agent(params: Params, agent: contracts.Agent, agents_file: Path | None,
     params.yaml's bounds, or an id already present, before writing anything."""
     import re
 
-    from amo.router import AgentError, AgentIndex
+    from amo.routing import AgentError, AgentIndex
     from amo.validate import AGENT_ID_PATTERN
 
     d = params.data
@@ -159,7 +160,8 @@ def export_router(params: Params) -> dict[str, Any]:
     """Export the scorer to ONNX and check it against torch on the real agent index."""
     from amo.onnx_router import OnnxScorer
     from amo.onnx_router import export_router as export
-    from amo.router import AgentIndex, ListwiseRouter
+    from amo.router import ListwiseRouter
+    from amo.routing import AgentIndex
 
     router = ListwiseRouter.load(ROUTER_DIR)
     index = AgentIndex.load(ROUTER_DIR)
@@ -227,7 +229,7 @@ def router_view(prompts: list[str], index: AgentIndex, encoder: Encoder,  # noqa
 def _router_parts(params: Params) -> tuple[AgentIndex, Encoder, OnnxScorer]:  # noqa: F821
     """The trained agent index, the encoder and the ONNX scorer, loaded once per stage."""
     from amo.onnx_router import OnnxScorer
-    from amo.router import AgentIndex
+    from amo.routing import AgentIndex
 
     return AgentIndex.load(ROUTER_DIR), encoder_for(params), OnnxScorer(ONNX_PATH)
 
@@ -294,7 +296,7 @@ def evaluate(params: Params) -> dict[str, Any]:
     """Router and planner on the held-out splits through the exported ONNX scorer (what ships),
     plus each arm's metrics from its own stage."""
     from amo.planner import TreePlanner
-    from amo.router import select
+    from amo.routing import select
 
     r = params.router
     index, encoder, scorer = _router_parts(params)
