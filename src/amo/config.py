@@ -40,6 +40,12 @@ class FinetuneParams(_Section):
     # "all": a pair per relevant agent; "top": only the highest-graded ones (a hierarchy's leaf,
     # whose description names its ancestors: their own pairs would sit in one batch as negatives)
     positives: Literal["all", "top"] = "all"
+    # "mnrl": in-batch negatives over (prompt, description) pairs; "listwise": the router's own
+    # graded listwise loss over every agent (sampled above max_candidates) plus a separator, so
+    # out-of-scope prompts train the encoder too
+    loss: Literal["mnrl", "listwise"] = "mnrl"
+    max_candidates: int = Field(256, ge=2)  # listwise: agents encoded per step, at most
+    scale: float = Field(20.0, gt=0.0)  # listwise: cosine similarity times this is the score
     warmup: float = Field(0.1, ge=0.0, lt=1.0)  # fraction of the steps
     log_steps: int = Field(20, ge=1)
     seed: int = 0

@@ -1,9 +1,15 @@
-"""Optional fine-tuning of the sentence encoder on (prompt, relevant agent description) pairs.
+"""Optional fine-tuning of the sentence encoder on the routing data.
 
-sentence-transformers' trainer with MultipleNegativesRankingLoss: every other description in a
-batch is a negative for a prompt, so the no-duplicates batch sampler keeps two prompts of one agent
-(same description) out of the same batch. The tuned encoder is a plain sentence-transformers
-directory (plus `finetune.json`), usable anywhere `encoder.path` is.
+Two objectives (`encoder.finetune.loss`):
+- "mnrl": sentence-transformers' trainer with MultipleNegativesRankingLoss over (prompt, relevant
+  agent description) pairs: every other description in a batch is a negative for a prompt, so the
+  no-duplicates batch sampler keeps two prompts of one agent (same description) out of a batch.
+- "listwise": the router's graded listwise loss on scaled cosine similarities between each prompt
+  and every agent's description (encoded in the same step, so gradients reach both sides) plus a
+  learned separator direction, so out-of-scope prompts, which have no pair, train the encoder to
+  keep away from every description.
+The tuned encoder is a plain sentence-transformers directory (plus `finetune.json`), usable
+anywhere `encoder.path` is.
 """
 
 from __future__ import annotations
@@ -101,6 +107,81 @@ def served_encoder(params: EncoderParams, tuned: Path) -> Path:
     return Path(tuned)
 
 
+def finetune_encoder_listwise(base: Path, examples: Sequence[RoutingExample], agents: Sequence[Agent],
+                              out: Path, params: FinetuneParams,
+                              log: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """Train the encoder at `base` with the listwise loss over `agents` on `examples` (at most
+    `params.max_examples`, a seeded sample; out-of-scope rows included) and save it to `out`."""
+    offline()
+    import math
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from amo.router import candidate_columns, listwise_loss
+    from amo.routing import grade_matrix
+
+    rows = list(examples)
+    if not any(e.labels for e in rows):
+        raise ValueError("encoder fine-tuning needs at least one in-scope prompt, got none")
+    if params.max_examples and len(rows) > params.max_examples:
+        rows = random.Random(params.seed).sample(rows, params.max_examples)
+    known = {agent.id for agent in agents}
+    for row, example in enumerate(rows):
+        unknown = sorted(set(example.labels) - known)
+        if unknown:
+            raise ValueError(f"routing row {row}: labels names unknown agent {unknown[0]!r}")
+    torch.manual_seed(params.seed)
+    generator = torch.Generator().manual_seed(params.seed)
+    model = SentenceTransformer(str(base), device="cpu")
+    model.train()
+    prompts, descriptions = [e.prompt for e in rows], [a.description for a in agents]
+    grades = torch.from_numpy(grade_matrix(rows, [a.id for a in agents]))
+    separator = torch.nn.Parameter(0.01 * torch.randn(model.get_sentence_embedding_dimension(), generator=generator))
+    optimizer = torch.optim.AdamW([{"params": model.parameters(), "lr": params.lr},
+                                   {"params": [separator], "lr": 1e-3}], weight_decay=0.01)
+    per_epoch = math.ceil(len(rows) / params.batch_size)
+    total = max(1, int(params.epochs * per_epoch))
+    warmup = int(params.warmup * total)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
+        (step + 1) / max(warmup, 1), max(0.0, (total - step) / max(total - warmup, 1))))
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        features = model.tokenize(texts)
+        return model(features)["sentence_embedding"]
+
+    start, step, running = time.perf_counter(), 0, 0.0
+    while step < total:
+        for batch in torch.randperm(len(rows), generator=generator).split(params.batch_size):
+            if step >= total:
+                break
+            g = grades[batch]
+            columns = candidate_columns(g, params.max_candidates, generator)
+            p = embed([prompts[i] for i in batch.tolist()])
+            d = embed([descriptions[i] for i in columns[:-1].tolist()])
+            direction = torch.nn.functional.normalize(separator, dim=0)
+            scores = params.scale * torch.cat([p @ d.t(), (p @ direction).unsqueeze(1)], dim=1)
+            loss = listwise_loss(scores, g[:, columns])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step, running = step + 1, running + loss.item()
+            if log and step % params.log_steps == 0:
+                log({"step": step, "loss": round(running / params.log_steps, 4),
+                     "epoch": round(step / per_epoch, 3), "seconds": round(time.perf_counter() - start, 1)})
+                running = 0.0
+    seconds = time.perf_counter() - start
+    model.eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out))
+    manifest = {"base": str(base), "examples": len(rows), "pairs": sum(len(e.labels) > 0 for e in rows),
+                "seconds": round(seconds, 1), "steps": step, "params": params.model_dump()}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
 def prepare_encoder(params: EncoderParams, examples: Sequence[RoutingExample], agents: Sequence[Agent],
                     out: Path, log: Callable[[dict[str, Any]], None] | None = None) -> Path:
     """The encoder directory the pipeline should use: `encoder.path` untouched when
@@ -108,5 +189,12 @@ def prepare_encoder(params: EncoderParams, examples: Sequence[RoutingExample], a
     base = resolve_encoder(params.path)
     if not params.finetune.enabled:
         return base
-    return finetune_encoder(base, training_pairs(examples, agents, params.finetune.positives), out,
-                            params.finetune, log)
+    return tune_encoder(base, examples, agents, out, params.finetune, log)
+
+
+def tune_encoder(base: Path, examples: Sequence[RoutingExample], agents: Sequence[Agent], out: Path,
+                 params: FinetuneParams, log: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """The encoder at `base` tuned on `examples` with `params.loss`, saved to `out`."""
+    if params.loss == "listwise":
+        return finetune_encoder_listwise(base, examples, agents, out, params, log)
+    return finetune_encoder(base, training_pairs(examples, agents, params.positives), out, params, log)

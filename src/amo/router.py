@@ -85,6 +85,18 @@ def listwise_loss(scores: torch.Tensor, grades: torch.Tensor,
     return (terms[active] * weights).sum() / weights.sum().clamp(min=1e-12)
 
 
+def candidate_columns(grades: torch.Tensor, max_candidates: int, generator: torch.Generator) -> torch.Tensor:
+    """Every agent column of a batch's grades (B, A + 1), or for a catalogue above
+    `max_candidates` the batch's relevant agents plus sampled negatives; the separator last."""
+    n_agents = grades.shape[1] - 1
+    if n_agents <= max_candidates:
+        return torch.arange(n_agents + 1)
+    relevant = torch.nonzero(grades[:, :-1].sum(0) > 0).flatten()
+    others = torch.randperm(n_agents, generator=generator)
+    others = others[~torch.isin(others, relevant)][: max(max_candidates - len(relevant), 0)]
+    return torch.cat([relevant, others, torch.tensor([n_agents])])
+
+
 @dataclass
 class RouterConfig:
     dim: int
@@ -138,7 +150,7 @@ class ListwiseRouter:
             model.train()
             total, batches = 0.0, 0
             for rows in torch.randperm(len(x), generator=generator).split(self.batch_size):
-                columns = self._candidate_columns(y[rows], generator)
+                columns = candidate_columns(y[rows], self.max_candidates, generator)
                 scores = model(x[rows], a[columns[:-1]])
                 loss = listwise_loss(scores, y[rows][:, columns], w[rows])
                 optimizer.zero_grad()
@@ -158,17 +170,6 @@ class ListwiseRouter:
         model.eval()
         self.model_ = model
         return self
-
-    def _candidate_columns(self, grades: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """All agent columns, or for a large catalogue the batch's relevant agents plus sampled
-        negatives; the separator column is always last."""
-        n_agents = grades.shape[1] - 1
-        if n_agents <= self.max_candidates:
-            return torch.arange(n_agents + 1)
-        relevant = torch.nonzero(grades[:, :-1].sum(0) > 0).flatten()
-        others = torch.randperm(n_agents, generator=generator)
-        others = others[~torch.isin(others, relevant)][: max(self.max_candidates - len(relevant), 0)]
-        return torch.cat([relevant, others, torch.tensor([n_agents])])
 
     @staticmethod
     @torch.no_grad()
