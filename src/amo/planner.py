@@ -360,6 +360,8 @@ class TreePlanner:
         x, y = [], []
         for fold in sorted(set(fold_of.tolist())):
             rest, mine = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+            if not len(rest):
+                continue
             decoder = TreePlanner(**self._params())
             decoder._fit_decoder([prompts[i] for i in rest], embeddings[rest], matrix[rest],
                                  [separators[i] for i in rest], [paths[i] for i in rest], ids)
