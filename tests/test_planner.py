@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amo.planner import NEXT_FEATURES, PLANNER_FILE, RERANK_FEATURES, PlannerFormatError, TreePlanner
+from amo.planner import (
+    NEXT_FEATURES,
+    PLANNER_FILE,
+    RERANK_FEATURES,
+    PlannerFormatError,
+    TreePlanner,
+)
 
 AGENTS = ["search_flights", "book_hotel", "convert_currency", "check_weather", "translate_text", "send_email"]
 HELD_OUT = ["send_email", "check_weather", "search_flights"]  # never a training path
@@ -186,7 +192,7 @@ def test_rerank_tree_recovers_neighbour_paths_decoding_misses() -> None:
 def test_explain_names_the_rerank_tree_features_and_thresholds(planner: TreePlanner) -> None:
     """The path choice lists the candidate paths, then the rerank tree's tests on the chosen one (real
     features, thresholds of that tree), then the choice; the steps explain the chosen path."""
-    prompt, embedding, scores, separator, path = trace(random.Random(9), ["check_weather", "send_email"], AGENTS)
+    prompt, embedding, scores, separator, _ = trace(random.Random(9), ["check_weather", "send_email"], AGENTS)
     result = planner.plan(prompt, embedding, scores, separator)
     tests = [line for line in result.choice if " <= " in line or " > " in line]
     thresholds = {f"{t:.4g}" for t in planner.rerank_tree_["threshold"]}
