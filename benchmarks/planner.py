@@ -8,7 +8,10 @@ trace splits (split by prompt, so no prompt is on both sides). A ListwiseRouter 
 routing train split (validation split for early stopping) with the real encoder, then on the
 held-out traces four systems plan a path:
 
-- amo: the TreePlanner fitted on the training traces and the router's scores for them;
+- amo: the TreePlanner fitted on the training traces and the router's scores for them (out of
+  fold by default, `--router-folds 2`: two more routers, each fitted without half of the routing
+  train split, score the training prompts the way the router scores unseen ones; a planner that
+  stacks on the router must not learn from scores the router gives its own training prompts);
 - router_order: the agents above the separator in score order (at least one when no training
   trace abstains, at most max_path_len);
 - nearest_neighbour: the path of the most similar training prompt (cosine of embeddings);
@@ -135,8 +138,9 @@ def main() -> None:
     parser.add_argument("--val-max-agents", type=int, default=1000,
                         help="early stopping on the val split only for catalogues up to this size")
     parser.add_argument("--score-pairs", type=int, default=16384, help="prompt-agent pairs per scoring batch")
-    parser.add_argument("--router-folds", type=int, default=0,
-                        help="k > 1: the planner's training prompts get out-of-fold router scores")
+    parser.add_argument("--router-folds", type=int, default=2,
+                        help="k > 1: the planner's training prompts get out-of-fold router scores; "
+                             "0: in-sample scores")
     parser.add_argument("--max-path-len", type=int, default=6)
     parser.add_argument("--pca-dims", type=int, default=None, help="default: params.yaml planner.pca_dims")
     parser.add_argument("--candidates", type=int, default=None, help="default: params.yaml planner.candidates")
@@ -148,6 +152,9 @@ def main() -> None:
                         help="next tree leaf size options")
     parser.add_argument("--min-next", type=float, nargs="+", default=[0.05, 0.25],
                         help="options for the lowest P(next) that continues a plan")
+    parser.add_argument("--rerank-neighbours", type=int, nargs="+", default=[0, 5],
+                        help="planner.rerank_neighbours options (0: the decoded path is the plan); on a tie "
+                             "the first option wins")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -203,14 +210,16 @@ def main() -> None:
                            min_samples_leaf=p.min_samples_leaf, next_max_depth=p.next_max_depth,
                            max_path_len=args.max_path_len, seed=p.seed,
                            candidates=p.candidates if args.candidates is None else args.candidates,
-                           folds=p.folds, **option)
+                           folds=p.folds, rerank_max_depth=p.rerank_max_depth,
+                           rerank_min_samples_leaf=p.rerank_min_samples_leaf, **option)
 
     # Model selection on the training traces only: an inner split by prompt hash picks whether
-    # the nearest training prompts' paths vote (they help where prompts recur, not elsewhere)
-    # and how large the trees grow.
-    options = [{"neighbours": n, "max_depth": d, "next_min_samples_leaf": m, "min_next": t}
-               for n in args.neighbours for d in args.max_depth for m in args.next_min_samples_leaf
-               for t in args.min_next]
+    # the nearest training prompts' paths vote (they help where prompts recur, not elsewhere),
+    # whether their whole paths compete with the decoded one, and how large the trees grow.
+    # A tie keeps the earlier (simpler: no reranking) option.
+    options = [{"rerank_neighbours": r, "neighbours": n, "max_depth": d, "next_min_samples_leaf": m, "min_next": t}
+               for r in args.rerank_neighbours for n in args.neighbours for d in args.max_depth
+               for m in args.next_min_samples_leaf for t in args.min_next]
     inner = np.array([stable_fraction(q, args.seed + 1) < 0.8 for q in train_prompts])
     fit_rows, val_rows = np.flatnonzero(inner), np.flatnonzero(~inner)
     selection = []
@@ -276,7 +285,8 @@ def main() -> None:
                                              f"seed {args.seed + 1}), planner fitted on the other {len(fit_rows)}",
                                              "by_option": selection, "chosen": chosen},
                     "stop_tree_nodes": len(planner.stop_tree_["left"]),
-                    "next_tree_nodes": len(planner.next_tree_["left"])},
+                    "next_tree_nodes": len(planner.next_tree_["left"]),
+                    "rerank_tree_nodes": len(planner.rerank_tree_["left"]) if planner.rerank_tree_ else 0},
         "router_order_min_k": min_k,
         "planner_training_scores": f"out-of-fold, {args.router_folds} router folds" if args.router_folds > 1
         else "in-sample: most training prompts are in the router's own training split",

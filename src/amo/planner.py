@@ -147,6 +147,9 @@ class _Prompt:
         self.near_similarity = 0.0
         self.path_vote: Counter[str] = Counter()
         self.proposals: list[tuple[float, list[str]]] = []  # (similarity, path): candidate whole paths
+        self.router_top: list[str] | None = None
+        self._totals: dict[int, tuple[Mapping[str, int], int]] = {}
+        self.followers: dict[str, list[str]] = {}  # previous agent -> the agents that most often followed it
         self._votes: dict[tuple[int, str], tuple[Counter[str], Counter[str]]] = {}
 
     def set_neighbours(self, similarities: np.ndarray, paths: Sequence[list[str]]) -> None:
@@ -175,6 +178,13 @@ class _Prompt:
                     break
         self._votes[key] = (at, follow)
         return at, follow
+
+    def total(self, after: Mapping[str, int]) -> int:
+        """The sum of a transition table row (memoised: a prompt's plan reads the same rows often)."""
+        key = id(after)
+        if key not in self._totals:
+            self._totals[key] = (after, sum(after.values()))  # keeps `after` alive, so its id stays its own
+        return self._totals[key][1]
 
     def rank(self, agent: str) -> int:
         """How many agents the router scores above this one."""
@@ -225,7 +235,7 @@ class TreePlanner:
         ran = set(history)
         not_run = [ctx.scores[i] for i in ctx.above if ctx.ids[i] not in ran]
         after, after_two = transitions.get(previous, {}), transitions.get(_pair(history), {})
-        total, total_two = sum(after.values()), sum(after_two.values())
+        total, total_two = ctx.total(after), ctx.total(after_two)
         return [float(step), ctx.separator, float(len(ctx.above)), float(len(not_run)),
                 (max(not_run) - ctx.separator) if not_run else -1.0,
                 (ctx.score(previous) - ctx.separator) if history else 0.0,
@@ -241,13 +251,16 @@ class TreePlanner:
         """The router's top agents, the agents that followed the previous one in training, the
         agents that already ran (a path may call an agent again), and the agents the nearest
         training prompts call at this step or after the previous agent."""
-        k = min(self.candidates, len(ctx.scores))
-        top = np.argpartition(-ctx.scores, k - 1)[:k] if k else np.array([], dtype=int)
-        chosen = [ctx.ids[i] for i in top[np.argsort(-ctx.scores[top], kind="stable")]]
-        after = transitions.get(history[-1] if history else START, {})
-        chosen += [a for a, _ in sorted(after.items(), key=lambda kv: (-kv[1], kv[0]))[: self.candidates]
-                   if a != STOP]
-        chosen += history
+        if ctx.router_top is None:  # the same at every step of a prompt
+            k = min(self.candidates, len(ctx.scores))
+            top = np.argpartition(-ctx.scores, k - 1)[:k] if k else np.array([], dtype=int)
+            ctx.router_top = [ctx.ids[i] for i in top[np.argsort(-ctx.scores[top], kind="stable")]]
+        previous = history[-1] if history else START
+        if previous not in ctx.followers:
+            after = transitions.get(previous, {})
+            ctx.followers[previous] = [a for a, _ in sorted(after.items(), key=lambda kv: (-kv[1], kv[0]))
+                                       [: self.candidates] if a != STOP]
+        chosen = [*ctx.router_top, *ctx.followers[previous], *history]
         at, follow = ctx.step_votes(len(history), history[-1] if history else START)
         chosen += [*at, *follow]
         return [a for a in dict.fromkeys(chosen) if a in ctx.column]
@@ -258,7 +271,7 @@ class TreePlanner:
         """One row per candidate (or only the row of candidate `only`, among the same candidates)."""
         previous = history[-1] if history else START
         after, after_two = transitions.get(previous, {}), transitions.get(_pair(history), {})
-        total, total_two = sum(after.values()), sum(after_two.values())
+        total, total_two = ctx.total(after), ctx.total(after_two)
         ran = Counter(history)
         previous_at = ctx.mention(previous)[0] if history else 0.0
         cand_scores = [ctx.score(a) for a in candidates]
