@@ -462,19 +462,18 @@ class TreePlanner:
             step = memo[prefix] = _Step(self.stop_tree_["value"][self._leaf(self.stop_tree_, stop_x)], stop_x)
         return step
 
-    def _next_at(self, ctx: _Prompt, step: _Step, prefix: tuple[str, ...], agent: str | None = None) -> list[float]:
-        """The next tree's rows after `prefix` for every candidate (agent None) or for `agent` alone,
-        their P(next) recorded in `step.p_next`."""
+    def _next_at(self, ctx: _Prompt, step: _Step, prefix: tuple[str, ...], agent: str | None = None) -> None:
+        """The next tree's P(next) after `prefix` for every candidate (agent None) or for `agent`
+        alone, recorded in `step.p_next`."""
         if step.candidates is None:
             step.candidates = self._candidates(ctx, list(prefix), self.transitions_)
         wanted = step.candidates if agent is None else [agent]
         if all(a in step.p_next for a in wanted):
-            return []
+            return
         among = step.candidates if agent is None or agent in step.candidates else [*step.candidates, agent]
         rows = self._next_rows(ctx, len(prefix), list(prefix), among, self.transitions_, self.agent_counts_, agent)
         for a, row in zip(wanted, rows):
             step.p_next[a] = self.next_tree_["value"][self._leaf(self.next_tree_, row)]
-        return rows
 
     def _decode(self, ctx: _Prompt, reduced: np.ndarray, memo: dict) -> list[str]:
         """The greedy path: the stop tree ends it, else the next tree's best candidate runs next."""
