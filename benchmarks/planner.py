@@ -8,7 +8,10 @@ trace splits (split by prompt, so no prompt is on both sides). A ListwiseRouter 
 routing train split (validation split for early stopping) with the real encoder, then on the
 held-out traces four systems plan a path:
 
-- amo: the TreePlanner fitted on the training traces and the router's scores for them;
+- amo: the TreePlanner fitted on the training traces and the router's scores for them (out of
+  fold by default, `--router-folds 2`: two more routers, each fitted without half of the routing
+  train split, score the training prompts the way the router scores unseen ones; a planner that
+  stacks on the router must not learn from scores the router gives its own training prompts);
 - router_order: the agents above the separator in score order (at least one when no training
   trace abstains, at most max_path_len);
 - nearest_neighbour: the path of the most similar training prompt (cosine of embeddings);
@@ -135,19 +138,25 @@ def main() -> None:
     parser.add_argument("--val-max-agents", type=int, default=1000,
                         help="early stopping on the val split only for catalogues up to this size")
     parser.add_argument("--score-pairs", type=int, default=16384, help="prompt-agent pairs per scoring batch")
-    parser.add_argument("--router-folds", type=int, default=0,
-                        help="k > 1: the planner's training prompts get out-of-fold router scores")
+    parser.add_argument("--router-folds", type=int, default=2,
+                        help="k > 1: the planner's training prompts get out-of-fold router scores; "
+                             "0: in-sample scores")
     parser.add_argument("--max-path-len", type=int, default=6)
     parser.add_argument("--pca-dims", type=int, default=None, help="default: params.yaml planner.pca_dims")
     parser.add_argument("--candidates", type=int, default=None, help="default: params.yaml planner.candidates")
     parser.add_argument("--neighbours", type=int, nargs="+", default=[0, 10],
-                        help="planner.neighbours options; the best option on an inner split of the "
+                        help="planner.neighbours options; the best option in cross-validation on the "
                              "training traces is used")
     parser.add_argument("--max-depth", type=int, nargs="+", default=[6, 12], help="stop tree depth options")
     parser.add_argument("--next-min-samples-leaf", type=int, nargs="+", default=[10, 30],
                         help="next tree leaf size options")
     parser.add_argument("--min-next", type=float, nargs="+", default=[0.05, 0.25],
                         help="options for the lowest P(next) that continues a plan")
+    parser.add_argument("--inner-folds", type=int, default=5,
+                        help="cross-validation folds of the training traces that choose the options")
+    parser.add_argument("--rerank-neighbours", type=int, nargs="+", default=[0, 5],
+                        help="planner.rerank_neighbours options (0: the decoded path is the plan); on a tie "
+                             "the first option wins")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -204,23 +213,33 @@ def main() -> None:
                            min_samples_leaf=p.min_samples_leaf, next_max_depth=p.next_max_depth,
                            max_path_len=args.max_path_len, seed=p.seed,
                            candidates=p.candidates if args.candidates is None else args.candidates,
-                           folds=p.folds, **option)
+                           folds=p.folds, rerank_max_depth=p.rerank_max_depth,
+                           rerank_min_samples_leaf=p.rerank_min_samples_leaf, **option)
 
-    # Model selection on the training traces only: an inner split by prompt hash picks whether
-    # the nearest training prompts' paths vote (they help where prompts recur, not elsewhere)
-    # and how large the trees grow.
-    options = [{"neighbours": n, "max_depth": d, "next_min_samples_leaf": m, "min_next": t}
-               for n in args.neighbours for d in args.max_depth for m in args.next_min_samples_leaf
-               for t in args.min_next]
-    inner = np.array([stable_fraction(q, args.seed + 1) < 0.8 for q in train_prompts])
-    fit_rows, val_rows = np.flatnonzero(inner), np.flatnonzero(~inner)
+    # Model selection on the training traces only: cross-validation (folds by prompt hash) picks whether
+    # the nearest training prompts' paths vote (they help where prompts recur, not elsewhere),
+    # whether their whole paths compete with the decoded one, and how large the trees grow.
+    # A tie keeps the earlier (simpler: no reranking) option.
+    options = [{"rerank_neighbours": r, "neighbours": n, "max_depth": d, "next_min_samples_leaf": m, "min_next": t}
+               for r in args.rerank_neighbours for n in args.neighbours for d in args.max_depth
+               for m in args.next_min_samples_leaf for t in args.min_next]
+    # Every training trace is validated once, by a planner fitted on the other inner folds.
+    inner = np.array([int(stable_fraction(q, args.seed + 1) * args.inner_folds) for q in train_prompts])
     selection = []
     for option in options:
-        candidate = make(option).fit([train_prompts[i] for i in fit_rows], e_train[fit_rows], s_train[fit_rows, :-1],
-                                     s_train[fit_rows, -1].tolist(), [train_paths[i] for i in fit_rows], ids)
-        predicted = [candidate.plan_scores(train_prompts[i], e_train[i], ids, s_train[i], explain=False).path
-                     for i in val_rows]
-        selection.append({**option, **path_metrics(predicted, [train_paths[i] for i in val_rows])})
+        predicted: list[list[str]] = [[] for _ in train_paths]
+        for fold in range(args.inner_folds):
+            fit_rows, val_rows = np.flatnonzero(inner != fold), np.flatnonzero(inner == fold)
+            candidate = make(option).fit([train_prompts[i] for i in fit_rows], e_train[fit_rows],
+                                         s_train[fit_rows, :-1], s_train[fit_rows, -1].tolist(),
+                                         [train_paths[i] for i in fit_rows], ids)
+            for i in val_rows:
+                predicted[i] = candidate.plan_scores(train_prompts[i], e_train[i], ids, s_train[i], explain=False).path
+        selection.append({**option, **path_metrics(predicted, train_paths)})
+    unit = e_train / np.linalg.norm(e_train, axis=1, keepdims=True)
+    similar = unit @ unit.T
+    similar[inner[:, None] == inner[None, :]] = -np.inf  # neighbours from the other folds only
+    neighbour_cv = path_metrics([train_paths[int(j)] for j in similar.argmax(axis=1)], train_paths)
     best = max(selection, key=lambda r: (r["exact_path"], r["link_f1"]))
     chosen = {k: best[k] for k in options[0]}
     planner = make(chosen)
@@ -273,11 +292,14 @@ def main() -> None:
         "router": {"settings": settings, "fit_seconds": round(router_seconds, 1), "early_stopping_on_val": val is not None,
                    "routing_train": len(data.routing["train"]), "routing_val": len(data.routing["val"])},
         "planner": {"params": planner.to_dict()["params"], "fit_seconds": round(fit_seconds, 2),
-                    "selection": {"inner_validation": f"{len(val_rows)} of the training traces (prompt hash, "
-                                             f"seed {args.seed + 1}), planner fitted on the other {len(fit_rows)}",
-                                             "by_option": selection, "chosen": chosen},
+                    "selection": {"inner_validation": f"{args.inner_folds}-fold cross-validation on the "
+                                             f"{len(train)} training traces (folds by prompt hash, seed "
+                                             f"{args.seed + 1}); each option is scored on every training trace",
+                                             "by_option": selection, "chosen": chosen,
+                                             "nearest_neighbour_same_folds": neighbour_cv},
                     "stop_tree_nodes": len(planner.stop_tree_["left"]),
-                    "next_tree_nodes": len(planner.next_tree_["left"])},
+                    "next_tree_nodes": len(planner.next_tree_["left"]),
+                    "rerank_tree_nodes": len(planner.rerank_tree_["left"]) if planner.rerank_tree_ else 0},
         "router_order_min_k": min_k,
         "planner_training_scores": f"out-of-fold, {args.router_folds} router folds" if args.router_folds > 1
         else "in-sample: most training prompts are in the router's own training split",

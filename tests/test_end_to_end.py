@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import make_tiny_repo
 
-from amo.planner import NEXT_FEATURES, STOP_FEATURES
+from amo.planner import NEXT_FEATURES, RERANK_FEATURES, STOP_FEATURES
 
 
 def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -94,7 +94,7 @@ def test_promote_then_route_plan_and_copilot(repo: Path) -> None:
     explain = run(repo, "amo", "plan", "--explain", "where is my order 88812?").stdout
     assert explain.startswith("plan: ") and "step 1:" in explain
     tests = [line.strip() for line in explain.splitlines() if " <= " in line or " > " in line]
-    assert tests and all(t.split(" = ")[0] in STOP_FEATURES + NEXT_FEATURES or t.startswith("prompt_pc")
+    assert tests and all(t.split(" = ")[0] in STOP_FEATURES + NEXT_FEATURES + RERANK_FEATURES or t.startswith("prompt_pc")
                          for t in tests)
     answer = json.loads(run(repo, "amo", "copilot", "--json", "find red nike shoes under $90").stdout)
     assert answer["bundle_id"] == bundle_id

@@ -1,5 +1,6 @@
-"""Planner: fitted trees pick ordered paths, generalise to unseen paths and agents, round-trip through
-JSON, refuse corrupt files, explain themselves."""
+"""Planner: fitted trees pick ordered paths, generalise to unseen paths and agents, recover whole paths
+of similar training prompts that step-by-step decoding misses, round-trip through JSON, refuse
+corrupt files, explain themselves."""
 
 import json
 import random
@@ -8,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amo.planner import NEXT_FEATURES, PLANNER_FILE, PlannerFormatError, TreePlanner
+from amo.planner import (
+    NEXT_FEATURES,
+    PLANNER_FILE,
+    RERANK_FEATURES,
+    PlannerFormatError,
+    TreePlanner,
+)
 
 AGENTS = ["search_flights", "book_hotel", "convert_currency", "check_weather", "translate_text", "send_email"]
 HELD_OUT = ["send_email", "check_weather", "search_flights"]  # never a training path
@@ -42,7 +49,7 @@ def plan(planner: TreePlanner, row: tuple) -> list[str]:
 def planner() -> TreePlanner:
     prompts, embeddings, scores, seps, paths = zip(*traces(400, seed=0))
     return TreePlanner(pca_dims=4, max_depth=6, min_samples_leaf=2, next_max_depth=6, next_min_samples_leaf=5,
-                       ).fit(prompts, np.array(embeddings), scores, seps, paths, AGENTS)
+                       rerank_neighbours=5).fit(prompts, np.array(embeddings), scores, seps, paths, AGENTS)
 
 
 def test_planner_reproduces_ordered_paths(planner: TreePlanner) -> None:
@@ -83,8 +90,9 @@ def test_save_load_gives_identical_plans(planner: TreePlanner, tmp_path: Path) -
         assert loaded.plan(prompt, embedding, scores, separator) == planner.plan(prompt, embedding, scores, separator)
 
 
-@pytest.mark.parametrize("corrupt", ["truncate", "child", "feature", "kind", "version", "value", "features",
-                                     "pca", "transitions"])
+@pytest.mark.parametrize("corrupt", ["truncate", "child", "feature", "kind", "version", "format_2", "value",
+                                     "features", "pca", "transitions", "rerank_features", "rerank_missing",
+                                     "rerank_child"])
 def test_corrupt_planner_is_refused(planner: TreePlanner, tmp_path: Path, corrupt: str) -> None:
     """A truncated or inconsistent planner file is refused with its path in the message."""
     data = planner.to_dict()
@@ -96,6 +104,15 @@ def test_corrupt_planner_is_refused(planner: TreePlanner, tmp_path: Path, corrup
         data["kind"] = "something.else"
     elif corrupt == "version":
         data["format_version"] = 1
+    elif corrupt == "format_2":  # the step-by-step planner before the rerank tree: refit, not misread
+        data["format_version"] = 2
+        del data["rerank_tree"]
+    elif corrupt == "rerank_features":
+        data["rerank_tree"]["features"] = data["rerank_tree"]["features"][::-1]
+    elif corrupt == "rerank_missing":
+        data["rerank_tree"] = None
+    elif corrupt == "rerank_child":
+        data["rerank_tree"]["right"][0] = -5
     elif corrupt == "value":
         data["next_tree"]["value"][-1] = 7.0
     elif corrupt == "features":
@@ -139,3 +156,47 @@ def test_missing_known_agent_is_tolerated(planner: TreePlanner) -> None:
     prompt, embedding, scores, separator, _ = trace(random.Random(8), ["book_hotel", "send_email"], AGENTS)
     without = {k: v for k, v in scores.items() if k != "send_email"}
     assert "send_email" not in planner.plan(prompt, embedding, without, separator).path
+
+
+def cluster_traces(n: int, seed: int) -> list[tuple]:
+    """Prompts in eight clusters of the embedding space, each cluster with its own three-agent path;
+    the prompt text never names an agent and the router's scores are noise, so only the paths of
+    similar training prompts tell the path, and every transition occurs in several clusters."""
+    rng = random.Random(seed)
+    centres = np.random.default_rng(0).normal(size=(8, 8)) * 3
+    paths = [random.Random(c).sample(AGENTS, 3) for c in range(8)]
+    out = []
+    for _ in range(n):
+        c = rng.randrange(8)
+        scores = {a: rng.gauss(0, 1) for a in AGENTS}
+        embedding = centres[c] + np.array([rng.gauss(0, 0.3) for _ in range(8)])
+        out.append((f"request {rng.randrange(10**6)} {rng.choice(FILLERS)}", embedding, scores, 1.5, paths[c]))
+    return out
+
+
+def test_rerank_tree_recovers_neighbour_paths_decoding_misses() -> None:
+    """Where only similar training prompts know the path, the rerank tree picks their whole path;
+    the decoder alone, with the same trees, does not find it."""
+    prompts, embeddings, scores, seps, paths = zip(*cluster_traces(300, seed=0))
+    settings = {"pca_dims": 0, "max_depth": 4, "next_max_depth": 4, "neighbours": 0}
+    decoder = TreePlanner(**settings).fit(prompts, np.array(embeddings), scores, seps, paths, AGENTS)
+    reranked = TreePlanner(**settings, rerank_neighbours=5).fit(prompts, np.array(embeddings), scores, seps, paths,
+                                                               AGENTS)
+    test = cluster_traces(60, seed=1)
+    assert np.mean([plan(decoder, row) == row[-1] for row in test]) < 0.5
+    assert np.mean([plan(reranked, row) == row[-1] for row in test]) > 0.9
+    result = reranked.plan(*test[0][:4])
+    assert result.choice[0] == "candidate paths:" and "neighbour 1" in " ".join(result.choice)
+
+
+def test_explain_names_the_rerank_tree_features_and_thresholds(planner: TreePlanner) -> None:
+    """The path choice lists the candidate paths, then the rerank tree's tests on the chosen one (real
+    features, thresholds of that tree), then the choice; the steps explain the chosen path."""
+    prompt, embedding, scores, separator, _ = trace(random.Random(9), ["check_weather", "send_email"], AGENTS)
+    result = planner.plan(prompt, embedding, scores, separator)
+    tests = [line for line in result.choice if " <= " in line or " > " in line]
+    thresholds = {f"{t:.4g}" for t in planner.rerank_tree_["threshold"]}
+    assert all(t.split(" = ")[0] in RERANK_FEATURES and t.split()[-1] in thresholds for t in tests)
+    assert result.choice[-1].startswith("-> candidate ") and len(result.rules) == len(result.path) + 1
+    assert [line.split()[1] for step in result.rules for line in step if line.startswith("-> ")
+            and not line.startswith(("-> continue", "-> stop"))] == result.path

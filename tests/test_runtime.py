@@ -96,7 +96,7 @@ def test_route_plan_bundle_and_openapi(served: dict[str, Any]) -> None:
     body = route.json()
     assert body["bundle_id"] == served["first"] and set(body["route"]) == {"agents", "separator", "abstained"}
     plan = httpx.post(f"{url}/plan", json={"prompt": "refund for a broken mug"}).json()
-    assert set(plan["plan"]) == {"path", "abstained", "rules"}
+    assert set(plan["plan"]) == {"path", "abstained", "rules", "choice"}
     assert set(plan["plan"]["path"]) <= {"order_status", "returns_refunds", "product_search", "price_lookup"}
     manifest = httpx.get(f"{url}/bundle").json()
     assert manifest == json.loads((served["bundle"] / "manifest.json").read_text())

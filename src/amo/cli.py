@@ -324,6 +324,10 @@ def plan(prompt: str, bundle_dir: Path | None = BUNDLE_OPTION,
             typer.echo(f"step {step}:")
             for rule in rules:
                 typer.echo(f"    {rule}")
+        if result.choice:
+            typer.echo("path choice:")
+            for rule in result.choice:
+                typer.echo(f"    {rule}")
 
 
 @app.command()

@@ -245,11 +245,14 @@ def fit_planner(params: Params) -> dict[str, Any]:
     planner = TreePlanner(pca_dims=p.pca_dims, max_depth=p.max_depth, min_samples_leaf=p.min_samples_leaf,
                           next_max_depth=p.next_max_depth, next_min_samples_leaf=p.next_min_samples_leaf,
                           min_next=p.min_next, neighbours=p.neighbours,
-                          max_path_len=p.max_path_len, seed=p.seed, candidates=p.candidates, folds=p.folds)
+                          max_path_len=p.max_path_len, seed=p.seed, candidates=p.candidates, folds=p.folds,
+                          rerank_neighbours=p.rerank_neighbours, rerank_max_depth=p.rerank_max_depth,
+                          rerank_min_samples_leaf=p.rerank_min_samples_leaf)
     planner.fit(prompts, embeddings, scores[:, :-1], scores[:, -1].tolist(), [t.path for t in traces], index.ids)
     planner.save(PLANNER_DIR)
     metrics = {"train_traces": len(traces), "stop_tree_nodes": len(planner.stop_tree_["left"]),
-               "next_tree_nodes": len(planner.next_tree_["left"])}
+               "next_tree_nodes": len(planner.next_tree_["left"]),
+               "rerank_tree_nodes": len(planner.rerank_tree_["left"]) if planner.rerank_tree_ else 0}
     write_json(METRICS_DIR / "fit_planner.json", metrics)
     return metrics
 

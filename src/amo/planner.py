@@ -1,6 +1,6 @@
-"""The planner: two decision trees, fitted on end-to-end traces, that pick the ordered agent path.
+"""The planner: decision trees, fitted on end-to-end traces, that pick the ordered agent path.
 
-A plan is built step by step. At each step the *stop tree* decides whether the path ends here,
+A path is first decoded step by step. At each step the *stop tree* decides whether the path ends here,
 from prompt-level features (a PCA reduction of the prompt embedding, text cues, the router's
 separator and how many agents are above it and not yet run, what ran so far). If it goes on, the
 *next tree* scores each candidate agent on agent-agnostic features: the candidate's router score,
@@ -11,34 +11,47 @@ best-scoring candidate runs next. No feature is tied to a fixed agent list, so a
 training trace contains is planned through its router score, and any ordered path can be
 composed, seen or not.
 
+With `rerank_neighbours > 0` the decoded path is one candidate among the whole paths of the most
+similar training prompts, and a third tree, the *rerank tree*, picks the plan among them from
+path-level, agent-agnostic features: whether the decoder produced it, how many neighbours share
+it and how similar the first of them is, the router margins of its agents, the decoder's own
+probabilities along it (the stop and next trees scoring each step), transition counts along it,
+how often the path occurs in training and whether the prompt names its agents in that order.
+Decoding keeps unseen paths reachable; the neighbours' paths recover whole paths that step-by-step
+decoding loses.
+
 Transition counts and neighbour votes used as features for the training rows are cross-fitted
 (taken from the other folds), so the trees do not learn to trust statistics that include the
-row's own trace.
+row's own trace; the rerank tree's training rows come from stop and next trees fitted without
+the row's fold.
 
-Both trees are saved as plain JSON (thresholds, features, leaves), never pickle; prediction walks
+All trees are saved as plain JSON (thresholds, features, leaves), never pickle; prediction walks
 the arrays directly, so a plan costs well under a millisecond and every decision prints as rules.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 PLANNER_FILE = "planner.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 KIND = "amo.tree_planner"
 STOP = "<stop>"
 START = "<start>"
 MISSING_SCORE = -1000.0  # an agent the current router index does not score
 NO_MENTION = 2.0  # mention position of an agent whose name the prompt does not mention (positions are 0..1)
+LOG_FLOOR = 1e-3  # probabilities below this count as this in a path's log-probability
 _ORDER_CUES = ("then", "after", "before", "first", "finally", "and", "also", "next")
 _TREE_KEYS = ("left", "right", "feature", "threshold", "value")
 
@@ -67,6 +80,14 @@ NEXT_FEATURES = ["step", "score", "margin", "rank", "gap_to_top", "rank_among_no
                  "mention_position", "mention_after_previous", "mention_share", "n_above",
                  "neighbour_similarity", "neighbour_step_vote", "neighbour_follow_vote", "neighbour_path_vote",
                  "nearest_has_it_here"]
+RERANK_FEATURES = ["from_decoder", "proposers", "proposer_share", "first_proposer_rank", "first_proposer_similarity",
+                   "similarity_gap", "top_similarity", "length", "length_minus_decoded", "prefix_shared_with_decoded",
+                   "mean_margin", "min_margin", "n_above_not_in_path", "log_prob", "min_p_next", "mean_p_next",
+                   "p_stop_at_end", "max_p_stop_before_end", "min_transition_count", "mean_transition_rate",
+                   "path_count", "mention_share", "mentions_in_order", "min_agent_vote", "mean_agent_vote",
+                   "min_link_vote", "length_vote", "worst_agent_rank", "overlap_with_decoded",
+                   "log_prob_gap", "min_agent_vote_gap", "proposer_share_gap", "mean_margin_gap"]
+_GAP_OF = ("log_prob", "min_agent_vote", "proposer_share", "mean_margin")  # minus the best candidate's value
 
 
 def _pair(history: Sequence[str]) -> str:
@@ -89,10 +110,21 @@ def name_tokens(agent_id: str) -> tuple[str, ...]:
 class Plan:
     path: list[str]
     rules: list[list[str]]  # per step, the tests that led to its decisions
+    choice: list[str] = field(default_factory=list)  # the rerank tree's tests that picked the path
 
     @property
     def abstained(self) -> bool:
         return not self.path
+
+
+@dataclass
+class _Step:
+    """What the stop and next trees say after one path prefix of one prompt."""
+
+    p_stop: float
+    stop_x: list[float]
+    candidates: list[str] | None = None
+    p_next: dict[str, float] = field(default_factory=dict)
 
 
 class _Prompt:
@@ -114,6 +146,10 @@ class _Prompt:
         self.near: list[tuple[float, list[str]]] = []  # (weight, path) of the nearest training prompts
         self.near_similarity = 0.0
         self.path_vote: Counter[str] = Counter()
+        self.proposals: list[tuple[float, list[str]]] = []  # (similarity, path): candidate whole paths
+        self.router_top: list[str] | None = None
+        self._totals: dict[int, tuple[Mapping[str, int], int]] = {}
+        self.followers: dict[str, list[str]] = {}  # previous agent -> the agents that most often followed it
         self._votes: dict[tuple[int, str], tuple[Counter[str], Counter[str]]] = {}
 
     def set_neighbours(self, similarities: np.ndarray, paths: Sequence[list[str]]) -> None:
@@ -143,6 +179,17 @@ class _Prompt:
         self._votes[key] = (at, follow)
         return at, follow
 
+    def total(self, after: Mapping[str, int]) -> int:
+        """The sum of a transition table row (memoised: a prompt's plan reads the same rows often)."""
+        key = id(after)
+        if key not in self._totals:
+            self._totals[key] = (after, sum(after.values()))  # keeps `after` alive, so its id stays its own
+        return self._totals[key][1]
+
+    def rank(self, agent: str) -> int:
+        """How many agents the router scores above this one."""
+        return int(len(self.ascending) - np.searchsorted(self.ascending, self.score(agent), side="right"))
+
     def score(self, agent: str) -> float:
         col = self.column.get(agent)
         return float(self.scores[col]) if col is not None else MISSING_SCORE
@@ -164,7 +211,8 @@ class TreePlanner:
     def __init__(self, pca_dims: int = 16, max_depth: int = 12, min_samples_leaf: int = 2,
                  max_path_len: int = 4, seed: int = 0, candidates: int = 10, folds: int = 5,
                  next_max_depth: int = 8, next_min_samples_leaf: int = 10, min_next: float = 0.0,
-                 neighbours: int = 10) -> None:
+                 neighbours: int = 10, rerank_neighbours: int = 0, rerank_max_depth: int = 6,
+                 rerank_min_samples_leaf: int = 10) -> None:
         self.pca_dims = pca_dims
         self.max_depth = max_depth
         self.min_samples_leaf = min_samples_leaf
@@ -172,6 +220,9 @@ class TreePlanner:
         self.next_min_samples_leaf = next_min_samples_leaf
         self.min_next = min_next
         self.neighbours = neighbours
+        self.rerank_neighbours = rerank_neighbours
+        self.rerank_max_depth = rerank_max_depth
+        self.rerank_min_samples_leaf = rerank_min_samples_leaf
         self.max_path_len = max_path_len
         self.seed = seed
         self.candidates = candidates
@@ -184,7 +235,7 @@ class TreePlanner:
         ran = set(history)
         not_run = [ctx.scores[i] for i in ctx.above if ctx.ids[i] not in ran]
         after, after_two = transitions.get(previous, {}), transitions.get(_pair(history), {})
-        total, total_two = sum(after.values()), sum(after_two.values())
+        total, total_two = ctx.total(after), ctx.total(after_two)
         return [float(step), ctx.separator, float(len(ctx.above)), float(len(not_run)),
                 (max(not_run) - ctx.separator) if not_run else -1.0,
                 (ctx.score(previous) - ctx.separator) if history else 0.0,
@@ -200,27 +251,34 @@ class TreePlanner:
         """The router's top agents, the agents that followed the previous one in training, the
         agents that already ran (a path may call an agent again), and the agents the nearest
         training prompts call at this step or after the previous agent."""
-        k = min(self.candidates, len(ctx.scores))
-        top = np.argpartition(-ctx.scores, k - 1)[:k] if k else np.array([], dtype=int)
-        chosen = [ctx.ids[i] for i in top[np.argsort(-ctx.scores[top], kind="stable")]]
-        after = transitions.get(history[-1] if history else START, {})
-        chosen += [a for a, _ in sorted(after.items(), key=lambda kv: (-kv[1], kv[0]))[: self.candidates]
-                   if a != STOP]
-        chosen += history
+        if ctx.router_top is None:  # the same at every step of a prompt
+            k = min(self.candidates, len(ctx.scores))
+            top = np.argpartition(-ctx.scores, k - 1)[:k] if k else np.array([], dtype=int)
+            ctx.router_top = [ctx.ids[i] for i in top[np.argsort(-ctx.scores[top], kind="stable")]]
+        previous = history[-1] if history else START
+        if previous not in ctx.followers:
+            after = transitions.get(previous, {})
+            ctx.followers[previous] = [a for a, _ in sorted(after.items(), key=lambda kv: (-kv[1], kv[0]))
+                                       [: self.candidates] if a != STOP]
+        chosen = [*ctx.router_top, *ctx.followers[previous], *history]
         at, follow = ctx.step_votes(len(history), history[-1] if history else START)
         chosen += [*at, *follow]
         return [a for a in dict.fromkeys(chosen) if a in ctx.column]
 
     def _next_rows(self, ctx: _Prompt, step: int, history: list[str], candidates: list[str],
-                   transitions: Mapping[str, Mapping[str, int]], counts: Mapping[str, int]) -> list[list[float]]:
+                   transitions: Mapping[str, Mapping[str, int]], counts: Mapping[str, int],
+                   only: str | None = None) -> list[list[float]]:
+        """One row per candidate (or only the row of candidate `only`, among the same candidates)."""
         previous = history[-1] if history else START
         after, after_two = transitions.get(previous, {}), transitions.get(_pair(history), {})
-        total, total_two = sum(after.values()), sum(after_two.values())
+        total, total_two = ctx.total(after), ctx.total(after_two)
         ran = Counter(history)
         previous_at = ctx.mention(previous)[0] if history else 0.0
         cand_scores = [ctx.score(a) for a in candidates]
-        ranks = (len(ctx.ascending) - np.searchsorted(ctx.ascending, cand_scores, side="right")).tolist()
         fresh_scores = [s for a, s in zip(candidates, cand_scores) if not ran[a]]
+        if only is not None:
+            candidates, cand_scores = [only], [ctx.score(only)]
+        ranks = (len(ctx.ascending) - np.searchsorted(ctx.ascending, cand_scores, side="right")).tolist()
         at, follow = ctx.step_votes(step, previous)
         nearest = ctx.near[0][1] if ctx.near else []
         rows = []
@@ -241,13 +299,24 @@ class TreePlanner:
     def fit(self, prompts: Sequence[str], embeddings: np.ndarray,
             scores: Sequence[Mapping[str, float]] | np.ndarray, separators: Sequence[float],
             paths: Sequence[Sequence[str]], agents: Sequence[str]) -> TreePlanner:
-        """Fit both trees on the traces. `scores` is one {agent: score} per prompt, or an
+        """Fit the trees on the traces. `scores` is one {agent: score} per prompt, or an
         (N, len(agents)) matrix in the order of `agents`."""
+        ids = list(agents)
+        matrix = _score_matrix(scores, ids)
+        paths = [list(p) for p in paths]
+        separators = [float(s) for s in separators]
+        self._fit_decoder(prompts, embeddings, matrix, separators, paths, ids)
+        self.rerank_tree_ = None
+        if self.rerank_neighbours:
+            self._fit_reranker(prompts, embeddings, matrix, separators, paths, ids)
+        return self
+
+    def _fit_decoder(self, prompts: Sequence[str], embeddings: np.ndarray, matrix: np.ndarray,
+                     separators: Sequence[float], paths: list[list[str]], ids: list[str]) -> None:
+        """The stop and next trees, the PCA, the transition table and the stored neighbours."""
         from sklearn.decomposition import PCA
 
-        ids = list(agents)
         column = {a: i for i, a in enumerate(ids)}
-        matrix = _score_matrix(scores, ids)
         dims = min(self.pca_dims, embeddings.shape[0], embeddings.shape[1])
         self.pca_mean_ = embeddings.mean(axis=0).astype(np.float64)
         self.pca_components_ = np.zeros((0, embeddings.shape[1]))
@@ -257,14 +326,16 @@ class TreePlanner:
             self.pca_components_ = pca.components_.astype(np.float64)
         self.stop_features_ = STOP_FEATURES + [f"prompt_pc{i}" for i in range(dims)]
         self.next_features_ = list(NEXT_FEATURES)
-        paths = [list(p) for p in paths]
         self.transitions_, self.agent_counts_ = _transitions(paths)
+        self.transition_totals_ = {a: sum(after.values()) for a, after in self.transitions_.items()}
 
         # Rounded as saved, so a loaded planner finds the same neighbours.
-        self.neighbour_embeddings_ = np.round(_unit(embeddings), 5) if self.neighbours else np.zeros((0, 0))
-        self.neighbour_paths_ = paths if self.neighbours else []
+        keep = self.neighbours or self.rerank_neighbours
+        self.neighbour_embeddings_ = np.round(_unit(embeddings), 5) if keep else np.zeros((0, 0))
+        self.neighbour_paths_ = paths if keep else []
+        self.path_counts_ = Counter(tuple(p) for p in self.neighbour_paths_)
 
-        fold_of = np.random.default_rng(self.seed).permutation(len(paths)) % max(self.folds, 2)
+        fold_of = self._folds(len(paths))
         held_out = {f: _transitions([p for p, g in zip(paths, fold_of) if g != f]) for f in set(fold_of.tolist())}
         stop_x, stop_y, next_x, next_y = [], [], [], []
         for prompt, emb, row, sep, path, fold in zip(prompts, embeddings, matrix, separators, paths, fold_of):
@@ -288,7 +359,44 @@ class TreePlanner:
         self.stop_tree_ = self._grow(np.array(stop_x), np.array(stop_y), self.max_depth, self.min_samples_leaf)
         self.next_tree_ = self._grow(np.array(next_x, dtype=np.float64).reshape(-1, len(NEXT_FEATURES)),
                                      np.array(next_y), self.next_max_depth, self.next_min_samples_leaf)
-        return self
+
+    def _folds(self, n: int) -> np.ndarray:
+        return np.random.default_rng(self.seed).permutation(n) % max(self.folds, 2)
+
+    def _fit_reranker(self, prompts: Sequence[str], embeddings: np.ndarray, matrix: np.ndarray,
+                      separators: Sequence[float], paths: list[list[str]], ids: list[str]) -> None:
+        """The rerank tree, on candidate paths proposed and scored for each training trace by a
+        decoder fitted without that trace's fold (so it learns how far to trust the decoder and the
+        neighbours on prompts they have not seen)."""
+        column = {a: i for i, a in enumerate(ids)}
+        fold_of = self._folds(len(paths))
+        x, y = [], []
+        for fold in sorted(set(fold_of.tolist())):
+            rest, mine = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+            if not len(rest):
+                continue
+            decoder = TreePlanner(**self._params())
+            decoder._fit_decoder([prompts[i] for i in rest], embeddings[rest], matrix[rest],
+                                 [separators[i] for i in rest], [paths[i] for i in rest], ids)
+            for i in mine:
+                ctx = _Prompt(prompts[i], matrix[i], float(separators[i]), ids, column)
+                decoder._find_neighbours(ctx, embeddings[i])
+                reduced = (embeddings[i] - decoder.pca_mean_) @ decoder.pca_components_.T
+                candidates, rows, _ = decoder._rerank_rows(ctx, reduced, {})
+                x.extend(rows)
+                y.extend(c == paths[i] for c in candidates)
+        self.rerank_features_ = list(RERANK_FEATURES)
+        self.rerank_tree_ = self._grow(np.array(x, dtype=np.float64).reshape(-1, len(RERANK_FEATURES)),
+                                       np.array(y), self.rerank_max_depth, self.rerank_min_samples_leaf)
+
+    def _params(self) -> dict[str, Any]:
+        return {"pca_dims": self.pca_dims, "max_depth": self.max_depth,
+                "min_samples_leaf": self.min_samples_leaf, "max_path_len": self.max_path_len,
+                "seed": self.seed, "candidates": self.candidates, "folds": self.folds,
+                "next_max_depth": self.next_max_depth,
+                "next_min_samples_leaf": self.next_min_samples_leaf, "min_next": self.min_next,
+                "neighbours": self.neighbours, "rerank_neighbours": self.rerank_neighbours,
+                "rerank_max_depth": self.rerank_max_depth, "rerank_min_samples_leaf": self.rerank_min_samples_leaf}
 
     def _grow(self, x: np.ndarray, y: np.ndarray, max_depth: int, min_samples_leaf: int) -> dict[str, list]:
         """A fitted binary tree as plain arrays; `value` is the share of positive rows in a node."""
@@ -305,18 +413,23 @@ class TreePlanner:
                 "value": (value[:, 1] / value.sum(axis=1)).tolist()}
 
     def _find_neighbours(self, ctx: _Prompt, embedding: np.ndarray, exclude: np.ndarray | None = None) -> None:
-        """The `neighbours` training prompts most similar to this one (in fit: from other folds)."""
-        if not self.neighbours or not len(self.neighbour_paths_):
+        """The training prompts most similar to this one (in fit: from other folds): the first
+        `neighbours` vote, the first `rerank_neighbours` propose their paths."""
+        wanted = max(self.neighbours, self.rerank_neighbours)
+        if not wanted or not len(self.neighbour_paths_):
             return
         similarities = self.neighbour_embeddings_ @ _unit(embedding[None, :])[0]
         if exclude is not None:
             similarities = np.where(exclude, -np.inf, similarities)
-        k = min(self.neighbours, int(np.isfinite(similarities).sum()))
+        k = min(wanted, int(np.isfinite(similarities).sum()))
         if k == 0:
             return
         top = np.argpartition(-similarities, k - 1)[:k]
         top = top[np.argsort(-similarities[top], kind="stable")]
-        ctx.set_neighbours(similarities[top], [self.neighbour_paths_[i] for i in top])
+        if self.neighbours:
+            near = top[: self.neighbours]
+            ctx.set_neighbours(similarities[near], [self.neighbour_paths_[i] for i in near])
+        ctx.proposals = [(float(similarities[i]), self.neighbour_paths_[i]) for i in top[: self.rerank_neighbours]]
 
     # -- predict --------------------------------------------------------------------------
     @staticmethod
@@ -341,6 +454,146 @@ class TreePlanner:
                 node = tree["right"][node]
         return rules
 
+    def _stop_at(self, ctx: _Prompt, reduced: np.ndarray, memo: dict, prefix: tuple[str, ...]) -> _Step:
+        """The stop tree's view after `prefix` (memoised per prefix, as are the next tree's scores)."""
+        step = memo.get(prefix)
+        if step is None:
+            stop_x = self._stop_row(ctx, reduced, len(prefix), list(prefix), self.transitions_)
+            step = memo[prefix] = _Step(self.stop_tree_["value"][self._leaf(self.stop_tree_, stop_x)], stop_x)
+        return step
+
+    def _next_at(self, ctx: _Prompt, step: _Step, prefix: tuple[str, ...], agent: str | None = None) -> None:
+        """The next tree's P(next) after `prefix` for every candidate (agent None) or for `agent`
+        alone, recorded in `step.p_next`."""
+        if step.candidates is None:
+            step.candidates = self._candidates(ctx, list(prefix), self.transitions_)
+        wanted = step.candidates if agent is None else [agent]
+        if all(a in step.p_next for a in wanted):
+            return
+        among = step.candidates if agent is None or agent in step.candidates else [*step.candidates, agent]
+        rows = self._next_rows(ctx, len(prefix), list(prefix), among, self.transitions_, self.agent_counts_, agent)
+        for a, row in zip(wanted, rows):
+            step.p_next[a] = self.next_tree_["value"][self._leaf(self.next_tree_, row)]
+
+    def _decode(self, ctx: _Prompt, reduced: np.ndarray, memo: dict) -> list[str]:
+        """The greedy path: the stop tree ends it, else the next tree's best candidate runs next."""
+        path: list[str] = []
+        for _ in range(self.max_path_len):
+            prefix = tuple(path)
+            step = self._stop_at(ctx, reduced, memo, prefix)
+            if step.p_stop > 0.5:
+                break
+            self._next_at(ctx, step, prefix)
+            if not step.candidates:
+                break
+            best = max(step.candidates, key=lambda a: (step.p_next[a], ctx.score(a)))  # router score breaks ties
+            if step.p_next[best] < self.min_next:
+                break
+            path.append(best)
+        return path
+
+    def _rerank_rows(self, ctx: _Prompt, reduced: np.ndarray, memo: dict,
+                     explain: bool = False) -> tuple[list[list[str]], list[list[float]], list[str]]:
+        """The candidate paths (the decoded one first, then the neighbours' paths, nearest first),
+        their rerank features, and (with `explain`) where each came from."""
+        decoded = self._decode(ctx, reduced, memo)
+        proposed: dict[tuple[str, ...], list[tuple[int, float]]] = {}
+        for rank, (similarity, path) in enumerate(ctx.proposals):
+            if all(a in ctx.column for a in path):
+                proposed.setdefault(tuple(path), []).append((rank, similarity))
+        candidates = [decoded, *(list(p) for p in proposed if list(p) != decoded)]
+        total = sum(max(s, 0.0) for s, _ in ctx.proposals) or 1.0
+        top_similarity = ctx.proposals[0][0] if ctx.proposals else 0.0
+        agent_vote: Counter[str] = Counter()
+        link_vote: Counter[tuple[str, str]] = Counter()
+        length_vote: Counter[int] = Counter()
+        for similarity, path in ctx.proposals:
+            weight = max(similarity, 0.0) / total
+            agent_vote.update(dict.fromkeys(path, weight))
+            link_vote.update(dict.fromkeys(pairwise([START, *path, STOP]), weight))
+            length_vote[len(path)] += weight
+        rows, origins = [], []
+        for path in candidates:
+            by = proposed.get(tuple(path), [])
+            first_rank, first_similarity = by[0] if by else (len(ctx.proposals), -1.0)
+            if explain:
+                origins.append(", ".join((["decoded"] if path is decoded else [])
+                                         + [f"neighbour {r + 1} ({s:.3f})" for r, s in by[:3]]
+                                         + ([f"+{len(by) - 3} neighbours"] if len(by) > 3 else [])))
+            margins = [ctx.score(a) - ctx.separator for a in path]
+            members = set(path)
+            log_prob, p_nexts, p_stops = 0.0, [], []
+            for t in range(len(path) + 1):
+                prefix = tuple(path[:t])
+                step = self._stop_at(ctx, reduced, memo, prefix)
+                if t == len(path):
+                    break
+                self._next_at(ctx, step, prefix, path[t])
+                p_stops.append(step.p_stop)
+                p_nexts.append(step.p_next[path[t]])
+                log_prob += math.log(max(1.0 - step.p_stop, LOG_FLOOR)) + math.log(max(p_nexts[-1], LOG_FLOOR))
+            log_prob += math.log(max(step.p_stop, LOG_FLOOR))
+            chain = [START, *path, STOP]
+            counts = [self.transitions_.get(a, {}).get(b, 0) for a, b in pairwise(chain)]
+            rates = [n / max(self.transition_totals_.get(a, 0), 1) for n, a in zip(counts, chain)]
+            named = [m for m in (ctx.mention(a)[0] for a in path) if m != NO_MENTION]
+            shared = next((i for i, (a, b) in enumerate(zip(path, decoded)) if a != b), min(len(path), len(decoded)))
+            rows.append([
+                float(path is decoded), float(len(by)), sum(max(s, 0.0) for _, s in by) / total, float(first_rank),
+                first_similarity, top_similarity - first_similarity if by else 2.0, top_similarity,
+                float(len(path)), float(len(path) - len(decoded)), float(shared),
+                sum(margins) / len(margins) if margins else 0.0, min(margins) if margins else 0.0,
+                float(sum(ctx.ids[i] not in members for i in ctx.above)), log_prob,
+                min(p_nexts) if p_nexts else 1.0, sum(p_nexts) / len(p_nexts) if p_nexts else 1.0, step.p_stop,
+                max(p_stops) if p_stops else 0.0, float(min(counts)), sum(rates) / len(rates),
+                float(self.path_counts_.get(tuple(path), 0)), len(named) / len(path) if path else 0.0,
+                float(named == sorted(named)),
+                min((agent_vote[a] for a in path), default=0.0), sum(agent_vote[a] for a in path) / len(path) if path else 0.0,
+                min(link_vote[pair] for pair in pairwise([START, *path, STOP])), length_vote[len(path)],
+                float(max(ctx.rank(a) for a in path)) if path else 0.0,
+                len(members & set(decoded)) / max(len(members | set(decoded)), 1)])
+        at = [RERANK_FEATURES.index(name) for name in _GAP_OF]
+        best = [max(row[i] for row in rows) for i in at]
+        for row in rows:
+            row.extend(row[i] - b for i, b in zip(at, best))
+        return candidates, rows, origins
+
+    def _path_rules(self, ctx: _Prompt, reduced: np.ndarray, memo: dict, path: list[str], decoded: bool) -> list[list[str]]:
+        """Per step of `path`, the stop and next trees' tests and decisions along it."""
+        rules = []
+        for t in range(len(path) + 1):
+            prefix = tuple(path[:t])
+            step = self._stop_at(ctx, reduced, memo, prefix)
+            why = ["stop tree:", *self._rules(self.stop_tree_, self.stop_features_, step.stop_x)]
+            if t == len(path):
+                if decoded and t == self.max_path_len:
+                    break
+                self._next_at(ctx, step, prefix)
+                best = max(step.candidates, key=lambda a: (step.p_next[a], ctx.score(a)), default=None)
+                if step.p_stop > 0.5 or best is None:
+                    why.append(f"-> stop (P(stop) = {step.p_stop:.2f})")
+                elif decoded:
+                    why.append(f"-> stop (P(stop) = {step.p_stop:.2f}, but no candidate reaches P(next) = "
+                               f"{self.min_next:.2f}; best {best} at {step.p_next[best]:.2f})")
+                else:
+                    why.append(f"-> stop (P(stop) = {step.p_stop:.2f}; the rerank tree's path ends here)")
+                rules.append(why)
+                break
+            agent = path[t]
+            self._next_at(ctx, step, prefix)
+            row = self._next_rows(ctx, t, list(prefix), step.candidates if agent in step.candidates
+                                  else [*step.candidates, agent], self.transitions_, self.agent_counts_, agent)[0]
+            self._next_at(ctx, step, prefix, agent)
+            rank = 1 + sum(step.p_next[a] > step.p_next[agent] for a in step.candidates if a != agent)
+            n = len(set(step.candidates) | {agent})
+            overruled = ", the rerank tree's path goes on" if step.p_stop > 0.5 else ""
+            why += [f"-> continue (P(stop) = {step.p_stop:.2f}{overruled})", f"next tree, candidate {agent}:",
+                    *self._rules(self.next_tree_, self.next_features_, row),
+                    f"-> {agent} (P(next) = {step.p_next[agent]:.2f}, "
+                    + (f"best of {n})" if rank == 1 else f"rank {rank} of {n}: the rerank tree's path)")]
+            rules.append(why)
+        return rules
+
     def plan_scores(self, prompt: str, embedding: np.ndarray, ids: Sequence[str], scores: np.ndarray,
                     explain: bool = True) -> Plan:
         """Plan from the router's score row: one score per agent of `ids`, the separator last."""
@@ -349,30 +602,23 @@ class TreePlanner:
         embedding = np.asarray(embedding, dtype=np.float64)
         reduced = (embedding - self.pca_mean_) @ self.pca_components_.T
         self._find_neighbours(ctx, embedding)
-        path: list[str] = []
-        rules: list[list[str]] = []
-        for step in range(self.max_path_len):
-            stop_x = self._stop_row(ctx, reduced, step, path, self.transitions_)
-            p_stop = self.stop_tree_["value"][self._leaf(self.stop_tree_, stop_x)]
-            why = ["stop tree:", *self._rules(self.stop_tree_, self.stop_features_, stop_x)] if explain else []
-            candidates = self._candidates(ctx, path, self.transitions_) if p_stop <= 0.5 else []
-            if not candidates:
-                rules.append([*why, f"-> stop (P(stop) = {p_stop:.2f})"])
-                break
-            x = self._next_rows(ctx, step, path, candidates, self.transitions_, self.agent_counts_)
-            p_next = [self.next_tree_["value"][self._leaf(self.next_tree_, row)] for row in x]
-            best = max(range(len(x)), key=lambda i: (p_next[i], x[i][1]))  # router score breaks ties
-            if p_next[best] < self.min_next:
-                rules.append([*why, (f"-> stop (P(stop) = {p_stop:.2f}, but no candidate reaches P(next) = "
-                                     f"{self.min_next:.2f}; best {candidates[best]} at {p_next[best]:.2f})")])
-                break
+        memo: dict[tuple[str, ...], _Step] = {}
+        if self.rerank_tree_ is None:
+            path = self._decode(ctx, reduced, memo)
+            best, choice = 0, []
+        else:
+            candidates, rows, origins = self._rerank_rows(ctx, reduced, memo, explain)
+            p = [self.rerank_tree_["value"][self._leaf(self.rerank_tree_, row)] for row in rows]
+            best = max(range(len(rows)), key=p.__getitem__)  # ties: the decoded path, then the nearest neighbour's
+            path, choice = candidates[best], []
             if explain:
-                why += [f"-> continue (P(stop) = {p_stop:.2f})", f"next tree, candidate {candidates[best]}:",
-                        *self._rules(self.next_tree_, self.next_features_, x[best]),
-                        f"-> {candidates[best]} (P(next) = {p_next[best]:.2f}, best of {len(candidates)})"]
-            rules.append(why)
-            path.append(candidates[best])
-        return Plan(path=path, rules=rules)
+                choice = ["candidate paths:", *(f"{i + 1}. {' -> '.join(c) or 'abstain'} [{o}] P(chosen) = {q:.2f}"
+                                                for i, (c, o, q) in enumerate(zip(candidates, origins, p))),
+                          f"rerank tree, candidate {best + 1}:",
+                          *self._rules(self.rerank_tree_, self.rerank_features_, rows[best]),
+                          f"-> candidate {best + 1} (P(chosen) = {p[best]:.2f}, best of {len(rows)})"]
+        rules = self._path_rules(ctx, reduced, memo, path, decoded=best == 0) if explain else []
+        return Plan(path=path, rules=rules, choice=choice)
 
     def plan(self, prompt: str, embedding: np.ndarray, scores: Mapping[str, float], separator: float,
              explain: bool = True) -> Plan:
@@ -392,18 +638,15 @@ class TreePlanner:
     # -- persistence ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, "kind": KIND,
-                "params": {"pca_dims": self.pca_dims, "max_depth": self.max_depth,
-                           "min_samples_leaf": self.min_samples_leaf, "max_path_len": self.max_path_len,
-                           "seed": self.seed, "candidates": self.candidates, "folds": self.folds,
-                           "next_max_depth": self.next_max_depth,
-                           "next_min_samples_leaf": self.next_min_samples_leaf, "min_next": self.min_next,
-                           "neighbours": self.neighbours},
+                "params": self._params(),
                 "pca": {"mean": self.pca_mean_.tolist(), "components": self.pca_components_.tolist()},
                 "transitions": {a: dict(after) for a, after in self.transitions_.items()},
                 "neighbours": {"embeddings": self.neighbour_embeddings_.tolist(),
                                "paths": [list(p) for p in self.neighbour_paths_]},
                 "stop_tree": {"features": list(self.stop_features_), **{k: list(v) for k, v in self.stop_tree_.items()}},
-                "next_tree": {"features": list(self.next_features_), **{k: list(v) for k, v in self.next_tree_.items()}}}
+                "next_tree": {"features": list(self.next_features_), **{k: list(v) for k, v in self.next_tree_.items()}},
+                "rerank_tree": None if self.rerank_tree_ is None else
+                {"features": list(self.rerank_features_), **{k: list(v) for k, v in self.rerank_tree_.items()}}}
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -425,12 +668,17 @@ class TreePlanner:
             planner.transitions_ = {str(a): {str(b): int(n) for b, n in after.items()}
                                     for a, after in data["transitions"].items()}
             planner.agent_counts_ = _incoming(planner.transitions_)
+            planner.transition_totals_ = {a: sum(after.values()) for a, after in planner.transitions_.items()}
             planner.neighbour_embeddings_ = np.array(data["neighbours"]["embeddings"], dtype=np.float64)
             planner.neighbour_paths_ = [[str(a) for a in path] for path in data["neighbours"]["paths"]]
+            planner.path_counts_ = Counter(tuple(p) for p in planner.neighbour_paths_)
             planner.stop_features_ = [str(f) for f in data["stop_tree"]["features"]]
             planner.next_features_ = [str(f) for f in data["next_tree"]["features"]]
             planner.stop_tree_ = {k: list(data["stop_tree"][k]) for k in _TREE_KEYS}
             planner.next_tree_ = {k: list(data["next_tree"][k]) for k in _TREE_KEYS}
+            rerank = data["rerank_tree"]
+            planner.rerank_tree_ = None if rerank is None else {k: list(rerank[k]) for k in _TREE_KEYS}
+            planner.rerank_features_ = [] if rerank is None else [str(f) for f in rerank["features"]]
             planner._check()
         except PlannerFormatError as exc:
             raise PlannerFormatError(f"{source}: {exc}") from None
@@ -449,8 +697,16 @@ class TreePlanner:
             raise PlannerFormatError("stop tree features are not the ones this amo computes")
         if self.next_features_ != NEXT_FEATURES:
             raise PlannerFormatError("next tree features are not the ones this amo computes")
-        for name, tree, n_features in (("stop tree", self.stop_tree_, len(self.stop_features_)),
-                                       ("next tree", self.next_tree_, len(self.next_features_))):
+        if (self.rerank_tree_ is None) != (self.rerank_neighbours == 0):
+            raise PlannerFormatError(f"rerank_neighbours is {self.rerank_neighbours} but the rerank tree is "
+                                     f"{'missing' if self.rerank_tree_ is None else 'there'}")
+        if self.rerank_tree_ is not None and self.rerank_features_ != RERANK_FEATURES:
+            raise PlannerFormatError("rerank tree features are not the ones this amo computes")
+        trees = [("stop tree", self.stop_tree_, len(self.stop_features_)),
+                 ("next tree", self.next_tree_, len(self.next_features_))]
+        if self.rerank_tree_ is not None:
+            trees.append(("rerank tree", self.rerank_tree_, len(self.rerank_features_)))
+        for name, tree, n_features in trees:
             nodes = len(tree["left"])
             if not nodes or any(len(tree[k]) != nodes for k in _TREE_KEYS):
                 raise PlannerFormatError(f"{name}: arrays differ in length")

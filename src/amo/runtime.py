@@ -328,7 +328,8 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
         current = brain()
         route_, plan_ = current.plan(text(body.prompt, "prompt"))
         return {"bundle_id": current.bundle_id, "route": route_.to_dict(),
-                "plan": {"path": plan_.path, "abstained": plan_.abstained, "rules": plan_.rules}}
+                "plan": {"path": plan_.path, "abstained": plan_.abstained, "rules": plan_.rules,
+                         "choice": plan_.choice}}
 
     @app.post("/invoke", summary="Run one arm (or the base model) on the input")
     def invoke(body: InvokeIn) -> dict[str, Any]:
