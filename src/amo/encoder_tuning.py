@@ -147,7 +147,7 @@ def finetune_encoder_listwise(base: Path, examples: Sequence[RoutingExample], ag
         (step + 1) / max(warmup, 1), max(0.0, (total - step) / max(total - warmup, 1))))
 
     def embed(texts: list[str]) -> torch.Tensor:
-        features = model.tokenize(texts)
+        features = model.preprocess(texts)
         return model(features)["sentence_embedding"]
 
     start, step, running = time.perf_counter(), 0, 0.0
