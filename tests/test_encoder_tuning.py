@@ -121,6 +121,15 @@ def test_listwise_tuning_ranks_own_agents_first_and_pushes_out_of_scope_away(tmp
 
 
 @pytest.mark.parametrize("loss", ["mnrl", "listwise"])
+def test_finetuning_refuses_an_unknown_agent_by_row(tmp_path: Path, loss: str) -> None:
+    """A label naming an agent that is not in the catalogue stops either objective, naming the row; nothing saved."""
+    rows = [*EXAMPLES[:2], RoutingExample("book a taxi", {"taxi": 1})]
+    with pytest.raises(ValueError, match=r"row 2: .*'taxi'"):
+        prepare_encoder(tuned_params(loss=loss), rows, AGENTS, tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("loss", ["mnrl", "listwise"])
 def test_finetuning_refuses_no_pairs(tmp_path: Path, loss: str) -> None:
     """With only out-of-scope prompts there is nothing to tune on: a clear error, nothing saved."""
     with pytest.raises(ValueError, match="at least one"):

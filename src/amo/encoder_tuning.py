@@ -86,12 +86,17 @@ def finetune_encoder(base: Path, pairs: Sequence[tuple[str, str]], out: Path, pa
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
                                              loss=MultipleNegativesRankingLoss(model), callbacks=[Report()])
         trainer.train()
-    seconds = time.perf_counter() - start
+    return _save_tuned(model, out, {"base": str(base), "pairs": len(chosen),
+                                    "seconds": round(time.perf_counter() - start, 1),
+                                    "steps": trainer.state.global_step, "params": params.model_dump()})
+
+
+def _save_tuned(model: Any, out: Path, manifest: dict[str, Any]) -> Path:
+    """Save a tuned sentence-transformers model to `out`, its manifest last: `served_encoder`
+    takes a folder with a manifest as whole."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save(str(out))
-    manifest = {"base": str(base), "pairs": len(chosen), "seconds": round(seconds, 1),
-                "steps": trainer.state.global_step, "params": params.model_dump()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
@@ -126,17 +131,12 @@ def finetune_encoder_listwise(base: Path, examples: Sequence[RoutingExample], ag
         raise ValueError("encoder fine-tuning needs at least one in-scope prompt, got none")
     if params.max_examples and len(rows) > params.max_examples:
         rows = random.Random(params.seed).sample(rows, params.max_examples)
-    known = {agent.id for agent in agents}
-    for row, example in enumerate(rows):
-        unknown = sorted(set(example.labels) - known)
-        if unknown:
-            raise ValueError(f"routing row {row}: labels names unknown agent {unknown[0]!r}")
+    grades = torch.from_numpy(grade_matrix(rows, [a.id for a in agents]))  # refuses unknown agents by row
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
     model = SentenceTransformer(str(base), device="cpu")
     model.train()
     prompts, descriptions = [e.prompt for e in rows], [a.description for a in agents]
-    grades = torch.from_numpy(grade_matrix(rows, [a.id for a in agents]))
     separator = torch.nn.Parameter(0.01 * torch.randn(model.get_sentence_embedding_dimension(), generator=generator))
     optimizer = torch.optim.AdamW([{"params": model.parameters(), "lr": params.lr},
                                    {"params": [separator], "lr": 1e-3}], weight_decay=0.01)
@@ -171,15 +171,11 @@ def finetune_encoder_listwise(base: Path, examples: Sequence[RoutingExample], ag
                 log({"step": step, "loss": round(running / params.log_steps, 4),
                      "epoch": round(step / per_epoch, 3), "seconds": round(time.perf_counter() - start, 1)})
                 running = 0.0
-    seconds = time.perf_counter() - start
     model.eval()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(str(out))
-    manifest = {"base": str(base), "examples": len(rows), "pairs": sum(len(e.labels) > 0 for e in rows),
-                "seconds": round(seconds, 1), "steps": step, "params": params.model_dump()}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return out
+    return _save_tuned(model, out, {"base": str(base), "examples": len(rows),
+                                    "pairs": sum(len(e.labels) > 0 for e in rows),
+                                    "seconds": round(time.perf_counter() - start, 1), "steps": step,
+                                    "params": params.model_dump()})
 
 
 def prepare_encoder(params: EncoderParams, examples: Sequence[RoutingExample], agents: Sequence[Agent],

@@ -24,12 +24,15 @@ class AgentError(ValueError):
 
 
 def grade_matrix(examples: Sequence[RoutingExample], agent_ids: Sequence[str]) -> np.ndarray:
-    """(N, A + 1) relevance grades; the last column is the separator."""
+    """(N, A + 1) relevance grades; the last column is the separator. A label naming an agent
+    not in `agent_ids` is refused by row."""
     column = {agent_id: i for i, agent_id in enumerate(agent_ids)}
     grades = np.zeros((len(examples), len(agent_ids) + 1), dtype=np.float32)
     grades[:, -1] = SEPARATOR_GRADE
     for row, example in enumerate(examples):
         for agent_id, grade in example.labels.items():
+            if agent_id not in column:
+                raise ValueError(f"routing row {row}: labels names unknown agent {agent_id!r}")
             grades[row, column[agent_id]] = grade
     return grades
 
