@@ -24,6 +24,7 @@ import torch
 from router_clinc150 import (
     common_arguments,
     embed,
+    encoder_label,
     encoder_path,
     finetune_arguments,
     finetuned_out,
@@ -141,8 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       "category whose path has the highest summed score, and its ancestors",
         "grades_by_level": list(grades),
         "classifier": {"model": "logistic regression per level on the same embeddings", **chosen_c},
-        "encoder": ("all-MiniLM-L6-v2 fine-tuned on the train split (MultipleNegativesRankingLoss), the same "
-                    "tuned encoder for all systems" if tuning else "all-MiniLM-L6-v2 (frozen)"),
+        "encoder": encoder_label(tuning),
         "encoder_finetune": tuning,
         "threads": args.threads,
         "amo_train_seconds": round(train_seconds, 1), "amo_best_epoch": best["epoch"],

@@ -12,9 +12,10 @@ benchmarks/results/router_clinc150.json. Embeddings are cached in benchmarks/.ca
     python benchmarks/router_clinc150.py --source ../shared/datasets/clinc150 --scorers bilinear:384 \
         --finetune-encoder --ft-epochs 1 --epochs 10
 
-first fine-tunes the encoder on the train split's (prompt, agent description) pairs
-(amo.encoder_tuning, MultipleNegativesRankingLoss), saves it under benchmarks/.cache/, and runs all
-three systems on the tuned encoder; writes benchmarks/results/router_clinc150_finetuned.json.
+first fine-tunes the encoder on the train split (amo.encoder_tuning; MultipleNegativesRankingLoss
+over (prompt, agent description) pairs, or with --ft-loss listwise the router's listwise loss),
+saves it under benchmarks/.cache/, and runs all three systems on the tuned encoder; writes
+benchmarks/results/router_clinc150_finetuned.json.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def embed(encoder: Encoder, agents: list[Agent], splits: dict[str, list[RoutingE
 
 def tuned_encoder(args: argparse.Namespace, agents: list[Agent], train: list[RoutingExample]) -> tuple[Path, dict]:
     """The encoder fine-tuned on the train split, cached in --cache under a hash of its settings
-    and of the training pairs."""
+    and of the training rows."""
     params = FinetuneParams(enabled=True, epochs=args.ft_epochs, lr=args.ft_lr, batch_size=args.ft_batch_size,
                             max_examples=args.ft_max_examples, seed=args.ft_seed, positives=args.ft_positives,
                             loss=args.ft_loss, max_candidates=args.ft_max_candidates, scale=args.ft_scale)
@@ -134,6 +135,14 @@ def tuned_encoder(args: argparse.Namespace, agents: list[Agent], train: list[Rou
     if not (out / MANIFEST).is_file():
         tune_encoder(base, train, agents, out, params, log=lambda record: print("encoder", record, flush=True))
     return out, json.loads((out / MANIFEST).read_text())
+
+
+def encoder_label(tuning: dict | None) -> str:
+    """The result files' "encoder" text: frozen, or tuned with which objective."""
+    if tuning is None:
+        return "all-MiniLM-L6-v2 (frozen)"
+    loss = {"mnrl": "MultipleNegativesRankingLoss", "listwise": "the router's listwise loss"}[tuning["params"]["loss"]]
+    return f"all-MiniLM-L6-v2 fine-tuned on the train split ({loss}), the same tuned encoder for every system"
 
 
 def encoder_path(args: argparse.Namespace, agents: list[Agent], train: list[RoutingExample]) -> tuple[Path, dict | None]:
@@ -200,8 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "command": "python " + shlex.join(["benchmarks/router_clinc150.py", *(argv or sys.argv[1:])]),
         "dataset": "CLINC150 data_full (train 15,000+100 oos, val 3,000+100 oos, test 4,500+1,000 oos)",
-        "encoder": ("all-MiniLM-L6-v2 fine-tuned on the train split (MultipleNegativesRankingLoss), "
-                    "the same tuned encoder for all three systems" if tuning else "all-MiniLM-L6-v2 (frozen)"),
+        "encoder": encoder_label(tuning),
         "encoder_finetune": tuning,
         "threshold_tuning": "on val, the highest in-scope accuracy with OOS recall >= 0.70, same rule for all",
         "threads": args.threads,
