@@ -33,6 +33,7 @@ import torch
 
 from amo.benchmarking import (
     cached_encode,
+    ceilings,
     cosine_scores,
     fit_classifier,
     routing_metrics,
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     grades = {name: grade_matrix(rows, ids) for name, rows in splits.items()}
 
     systems: dict[str, dict[str, float]] = {}
+    test_scores_of: dict[str, np.ndarray] = {}
     scorers: dict[str, dict] = {}
     for i, spec in enumerate(args.scorers.split(",")):
         scorer, _, dim = spec.partition(":")
@@ -200,11 +202,13 @@ def main(argv: list[str] | None = None) -> dict:
               f"margin 0 {separator_only}", flush=True)
         if i == 0:
             systems["amo"], systems["amo_margin_0"] = tuned, separator_only
+            test_scores_of["amo"] = test_scores
 
-    systems["cosine"] = evaluate_system(cosine_scores(x["val"], agent_x), cosine_scores(x["test"], agent_x),
-                                        splits, agents)
+    test_scores_of["cosine"] = cosine_scores(x["test"], agent_x)
+    systems["cosine"] = evaluate_system(cosine_scores(x["val"], agent_x), test_scores_of["cosine"], splits, agents)
     classify = fit_classifier(x["train"], splits["train"], ids, c=args.classifier_c, seed=args.seed)
-    systems["classifier"] = evaluate_system(classify(x["val"]), classify(x["test"]), splits, agents)
+    test_scores_of["classifier"] = classify(x["test"])
+    systems["classifier"] = evaluate_system(classify(x["val"]), test_scores_of["classifier"], splits, agents)
 
     result = {
         "command": "python " + shlex.join(["benchmarks/router_clinc150.py", *(argv or sys.argv[1:])]),
@@ -216,9 +220,15 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {k: v for k, v in vars(args).items() if k not in ("source", "cache", "out")},
         "systems": {name: {k: round(v, 4) for k, v in m.items()} for name, m in systems.items()},
         "scorers": scorers,
+        "ceilings": {"how": "read off the test set itself (not results): in-scope accuracy when the system never "
+                            "abstains, and the best in-scope accuracy of any threshold whose test OOS recall is >= 0.70",
+                     **{name: {k: round(v, 4) for k, v in ceilings(scores, splits["test"], agents).items()}
+                        for name, scores in test_scores_of.items()}},
     }
     for name, metrics in result["systems"].items():
         print(f"{name:14s} " + "  ".join(f"{k}={metrics[k]:.3f}" for k in SYSTEM_KEYS))
+    for name in test_scores_of:
+        print(f"{name:14s} ceilings " + "  ".join(f"{k}={v:.4f}" for k, v in result["ceilings"][name].items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result

@@ -170,6 +170,19 @@ def tune_margin(scores: np.ndarray, examples: Sequence[RoutingExample], agents: 
     return float(best)
 
 
+def ceilings(scores: np.ndarray, examples: Sequence[RoutingExample], agents: Sequence[Agent],
+             min_oos_recall: float = 0.70) -> dict[str, float]:
+    """Upper bounds read off `examples` themselves (diagnostics, never a result): in-scope
+    accuracy of the top agent when the system never abstains, and the best in-scope accuracy any
+    margin reaches on these very examples with OOS recall at least `min_oos_recall`. A system
+    whose ceiling is below a target cannot reach it with any threshold rule."""
+    never = routing_metrics(scores, examples, agents, float("-inf"))
+    margin = tune_margin(scores, examples, agents, recall_floor_objective(min_oos_recall), steps=200)
+    best = routing_metrics(scores, examples, agents, margin)
+    return {"top1_accuracy": never["in_scope_accuracy"],
+            "oracle_in_scope_accuracy": best["in_scope_accuracy"], "oracle_oos_recall": best["oos_recall"]}
+
+
 def compare_multilabel(router: Any, x: dict[str, np.ndarray], splits: dict[str, Sequence[RoutingExample]],
                        agents: Sequence[Agent], agent_x: np.ndarray, classifier_c: float,
                        max_k: int) -> dict[str, tuple[np.ndarray, dict[str, float]]]:
