@@ -47,3 +47,8 @@ def test_ceilings_bound_every_threshold_rule():
     strict = ceilings(SCORES, EXAMPLES, AGENTS, min_oos_recall=1.0)
     assert strict["oracle_in_scope_accuracy"] == pytest.approx(1 / 3)
     assert strict["oracle_oos_recall"] == 1.0
+
+
+def test_ceilings_refuse_data_without_out_of_scope_prompts():
+    with pytest.raises(ValueError, match="out-of-scope"):
+        ceilings(SCORES[:3], EXAMPLES[:3], AGENTS)

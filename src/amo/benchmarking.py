@@ -175,10 +175,18 @@ def ceilings(scores: np.ndarray, examples: Sequence[RoutingExample], agents: Seq
     """Upper bounds read off `examples` themselves (diagnostics, never a result): in-scope
     accuracy of the top agent when the system never abstains, and the best in-scope accuracy any
     margin reaches on these very examples with OOS recall at least `min_oos_recall`. A system
-    whose ceiling is below a target cannot reach it with any threshold rule."""
+    whose ceiling is below a target cannot reach it with any threshold rule.
+
+    In-scope accuracy only falls as the margin rises, so the best margin is the smallest that
+    abstains on enough out-of-scope prompts: the k-th smallest out-of-scope lead (plus 1e-6, as a
+    prompt abstains when its lead is at most the margin)."""
     never = routing_metrics(scores, examples, agents, float("-inf"))
-    margin = tune_margin(scores, examples, agents, recall_floor_objective(min_oos_recall), steps=200)
-    best = routing_metrics(scores, examples, agents, margin)
+    lead = scores[:, :-1].max(axis=1) - scores[:, -1]
+    oos_leads = np.sort([lead[i] for i, e in enumerate(examples) if not e.labels])
+    if len(oos_leads) == 0:
+        raise ValueError("ceilings need out-of-scope examples")
+    k = max(1, int(np.ceil(min_oos_recall * len(oos_leads) - 1e-9)))
+    best = routing_metrics(scores, examples, agents, float(oos_leads[k - 1]) + 1e-6)
     return {"top1_accuracy": never["in_scope_accuracy"],
             "oracle_in_scope_accuracy": best["in_scope_accuracy"], "oracle_oos_recall": best["oos_recall"]}
 
