@@ -48,6 +48,8 @@ from amo.router import ListwiseRouter
 from amo.routing import grade_matrix
 
 RESULTS = Path("benchmarks/results")
+CEILINGS_HOW = ("read off the test set itself (not results): in-scope accuracy when the system never "
+                "abstains, and the best in-scope accuracy of any threshold whose test OOS recall is >= 0.70")
 SYSTEM_KEYS = ("in_scope_accuracy", "oos_recall", "oos_precision", "macro_f1", "ndcg_at_5",
                "domain_accuracy")
 
@@ -88,10 +90,14 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-def finetuned_out(args: argparse.Namespace, argv: list[str] | None, name: str) -> argparse.Namespace:
-    """With --finetune-encoder and no --out, results go to `name` instead of the frozen file."""
-    if args.finetune_encoder and "--out" not in (argv if argv is not None else sys.argv[1:]):
-        args.out = RESULTS / name
+def finetuned_out(args: argparse.Namespace, argv: list[str] | None, name: str,
+                  **others: str) -> argparse.Namespace:
+    """With --finetune-encoder, results go to `name` instead of the frozen file unless --out is
+    given; likewise each other output option in `others` (dest -> file name in RESULTS)."""
+    given = argv if argv is not None else sys.argv[1:]
+    for dest, file_name in {"out": name, **others}.items():
+        if args.finetune_encoder and f"--{dest.replace('_', '-')}" not in given:
+            setattr(args, dest, RESULTS / file_name)
     return args
 
 
@@ -171,15 +177,23 @@ def evaluate_system(val_scores: np.ndarray, test_scores: np.ndarray, splits: dic
     return routing_metrics(test_scores, splits["test"], agents, margin)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = arguments(argv)
-    torch.set_num_threads(args.threads)
+def embedded_clinc150(args: argparse.Namespace) -> tuple[list[Agent], dict, np.ndarray, dict, dict, dict | None]:
+    """CLINC150 through its importer, embedded with --encoder (tuned first with
+    --finetune-encoder): agents, splits, agent vectors, prompt vectors and grades by split, and
+    the tuning manifest (None when frozen)."""
     agents, splits = routing_data("clinc150", args.source)
     ids = [a.id for a in agents]
     path, tuning = encoder_path(args, agents, splits["train"])
-    encoder = Encoder(path)
-    agent_x, x = embed(encoder, agents, splits, args.cache)
+    agent_x, x = embed(Encoder(path), agents, splits, args.cache)
     grades = {name: grade_matrix(rows, ids) for name, rows in splits.items()}
+    return agents, splits, agent_x, x, grades, tuning
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = arguments(argv)
+    torch.set_num_threads(args.threads)
+    agents, splits, agent_x, x, grades, tuning = embedded_clinc150(args)
+    ids = [a.id for a in agents]
 
     systems: dict[str, dict[str, float]] = {}
     test_scores_of: dict[str, np.ndarray] = {}
@@ -220,8 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {k: v for k, v in vars(args).items() if k not in ("source", "cache", "out")},
         "systems": {name: {k: round(v, 4) for k, v in m.items()} for name, m in systems.items()},
         "scorers": scorers,
-        "ceilings": {"how": "read off the test set itself (not results): in-scope accuracy when the system never "
-                            "abstains, and the best in-scope accuracy of any threshold whose test OOS recall is >= 0.70",
+        "ceilings": {"how": CEILINGS_HOW,
                      **{name: {k: round(v, 4) for k, v in ceilings(scores, splits["test"], agents).items()}
                         for name, scores in test_scores_of.items()}},
     }

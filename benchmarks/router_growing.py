@@ -66,10 +66,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scorer", default="mlp")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="folds run in parallel processes")
-    args = finetuned_out(parser.parse_args(argv), argv, "router_growing_finetuned.json")
-    if args.finetune_encoder and "--plot" not in (argv if argv is not None else sys.argv[1:]):
-        args.plot = RESULTS / "router_growing_finetuned_plot.csv"
-    return args
+    return finetuned_out(parser.parse_args(argv), argv, "router_growing_finetuned.json",
+                         plot="router_growing_finetuned_plot.csv")
 
 
 def f1s(scores: np.ndarray, margin: float, test: list[RoutingExample], ids: list[str],
