@@ -56,8 +56,9 @@ def router_and_planner(data: Path, params) -> dict[str, dict[str, float]]:
     import torch
 
     from amo import data as contracts
+    from amo.metrics import planner_metrics as evaluate_planner
+    from amo.metrics import router_metrics as evaluate_router
     from amo.models import Encoder, resolve_encoder
-    from amo.pipeline import evaluate_planner, evaluate_router
     from amo.planner import TreePlanner
     from amo.router import ListwiseRouter
     from amo.routing import AgentIndex, grade_matrix, select

@@ -109,7 +109,7 @@ def bucket(path: Sequence[str]) -> str:
 
 
 def path_metrics(predicted: list[list[str]], gold: list[list[str]]) -> dict[str, float]:
-    from amo.pipeline import evaluate_planner
+    from amo.metrics import planner_metrics as evaluate_planner
 
     m = evaluate_planner(predicted, [tuple(g) for g in gold])
     return {"node_f1": round(m["node_f1"], 4), "link_f1": round(m["link_f1"], 4),

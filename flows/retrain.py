@@ -98,9 +98,10 @@ def bundle(repo: str = ".") -> None:
 
 
 @flow(name="promote")
-def promote(repo: str = ".", bundle: str = "build/bundle", force: bool = False) -> dict[str, Any]:
-    """Gate a candidate bundle against the floors and the champion; the decision is an artifact."""
-    decision, markdown = orch.promote_bundle(Path(repo), Path(bundle), force=force)
+def promote(repo: str = ".", bundle: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Gate a candidate bundle (default: the bundle stage's output) against the floors and the
+    champion; the decision is an artifact."""
+    decision, markdown = orch.promote_bundle(Path(repo), Path(bundle) if bundle else None, force=force)
     create_markdown_artifact(markdown, key="amo-promotion", description="promotion decision")
     get_run_logger().info("%s", decision)
     return {"bundle_id": decision.bundle_id, "accepted": decision.accepted, "champion": decision.champion,

@@ -39,7 +39,7 @@ def deployments(repo: Path) -> list[Any]:
         retrain.to_deployment("on-new-agent-data", parameters=here, triggers=[on_data]),
         data_sensor.to_deployment("every-interval", parameters=here,
                                   schedules=[Interval(o.sensor_interval_seconds)]),
-        promote.to_deployment("manual", parameters={**here, "bundle": "build/bundle"}),
+        promote.to_deployment("manual", parameters=here),
     ]
 
 

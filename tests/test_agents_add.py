@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from amo.agents import add_agent
 from amo.cli import app
 from amo.config import load_params
 from amo.data import Agent, RoutingExample, read_agents
-from amo.pipeline import add_agent
 from amo.router import ListwiseRouter
 from amo.routing import AgentError, AgentIndex, grade_matrix, select
 
@@ -74,7 +74,7 @@ def test_new_agent_is_routed_to_after_the_index_step_alone(trained, tmp_path: Pa
     assert "fitness" not in before.ids
 
     agents_file = tmp_path / "agents.jsonl"
-    result = add_agent(load_params(ROOT / "params.yaml"),
+    result = add_agent(load_params(ROOT / "params.yaml").data,
                        Agent("fitness", f"handles questions about {WORDS['fitness']}", "health"),
                        agents_file, index_dir, encoder=encoder)
     assert result["index"]["agents"] == 6
@@ -93,7 +93,7 @@ def test_new_agent_is_routed_to_after_the_index_step_alone(trained, tmp_path: Pa
 def test_add_agent_refuses_duplicates_and_bad_fields(trained, tmp_path: Path) -> None:
     """A duplicate id, a malformed id or a too-short description is refused before anything is written."""
     index_dir, _, encoder = trained
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml").data
     snapshot = (index_dir / "agents.json").read_text()
     with pytest.raises(AgentError, match="'music' is already in the index"):
         add_agent(params, Agent("music", "plays songs from a playlist of any artist"), None, index_dir, encoder)

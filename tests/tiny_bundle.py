@@ -91,9 +91,16 @@ def tiny_params(tiny_lm: Path) -> dict[str, Any]:
 
 def build_tiny_bundle(workdir: Path, tiny_lm: Path) -> Path:
     """Run the real stages on tiny data in `workdir`; return the bundle folder."""
-    from amo import pipeline
-    from amo.bundle import build_bundle
     from amo.config import parse_params
+    from amo.stages import (
+        bundle,
+        evaluate,
+        export_router,
+        finetune_arm,
+        fit_planner,
+        train_router,
+        validate,
+    )
 
     workdir.mkdir(parents=True, exist_ok=True)
     raw = tiny_params(tiny_lm)
@@ -102,16 +109,17 @@ def build_tiny_bundle(workdir: Path, tiny_lm: Path) -> Path:
     previous = Path.cwd()
     os.chdir(workdir)
     try:
-        write_tiny_data(Path("data"))
-        pipeline.validate(params)
-        pipeline.train_router(params)
-        pipeline.export_router(params)
-        pipeline.finetune_arm(params, "rewrite")
-        pipeline.fit_planner(params)
-        metrics = pipeline.evaluate(params)
-        build_bundle(params, raw, Path("build/bundle"), router_dir=pipeline.ROUTER_DIR,
-                     onnx_path=pipeline.ONNX_PATH, planner_dir=pipeline.PLANNER_DIR,
-                     arms_dir=pipeline.ARMS_DIR, metrics=metrics)
+        data, router, onnx, planner = Path("data"), Path("artifacts/router"), Path("artifacts/router_onnx"), \
+            Path("artifacts/planner")
+        write_tiny_data(data)
+        validate.run(params.data, data, Path("metrics/validation.json"), Path("metrics/validation"))
+        train_router.run(params, data, router, Path("metrics/train_router.json"))
+        export_router.run(params, router, onnx, Path("metrics/export_router.json"))
+        finetune_arm.run(params, "rewrite", Path("artifacts/arms/rewrite"), Path("metrics/arms/rewrite.json"))
+        fit_planner.run(params, data, router, onnx, planner, Path("metrics/fit_planner.json"))
+        evaluate.run(params, data, router, onnx, planner, Path("metrics/arms"), Path("metrics/evaluation.json"))
+        bundle.run(params, raw, router, onnx, planner, Path("artifacts/arms"), Path("metrics/evaluation.json"),
+                   Path("build/bundle"))
     finally:
         os.chdir(previous)
     return workdir / "build" / "bundle"

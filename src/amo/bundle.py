@@ -84,9 +84,9 @@ def model_refs(params: Params, router_dir: Path) -> dict[str, Any]:
     """The models the bundle was built from, named and hashed. The runtime loads the base model
     from outside the bundle; the encoder too when the bundle carries no ONNX encoder (a
     fine-tuned encoder's hash then matches nothing outside, so it must ship as ONNX)."""
-    from amo.encoder_tuning import MANIFEST, served_encoder
+    from amo.encoder_tuning import MANIFEST, served_encoder, tuned_encoder_dir
 
-    encoder_dir = served_encoder(params.encoder, router_dir / "encoder")
+    encoder_dir = served_encoder(params.encoder, tuned_encoder_dir(router_dir))
     weights = encoder_dir / "model.safetensors"
     base = resolve_base_model(params.base_model.path, params.base_model.gguf_file)
     base_weights = base.weights_file

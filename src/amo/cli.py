@@ -116,18 +116,24 @@ def agents_add(agent_id: str = typer.Argument(..., metavar="ID", help="New agent
                agents_file: Path | None = typer.Option(None, "--agents", help="Agents file to append to; "
                                                        "default: <data.dir>/agents.jsonl."),
                index: Path | None = typer.Option(None, help="Router agent index folder to re-embed; "
-                                                 "default: artifacts/router when it exists."),
+                                                 "default: train_router's output when it exists."),
                index_only: bool = typer.Option(False, help="Leave the agents file alone.")) -> None:
     """Add an agent: append it to agents.jsonl and embed it into the router's agent index (the
     cheap index step), so it is routable without retraining."""
+    from amo.agents import add_agent
     from amo.data import Agent
-    from amo.pipeline import ROUTER_DIR, add_agent
+    from amo.encoder_tuning import stage_encoder
+    from amo.layout import stage_output
 
     params = _params()
     target = None if index_only else (agents_file or Path(params.data.dir) / "agents.jsonl")
-    index_dir = index or (ROUTER_DIR if (ROUTER_DIR / "agents.json").is_file() else None)
+    index_dir = index
+    if index_dir is None and Path("dvc.yaml").is_file():  # in the project: the trained router's index
+        router_dir = _run(lambda: stage_output("train_router"))
+        index_dir = router_dir if (router_dir / "agents.json").is_file() else None
     agent = Agent(id=agent_id, description=description, domain=domain, tags=tuple(tag))
-    result = _run(lambda: add_agent(params, agent, target, index_dir))
+    encoder = _run(lambda: stage_encoder(params.encoder, index_dir)) if index_dir is not None else None
+    result = _run(lambda: add_agent(params.data, agent, target, index_dir, encoder))
     typer.echo(json.dumps(result, ensure_ascii=False))
     data_dir = Path(params.data.dir)
     if target is not None and target.resolve().parent == data_dir.resolve():
@@ -156,71 +162,84 @@ def data_update(data_dir: Path | None = typer.Option(None, "--data", help="Defau
                f"sent to {sent['api_url']}")
 
 
-# -- stages (dvc.yaml calls these) ------------------------------------------------------------
-@app.command()
-def validate() -> None:
-    """Stage: check the data contracts with great-expectations suites."""
-    from amo import pipeline
+# -- stages (dvc.yaml calls these, with every path written there once) ---------------------------
+def _required(help_text: str) -> Any:
+    return typer.Option(..., help=help_text)
 
-    report = _run(lambda: pipeline.validate(_params()))
-    rows = sum(f["rows"] for f in report["files"].values())
-    typer.echo(f"data valid: {len(report['files'])} files, {rows} rows "
-               f"(data docs: {pipeline.DATA_DOCS_DIR / 'index.html'})")
+
+@app.command()
+def validate(data: Path = _required("Data folder."),
+             report: Path = _required("Report file (every file, every problem)."),
+             parts: Path = _required("Folder of per-consumer reports (router.json, tasks/<task>.json)."),
+             docs: Path | None = typer.Option(None, help="great-expectations data docs folder.")) -> None:
+    """Stage: check the data contracts with great-expectations suites."""
+    from amo.stages import validate as stage
+
+    result = _run(lambda: stage.run(_params().data, data, report, parts, docs))
+    rows = sum(f["rows"] for f in result["files"].values())
+    typer.echo(f"data valid: {len(result['files'])} files, {rows} rows"
+               + (f" (data docs: {docs / 'index.html'})" if docs else ""))
 
 
 @app.command("train-router")
-def train_router() -> None:
+def train_router(data: Path = _required("Data folder."), out: Path = _required("Router folder to write."),
+                 metrics: Path = _required("Metrics file to write.")) -> None:
     """Stage: fit the listwise router with its separator."""
-    from amo import pipeline
+    from amo.stages import train_router as stage
 
-    _echo_json(_run(lambda: pipeline.train_router(_params())))
+    _echo_json(_run(lambda: stage.run(_params(), data, out, metrics)))
 
 
 @app.command("export-router")
-def export_router() -> None:
+def export_router(router: Path = _required("Router folder (train-router's output)."),
+                  out: Path = _required("ONNX folder to write."),
+                  metrics: Path = _required("Metrics file to write.")) -> None:
     """Stage: export the router to ONNX and check it against torch."""
-    from amo import pipeline
+    from amo.stages import export_router as stage
 
-    _echo_json(_run(lambda: pipeline.export_router(_params())))
+    _echo_json(_run(lambda: stage.run(_params(), router, out, metrics)))
 
 
 @app.command("finetune-arm")
-def finetune_arm(task: str = typer.Argument(..., help="A task name from params.yaml arms.tasks.")) -> None:
+def finetune_arm(task: str = typer.Argument(..., help="A task name from params.yaml arms.tasks."),
+                 out: Path = _required("Arm folder to write."),
+                 metrics: Path = _required("Metrics file to write.")) -> None:
     """Stage: fine-tune one task's LoRA arm on the shared base model."""
-    from amo import pipeline
+    from amo.stages import finetune_arm as stage
 
-    _echo_json(_run(lambda: pipeline.finetune_arm(_params(), task)))
+    _echo_json(_run(lambda: stage.run(_params(), task, out, metrics)))
 
 
 @app.command("fit-planner")
-def fit_planner() -> None:
-    """Stage: fit the planner's decision tree on the traces."""
-    from amo import pipeline
+def fit_planner(data: Path = _required("Data folder."), router: Path = _required("Router folder."),
+                onnx: Path = _required("Router ONNX folder."), out: Path = _required("Planner folder to write."),
+                metrics: Path = _required("Metrics file to write.")) -> None:
+    """Stage: fit the planner's decision trees on the traces."""
+    from amo.stages import fit_planner as stage
 
-    _echo_json(_run(lambda: pipeline.fit_planner(_params())))
+    _echo_json(_run(lambda: stage.run(_params(), data, router, onnx, out, metrics)))
 
 
 @app.command()
-def evaluate() -> None:
+def evaluate(data: Path = _required("Data folder."), router: Path = _required("Router folder."),
+             onnx: Path = _required("Router ONNX folder."), planner: Path = _required("Planner folder."),
+             arms: Path = _required("Folder of the arms' metrics files."),
+             out: Path = _required("Evaluation file to write.")) -> None:
     """Stage: evaluate router, planner and arms on held-out data."""
-    from amo import pipeline
+    from amo.stages import evaluate as stage
 
-    _echo_json(_run(lambda: pipeline.evaluate(_params())))
+    _echo_json(_run(lambda: stage.run(_params(), data, router, onnx, planner, arms, out)))
 
 
 @app.command()
-def bundle(out: Path = typer.Option(Path("build/bundle"), help="Bundle folder to write.")) -> None:
+def bundle(router: Path = _required("Router folder."), onnx: Path = _required("Router ONNX folder."),
+           planner: Path = _required("Planner folder."), arms: Path = _required("Arms folder."),
+           evaluation: Path = _required("Evaluation file."), out: Path = _required("Bundle folder to write.")
+           ) -> None:
     """Stage: assemble the bundle and its manifest."""
-    from amo import pipeline
-    from amo.bundle import build_bundle
+    from amo.stages import bundle as stage
 
-    def build() -> dict[str, Any]:
-        metrics = json.loads((pipeline.METRICS_DIR / "evaluation.json").read_text())
-        return build_bundle(_params(), _raw_params(), out, router_dir=pipeline.ROUTER_DIR,
-                            onnx_path=pipeline.ONNX_PATH, planner_dir=pipeline.PLANNER_DIR,
-                            arms_dir=pipeline.ARMS_DIR, metrics=metrics)
-
-    manifest = _run(build)
+    manifest = _run(lambda: stage.run(_params(), _raw_params(), router, onnx, planner, arms, evaluation, out))
     typer.echo(f"bundle {manifest['bundle_id']} written to {out} ({len(manifest['files'])} files)")
 
 
@@ -233,10 +252,14 @@ def _registry() -> Any:
 
 
 @app.command()
-def promote(bundle_dir: Path = typer.Argument(Path("build/bundle"), metavar="BUNDLE"),
+def promote(bundle_dir: Path | None = typer.Argument(None, metavar="BUNDLE",
+                                                   help="Default: the bundle stage's output in dvc.yaml."),
             force: bool = typer.Option(False, help="Promote even if the gate fails.")) -> None:
     """Gate a candidate bundle against floors and the champion; switch `current` if it passes."""
-    decision = _run(lambda: _registry().promote(bundle_dir, _params().gate, force=force))
+    from amo.layout import stage_output
+
+    candidate = bundle_dir or _run(lambda: stage_output("bundle"))
+    decision = _run(lambda: _registry().promote(candidate, _params().gate, force=force))
     typer.echo(str(decision))
     if not decision.accepted:
         raise typer.Exit(1)

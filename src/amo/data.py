@@ -56,6 +56,12 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
         handle.writelines(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n" for record in records)
 
 
+def write_json(path: Path, value: Any) -> None:
+    """A stage's JSON output (metrics, reports): sorted keys, so a re-run writes the same bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def read_agents(path: Path) -> list[Agent]:
     return [Agent.from_record(r) for r in iter_jsonl(path)]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from amo.config import ConfigError, EncoderParams, FinetuneParams
 from amo.data import Agent, RoutingExample
-from amo.models import offline, resolve_encoder
+from amo.models import Encoder, offline, resolve_encoder
 
 MANIFEST = "finetune.json"
 
@@ -99,6 +99,17 @@ def _save_tuned(model: Any, out: Path, manifest: dict[str, Any]) -> Path:
     model.save(str(out))
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def tuned_encoder_dir(router_dir: Path) -> Path:
+    """Where train_router writes the tuned encoder: inside the router's folder, versioned with it."""
+    return Path(router_dir) / "encoder"
+
+
+def stage_encoder(params: EncoderParams, router_dir: Path) -> Encoder:
+    """The encoder every stage from train_router on embeds with (resolved once per stage), and
+    the one the bundle serves."""
+    return Encoder(served_encoder(params, tuned_encoder_dir(router_dir)), params.batch_size)
 
 
 def served_encoder(params: EncoderParams, tuned: Path) -> Path:

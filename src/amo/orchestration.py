@@ -322,16 +322,21 @@ def decision_markdown(decision: Any, candidate: dict[str, Any], champion: dict[s
     return "\n".join(lines) + "\n"
 
 
-def promote_bundle(repo: Path, bundle_dir: Path, force: bool = False) -> tuple[Any, str]:
-    """Gate and promote a bundle into the repository's registry; the decision and its Markdown."""
+def promote_bundle(repo: Path, bundle_dir: Path | None = None, force: bool = False) -> tuple[Any, str]:
+    """Gate and promote a bundle (default: the bundle stage's output in dvc.yaml) into the
+    repository's registry; the decision and its Markdown."""
     from amo.bundle import verify_bundle
     from amo.config import load_params
+    from amo.layout import stage_output
     from amo.registry import Registry
 
     params = load_params(repo / "params.yaml")
     where = params.registry.path  # a folder relative to the repository, or an fsspec URL
     registry = Registry(where if "://" in where else repo / where, cache_dir=repo / params.registry.cache_dir)
-    bundle_dir = bundle_dir if bundle_dir.is_absolute() else repo / bundle_dir
+    if bundle_dir is None:
+        bundle_dir = stage_output("bundle", repo)
+    elif not bundle_dir.is_absolute():
+        bundle_dir = repo / bundle_dir
     candidate = verify_bundle(bundle_dir)["metrics"]
     champion_id = registry.current_id()
     champion = registry.verify(champion_id)["metrics"] if champion_id else None

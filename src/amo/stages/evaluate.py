@@ -1,0 +1,45 @@
+"""Stage `evaluate`: router and planner on the held-out splits through the exported ONNX scorer
+(what ships), plus each arm's scores from its own stage.
+
+    amo evaluate --data data --router artifacts/router --onnx artifacts/router_onnx --planner artifacts/planner --arms metrics/arms --out metrics/evaluation.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amo import data as contracts
+from amo.config import Params, RouterParams
+from amo.data import write_json
+from amo.metrics import planner_metrics, router_metrics
+from amo.planner import TreePlanner
+from amo.routing import select
+from amo.stages.routed import RouterView
+
+
+def evaluate(params: RouterParams, router: RouterView, planner: TreePlanner,
+             routing: list[contracts.RoutingExample], traces: list[contracts.Trace]) -> dict[str, Any]:
+    ids = router.index.ids
+    _, scores = router([e.prompt for e in routing])
+    routes = [select(row, ids, min_k=params.min_k, max_k=params.max_k, margin=params.margin) for row in scores]
+    rankings = [[ids[i] for i in np.argsort(-row[:-1], kind="stable")] for row in scores]
+    embeddings, t_scores = router([t.prompt for t in traces])
+    predicted = [planner.plan_scores(t.prompt, e, ids, row, explain=False).path
+                 for t, e, row in zip(traces, embeddings, t_scores)]
+    return {"router": router_metrics(routes, routing, rankings),
+            "planner": planner_metrics(predicted, [t.path for t in traces])}
+
+
+def run(params: Params, data: Path, router_dir: Path, onnx_dir: Path, planner_dir: Path, arms: Path,
+        out: Path) -> dict[str, Any]:
+    result = evaluate(params.router, RouterView.load(params.encoder, router_dir, onnx_dir),
+                      TreePlanner.load(planner_dir), contracts.read_routing(data / "routing" / "test.jsonl"),
+                      contracts.read_traces(data / "traces" / "test.jsonl"))
+    scores = {name: json.loads((arms / f"{name}.json").read_text()) for name in sorted(params.arms.tasks)}
+    result["arms"] = {name: {"arm": m["arm"], "base": m["base"]} for name, m in scores.items()}
+    write_json(out, result)
+    return result
