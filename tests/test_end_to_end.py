@@ -45,7 +45,7 @@ def test_demo_data_matches_data_dvc(repo: Path) -> None:
 
 def test_repro_builds_every_artifact(repo: Path) -> None:
     """One `dvc repro` leaves the router, its ONNX export, each arm, the planner, metrics and a bundle."""
-    for path in ["artifacts/router/router.safetensors", "artifacts/router_onnx/router.onnx",
+    for path in ["artifacts/router/ranker.safetensors", "artifacts/router_onnx/router.onnx",
                  "artifacts/router_onnx/encoder.onnx", "build/bundle/router/encoder.onnx",
                  "build/bundle/router/encoder_tokenizer.json",
                  "artifacts/arms/product_extraction/adapter_model.safetensors",

@@ -200,3 +200,33 @@ def test_explain_names_the_rerank_tree_features_and_thresholds(planner: TreePlan
     assert result.choice[-1].startswith("-> candidate ") and len(result.rules) == len(result.path) + 1
     assert [line.split()[1] for step in result.rules for line in step if line.startswith("-> ")
             and not line.startswith(("-> continue", "-> stop"))] == result.path
+
+
+def following(planner: TreePlanner, follow_min_traces: int) -> TreePlanner:
+    data = planner.to_dict()
+    return TreePlanner.from_dict({**data, "params": {**data["params"], "follow_min_traces": follow_min_traces}})
+
+
+def test_plan_follows_the_router() -> None:
+    """An abstained route gets no plan; a top agent the traces never call is planned anyway and
+    the explanation says why; a well-known top agent the trees leave out is explained, not forced."""
+    prompts, embeddings, scores, seps, paths = zip(*traces(400, seed=0))
+    base = TreePlanner(pca_dims=4, max_depth=6, min_samples_leaf=2, next_max_depth=6,
+                       next_min_samples_leaf=5).fit(prompts, np.array(embeddings), scores, seps, paths, AGENTS)
+    planner = following(base, 5)
+    agents = [*AGENTS, "order_pizza"]
+    prompt, embedding, row_scores, separator, _ = trace(random.Random(9), ["book_hotel"], agents)
+    row_scores["order_pizza"] = -3.0  # the trees see no reason to call it
+    assert planner.plan(prompt, embedding, row_scores, separator).path == ["book_hotel"]
+
+    abstained = planner.plan(prompt, embedding, row_scores, separator, selected=[])
+    assert abstained.path == [] and "router abstained" in abstained.rules[0][0]
+
+    followed = planner.plan(prompt, embedding, row_scores, separator, selected=["order_pizza", "book_hotel"])
+    assert followed.path == ["order_pizza", "book_hotel"]
+    assert any("order_pizza added first: 0 training calls" in line for line in followed.choice)
+
+    known = planner.plan(prompt, embedding, row_scores, separator, selected=["send_email"])
+    assert known.path == ["book_hotel"]
+    assert any("send_email not planned: the trees know it from" in line for line in known.choice)
+    assert base.plan(prompt, embedding, row_scores, separator, selected=["order_pizza"]).path == ["book_hotel"]

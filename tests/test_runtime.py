@@ -230,6 +230,19 @@ def test_copilot_merges_calls_to_a_shared_arm(bundle: Path, monkeypatch: pytest.
                                   {"agent": "returns_refunds", "arm": "rewrite", "output": "out-rewrite"}]
 
 
+def test_copilot_calls_no_arm_when_the_router_abstains(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An out-of-scope route gets no plan and no arm call; the answer says it is out of scope."""
+    from amo.brain import Brain
+    from amo.routing import Route
+
+    brain = Brain(bundle)
+    monkeypatch.setattr(brain, "_route", lambda scores: Route(agents=[], separator=float(scores[-1])))
+    monkeypatch.setattr(brain, "invoke", lambda rows, max_new_tokens=None: pytest.fail("an arm was called"))
+    answer = brain.copilot("what is the capital of France")
+    assert answer.out_of_scope and answer.plan.path == [] and answer.arm_outputs == []
+    assert answer.to_dict()["out_of_scope"] is True
+
+
 def test_runtime_swaps_one_reference_and_keeps_refused_out(tmp_path: Path, bundle: Path) -> None:
     """refresh() swaps the served Brain only after a full load; a request holding the old Brain
     keeps it; a bundle that fails to load, or an unreadable pointer, is recorded as refused and

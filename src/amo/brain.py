@@ -17,7 +17,7 @@ import numpy as np
 from amo.bundle import RUNTIME, BundleError, verify_bundle
 from amo.models import Encoder, resolve_base_model, resolve_encoder, sha256_file
 from amo.onnx_encoder import OnnxEncoder, has_onnx_encoder
-from amo.onnx_router import OnnxScorer
+from amo.onnx_router import OnnxRanker
 from amo.planner import Plan, TreePlanner
 from amo.routing import AgentIndex, Route, select
 
@@ -36,8 +36,12 @@ class CopilotAnswer:
     plan: Plan
     arm_outputs: list[dict[str, str]]
 
+    @property
+    def out_of_scope(self) -> bool:
+        return self.route.abstained
+
     def to_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "route": self.route.to_dict(),
+        return {"prompt": self.prompt, "route": self.route.to_dict(), "out_of_scope": self.out_of_scope,
                 "plan": {"path": self.plan.path, "abstained": self.plan.abstained},
                 "arm_outputs": self.arm_outputs}
 
@@ -56,7 +60,7 @@ class Brain:
             encoder_dir = resolve_encoder(models["encoder"]["ref"])
             _check_model("encoder", encoder_dir / models["encoder"]["file"], models["encoder"]["sha256"])
             self.encoder = Encoder(encoder_dir, batch_size)
-        self.scorer = OnnxScorer(self.path / "router" / "router.onnx")
+        self.scorer = OnnxRanker(self.path / "router")
         self.index = AgentIndex.load(self.path / "router")
         self.agent_ids = self.index.ids
         self.planner = TreePlanner.load(self.path / "planner")
@@ -74,7 +78,7 @@ class Brain:
 
     def _score(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         embedding = self._embed([prompt])
-        return embedding[0], self.scorer.score(embedding, self.index.embeddings)[0]
+        return embedding[0], self.scorer.score(embedding, self.index)[0]
 
     def _route(self, scores: np.ndarray) -> Route:
         r = self.runtime["router"]
@@ -83,15 +87,24 @@ class Brain:
     def route(self, prompt: str) -> Route:
         return self._route(self._score(prompt)[1])
 
+    def score_many(self, prompts: list[str]) -> np.ndarray:
+        """(N, A + 1) router scores, the separator last: one encoder batch and one ONNX call."""
+        return self.scorer.score(self._embed(prompts), self.index)
+
+    def route_scores(self, scores: np.ndarray) -> Route:
+        """The selection for one score row, with this bundle's min_k, max_k and margin."""
+        return self._route(scores)
+
     def route_many(self, prompts: list[str]) -> list[Route]:
-        """Routes for several prompts with one encoder batch and one ONNX call (the runtime
-        batches concurrent requests this way)."""
-        scores = self.scorer.score(self._embed(prompts), self.index.embeddings)
-        return [self._route(row) for row in scores]
+        """Routes for several prompts at once (the runtime batches concurrent requests this way)."""
+        return [self._route(row) for row in self.score_many(prompts)]
 
     def plan(self, prompt: str) -> tuple[Route, Plan]:
+        """The route and the plan that follows it (no plan when the route abstains)."""
         embedding, scores = self._score(prompt)
-        return self._route(scores), self.planner.plan_scores(prompt, embedding, self.agent_ids, scores)
+        route = self._route(scores)
+        return route, self.planner.plan_scores(prompt, embedding, self.agent_ids, scores,
+                                               selected=[agent for agent, _ in route.agents])
 
     @property
     def arms(self) -> Any:
@@ -122,6 +135,8 @@ class Brain:
         """Route, plan, then run every planned step that has an arm, in one mixed batch; agents
         that share an arm share one call (same arm, same prompt: the same answer)."""
         route, plan = self.plan(prompt)
+        if route.abstained:  # out of scope: no agent is called, no arm runs
+            return CopilotAnswer(prompt, route, plan, [])
         arm_of = {agent: arm for arm, agents in self.runtime["arm_agents"].items() for agent in agents}
         steps = [(agent, arm_of[agent]) for agent in plan.path if agent in arm_of]
         arms = list(dict.fromkeys(arm for _, arm in steps))

@@ -22,6 +22,7 @@ import amo
 from amo.config import Params
 from amo.models import resolve_base_model, sha256_file
 from amo.onnx_encoder import ENCODER_FILES
+from amo.routing import Classifier, read_margin
 
 MANIFEST = "manifest.json"
 RUNTIME = "runtime.json"
@@ -80,6 +81,16 @@ def _copy(source: Path, target: Path) -> None:
     shutil.copy2(source, target)
 
 
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def new_bundle_id(created: str, files: dict[str, str]) -> str:
+    """`<created, compact>-<digest of the file hashes>`: sorts by time, names the contents."""
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{created.replace('-', '').replace(':', '')}-{digest}"
+
+
 def model_refs(params: Params, router_dir: Path) -> dict[str, Any]:
     """The models the bundle was built from, named and hashed. The runtime loads the base model
     from outside the bundle; the encoder too when the bundle carries no ONNX encoder (a
@@ -109,7 +120,7 @@ def build_bundle(params: Params, raw_params: dict[str, Any], out: Path, *, route
     for name in ENCODER_FILES:  # the encoder as ONNX, when export_router wrote it
         if (onnx_path.parent / name).is_file():
             _copy(onnx_path.parent / name, partial / "router" / name)
-    for name in ("agents.json", "agent_index.safetensors"):
+    for name in ("agents.json", "agent_index.safetensors", Classifier.FILE):
         _copy(router_dir / name, partial / "router" / name)
     _copy(planner_dir / "planner.json", partial / "planner" / "planner.json")
     arm_agents: dict[str, list[str]] = {}
@@ -118,16 +129,15 @@ def build_bundle(params: Params, raw_params: dict[str, Any], out: Path, *, route
             _copy(arms_dir / task_name / name, partial / "arms" / task_name / name)
         arm_agents[task_name] = list(task.agents)
     r = params.router
-    runtime = {"router": {"min_k": r.min_k, "max_k": r.max_k, "margin": r.margin},
+    runtime = {"router": {"min_k": r.min_k, "max_k": r.max_k, "margin": read_margin(router_dir)},
                "arms": sorted(params.arms.tasks), "arm_agents": arm_agents,
                "encoder_batch_size": params.encoder.batch_size}
     (partial / RUNTIME).write_text(json.dumps(runtime, indent=2, sort_keys=True) + "\n")
     files = file_hashes(partial)
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:10]
+    created = now()
     manifest = {
         "format_version": FORMAT_VERSION,
-        "bundle_id": f"{created.replace('-', '').replace(':', '')}-{digest}",
+        "bundle_id": new_bundle_id(created, files),
         "created": created, "git_commit": git_commit(), "data_hash": data_hash(),
         "amo_version": amo.__version__, "params": raw_params, "metrics": metrics,
         "models": model_refs(params, router_dir), "files": files,

@@ -60,27 +60,42 @@ class EncoderParams(_Section):
 
 
 class RouterParams(_Section):
+    """The ranker (amo.ranker) and the selection rule; every default here is params.yaml's."""
+
     seed: int = 0
-    hidden: int = Field(256, ge=1)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    epochs: int = Field(60, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
+    hidden: int = Field(64, ge=1)  # width of the ranker's MLP over route features
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    epochs: int = Field(60, ge=1)  # at most; validation loss decides when to stop
+    patience: int = Field(3, ge=1)  # epochs without a better validation loss before stopping
+    lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
-    batch_size: int = Field(64, ge=1)
-    # Scorer: prompt and description projected to proj_dim, then an interaction MLP or a dot product.
-    scorer: Literal["mlp", "bilinear", "siamese"] = "mlp"
-    proj_dim: int = Field(64, ge=1)
+    batch_size: int = Field(128, ge=1)
     oos_weight: float = Field(1.0, gt=0.0)  # loss weight of out-of-scope rows (class balance)
-    # Inference: agents scoring above the separator by `margin` are selected, best first.
+    # Cross-fitting: rows in `folds` folds, agents in as many groups (by domain when there are
+    # enough domains); a hidden agent gets k examples, k drawn from `shots` (0: a new agent).
+    folds: int = Field(5, ge=2)
+    shots: list[int] = Field(default_factory=lambda: [0, 0, 0, 1, 5, 20])
+    group_by: Literal["domain", "agent"] = "domain"
+    drop_prob: float = Field(0.5, ge=0.0, le=1.0)  # a hidden agent's prompt trains abstention this often
+    classifier_c: float = Field(10.0, gt=0.0)  # inverse regularisation of the classifier evidence
+    # Inference: agents scoring above the separator by a margin are selected, best first. The
+    # margin is chosen on the validation split for this out-of-scope recall (train_router).
     min_k: int = Field(0, ge=0)  # 0 lets the router abstain; 1 always answers with its best agent
     max_k: int = Field(3, ge=1)
-    margin: float = 0.0
+    target_oos_recall: float = Field(0.7, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _k_order(self) -> RouterParams:
         if self.min_k > self.max_k:
             raise ValueError(f"min_k must be <= max_k, got min_k={self.min_k}, max_k={self.max_k}")
         return self
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, value: list[int]) -> list[int]:
+        if not value or min(value) < 0:
+            raise ValueError(f"shots must be a non-empty list of counts >= 0, got {value}")
+        return value
 
 
 class BaseModelParams(_Section):
@@ -152,6 +167,9 @@ class PlannerParams(_Section):
     rerank_neighbours: int = Field(5, ge=0)  # nearest training prompts whose paths compete with the decoded one; 0: none
     rerank_max_depth: int = Field(3, ge=1)  # the rerank tree that picks among the candidate paths
     rerank_min_samples_leaf: int = Field(20, ge=1)
+    # The plan follows the router: its top agent, left out by the trees, is put in when the
+    # training traces call it fewer times than this (a new agent: 0), since the trees cannot know it.
+    follow_min_traces: int = Field(5, ge=0)
 
 
 class GateParams(_Section):
@@ -159,6 +177,8 @@ class GateParams(_Section):
     floors: dict[str, float] = Field(default_factory=dict)
     # Largest drop against the champion's value of the same metric that is still accepted.
     tolerance: float = Field(0.02, ge=0.0)
+    # Every arm must score at least this much above the base model on its task's test split.
+    arm_min_gain: float = 0.0
 
 
 class RegistryParams(_Section):

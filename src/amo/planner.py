@@ -212,7 +212,7 @@ class TreePlanner:
                  max_path_len: int = 4, seed: int = 0, candidates: int = 10, folds: int = 5,
                  next_max_depth: int = 8, next_min_samples_leaf: int = 10, min_next: float = 0.0,
                  neighbours: int = 10, rerank_neighbours: int = 0, rerank_max_depth: int = 6,
-                 rerank_min_samples_leaf: int = 10) -> None:
+                 rerank_min_samples_leaf: int = 10, follow_min_traces: int = 0) -> None:
         self.pca_dims = pca_dims
         self.max_depth = max_depth
         self.min_samples_leaf = min_samples_leaf
@@ -223,10 +223,16 @@ class TreePlanner:
         self.rerank_neighbours = rerank_neighbours
         self.rerank_max_depth = rerank_max_depth
         self.rerank_min_samples_leaf = rerank_min_samples_leaf
+        self.follow_min_traces = follow_min_traces
         self.max_path_len = max_path_len
         self.seed = seed
         self.candidates = candidates
         self.folds = folds
+
+    @classmethod
+    def from_params(cls, params: Any) -> TreePlanner:
+        """An unfitted planner from params.yaml's `planner` section (amo.config.PlannerParams)."""
+        return cls(**params.model_dump())
 
     # -- features -------------------------------------------------------------------------
     def _stop_row(self, ctx: _Prompt, reduced: np.ndarray, step: int, history: list[str],
@@ -396,7 +402,8 @@ class TreePlanner:
                 "next_max_depth": self.next_max_depth,
                 "next_min_samples_leaf": self.next_min_samples_leaf, "min_next": self.min_next,
                 "neighbours": self.neighbours, "rerank_neighbours": self.rerank_neighbours,
-                "rerank_max_depth": self.rerank_max_depth, "rerank_min_samples_leaf": self.rerank_min_samples_leaf}
+                "rerank_max_depth": self.rerank_max_depth, "rerank_min_samples_leaf": self.rerank_min_samples_leaf,
+                "follow_min_traces": self.follow_min_traces}
 
     def _grow(self, x: np.ndarray, y: np.ndarray, max_depth: int, min_samples_leaf: int) -> dict[str, list]:
         """A fitted binary tree as plain arrays; `value` is the share of positive rows in a node."""
@@ -595,8 +602,36 @@ class TreePlanner:
         return rules
 
     def plan_scores(self, prompt: str, embedding: np.ndarray, ids: Sequence[str], scores: np.ndarray,
-                    explain: bool = True) -> Plan:
-        """Plan from the router's score row: one score per agent of `ids`, the separator last."""
+                    explain: bool = True, selected: Sequence[str] | None = None) -> Plan:
+        """Plan from the router's score row: one score per agent of `ids`, the separator last.
+
+        With `selected` (the router's selection, best first), the plan follows the router: an
+        abstained route gets no plan, and a top agent the trees leave out is put in when the
+        traces hold fewer than `follow_min_traces` calls of it (a new or rarely seen agent the
+        trees cannot know); otherwise the explanation says which evidence left it out."""
+        if selected is not None and not selected:
+            return Plan(path=[], rules=[["router abstained: no agent scores above the separator -> no plan"]])
+        plan = self._plan_trees(prompt, embedding, ids, scores, explain)
+        return plan if selected is None else self._follow(plan, selected[0])
+
+    def _follow(self, plan: Plan, top: str) -> Plan:
+        if top in plan.path:
+            return plan
+        seen = self.agent_counts_.get(top, 0)
+        if seen >= self.follow_min_traces:
+            why = f"router's top agent {top} not planned: the trees know it from {seen} training calls and chose this path"
+            return Plan(plan.path, plan.rules, [*plan.choice, why])
+        # Where the traces put it: first unless they end paths with it more often than they start with it.
+        starts = self.transitions_.get(START, {}).get(top, 0)
+        ends = self.transitions_.get(top, {}).get(STOP, 0)
+        first = starts >= ends
+        path = [top, *plan.path][: self.max_path_len] if first else [*plan.path, top][-self.max_path_len:]
+        why = (f"router's top agent {top} added {'first' if first else 'last'}: {seen} training calls "
+               f"(< follow_min_traces {self.follow_min_traces}), the trees cannot know it")
+        return Plan(path, plan.rules, [*plan.choice, why])
+
+    def _plan_trees(self, prompt: str, embedding: np.ndarray, ids: Sequence[str], scores: np.ndarray,
+                    explain: bool) -> Plan:
         column = self._column(ids)
         ctx = _Prompt(prompt, np.asarray(scores[:-1], dtype=np.float64), float(scores[-1]), ids, column)
         embedding = np.asarray(embedding, dtype=np.float64)
@@ -621,10 +656,11 @@ class TreePlanner:
         return Plan(path=path, rules=rules, choice=choice)
 
     def plan(self, prompt: str, embedding: np.ndarray, scores: Mapping[str, float], separator: float,
-             explain: bool = True) -> Plan:
+             explain: bool = True, selected: Sequence[str] | None = None) -> Plan:
         """Plan from {agent: router score} and the separator's score."""
         ids = list(scores)
-        return self.plan_scores(prompt, embedding, ids, np.array([*scores.values(), separator]), explain)
+        return self.plan_scores(prompt, embedding, ids, np.array([*scores.values(), separator]), explain,
+                                selected)
 
     def _column(self, ids: Sequence[str]) -> dict[str, int]:
         cached = getattr(self, "_column_cache", None)

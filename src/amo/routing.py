@@ -6,6 +6,7 @@ amo.router holds the trainable scoring model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -17,6 +18,7 @@ import numpy as np
 from amo.data import Agent, RoutingExample
 
 SEPARATOR_GRADE = 0.5  # between irrelevant (0) and the lowest relevant grade (1)
+SELECTION = "selection.json"  # in the router's folder: the margin train_router chose on val
 
 
 class AgentError(ValueError):
@@ -64,22 +66,43 @@ def select(scores: np.ndarray, agent_ids: Sequence[str], *, min_k: int = 0, max_
     return Route(agents=[(agent_ids[i], float(scores[i])) for i in chosen], separator=separator)
 
 
-class AgentIndex:
-    """The candidate agents with their description embeddings; rebuilt cheaply when agents change."""
+def prompt_key(prompt: str) -> bytes:
+    """8 bytes naming a prompt's text (sha256), so an embedding can be reused for it."""
+    return hashlib.sha256(prompt.encode("utf-8")).digest()[:8]
 
-    def __init__(self, agents: list[Agent], embeddings: np.ndarray) -> None:
+
+class AgentIndex:
+    """The candidate agents: their description embeddings and the embeddings of the prompts each
+    has already answered (its examples). Rebuilt cheaply when agents or examples change: only
+    the new texts are embedded and the trained scorer is untouched."""
+
+    def __init__(self, agents: list[Agent], embeddings: np.ndarray, examples: np.ndarray | None = None,
+                 example_agents: np.ndarray | None = None, example_keys: np.ndarray | None = None) -> None:
         if len(agents) != len(embeddings):
             raise ValueError(f"{len(agents)} agents but {len(embeddings)} embeddings")
+        dim = embeddings.shape[1] if embeddings.ndim == 2 else 0
         self.agents = agents
         self.embeddings = embeddings.astype(np.float32)
+        self.examples = (np.zeros((0, dim), np.float32) if examples is None else examples).astype(np.float32)
+        self.example_agents = (np.zeros(0, np.int64) if example_agents is None else example_agents).astype(np.int64)
+        # Which prompt each example is (the first 8 bytes of its text's sha256): the index step
+        # re-embeds only prompts it has not seen. Zeros when unknown.
+        self.example_keys = (np.zeros((len(self.examples), 8), np.uint8) if example_keys is None
+                             else np.asarray(example_keys, np.uint8).reshape(-1, 8))
+        if not len(self.examples) == len(self.example_agents) == len(self.example_keys):
+            raise ValueError(f"{len(self.examples)} example embeddings, {len(self.example_agents)} example agents, "
+                             f"{len(self.example_keys)} example keys")
+        if len(self.example_agents) and not 0 <= int(self.example_agents.min()) <= int(self.example_agents.max()) < len(agents):
+            raise ValueError("an example names an agent outside the index")
+        self._packed: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def ids(self) -> list[str]:
         return [agent.id for agent in self.agents]
 
     @classmethod
-    def build(cls, agents: list[Agent], encoder: Any) -> AgentIndex:
-        return cls(agents, encoder.encode([agent.description for agent in agents]))
+    def build(cls, agents: list[Agent], encoder: Any, examples: Sequence[RoutingExample] = ()) -> AgentIndex:
+        return cls(agents, encoder.encode([agent.description for agent in agents])).with_examples(examples, encoder)
 
     def add(self, agents: list[Agent], encoder: Any) -> AgentIndex:
         """This index with `agents` appended; only their descriptions are embedded (the cheap
@@ -90,13 +113,62 @@ class AgentIndex:
                 raise AgentError(f"agent {agent.id!r} is already in the index")
             known.add(agent.id)
         added = encoder.encode([agent.description for agent in agents]).astype(np.float32)
-        return AgentIndex(self.agents + list(agents), np.vstack([self.embeddings, added]))
+        return AgentIndex(self.agents + list(agents), np.vstack([self.embeddings, added]), self.examples,
+                          self.example_agents, self.example_keys)
+
+    def with_examples(self, rows: Sequence[RoutingExample], encoder: Any = None,
+                      embeddings: np.ndarray | None = None) -> AgentIndex:
+        """This index plus `rows` as examples of every agent they label (grade >= 1); out-of-scope
+        rows add nothing. Their prompts are embedded with `encoder` unless `embeddings` are given.
+        A label naming an agent outside the index is refused by row."""
+        column = {agent_id: i for i, agent_id in enumerate(self.ids)}
+        pairs = []
+        for row, example in enumerate(rows):
+            for agent_id in example.labels:
+                if agent_id not in column:
+                    raise AgentError(f"example {row}: labels names agent {agent_id!r}, not in the index")
+                pairs.append((row, column[agent_id]))
+        if not pairs:
+            return self
+        if embeddings is None:
+            embeddings = encoder.encode([e.prompt for e in rows])
+        rows_of, agents_of = np.array(pairs, dtype=np.int64).T
+        keys = np.frombuffer(b"".join(prompt_key(rows[r].prompt) for r in rows_of), np.uint8).reshape(-1, 8)
+        return AgentIndex(self.agents, self.embeddings, np.vstack([self.examples, embeddings[rows_of]]),
+                          np.concatenate([self.example_agents, agents_of]), np.vstack([self.example_keys, keys]))
+
+    def known_prompts(self) -> dict[bytes, np.ndarray]:
+        """{prompt key: its embedding} for every example whose key is known."""
+        return {key.tobytes(): row for key, row in zip(self.example_keys, self.examples) if key.any()}
+
+    def packed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The examples padded per agent (A * P, D), which slots hold one (A, P), how many each
+        agent has (A,), and each agent's unit centroid (A, D); computed once per index."""
+        if self._packed is None:
+            a, dim = len(self.agents), self.embeddings.shape[1]
+            counts = np.bincount(self.example_agents, minlength=a)
+            p = max(int(counts.max()) if a else 0, 1)
+            order = np.argsort(self.example_agents, kind="stable")
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            slot = np.zeros(len(order), np.int64)
+            slot[order] = np.arange(len(order)) - np.repeat(starts, counts)
+            padded = np.zeros((a, p, dim), np.float32)
+            valid = np.zeros((a, p), bool)
+            padded[self.example_agents, slot] = self.examples
+            valid[self.example_agents, slot] = True
+            centroid = padded.sum(1)
+            centroid /= np.maximum(np.linalg.norm(centroid, axis=1, keepdims=True), 1e-9)
+            self._packed = (padded.reshape(a * p, dim), valid, counts, centroid.astype(np.float32))
+        return self._packed
 
     def save(self, directory: Path) -> None:
         from safetensors.numpy import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({"embeddings": self.embeddings}, str(directory / "agent_index.safetensors"))
+        save_file({"embeddings": np.ascontiguousarray(self.embeddings), "examples": np.ascontiguousarray(self.examples),
+                   "example_agents": np.ascontiguousarray(self.example_agents),
+                   "example_keys": np.ascontiguousarray(self.example_keys)},
+                  str(directory / "agent_index.safetensors"))
         (directory / "agents.json").write_text(json.dumps(
             [asdict(agent) for agent in self.agents], indent=1, ensure_ascii=False) + "\n")
 
@@ -106,4 +178,118 @@ class AgentIndex:
 
         records = json.loads((directory / "agents.json").read_text())
         agents = [Agent.from_record(r) for r in records]
-        return cls(agents, load_file(str(directory / "agent_index.safetensors"))["embeddings"])
+        tensors = load_file(str(directory / "agent_index.safetensors"))
+        return cls(agents, tensors["embeddings"], tensors.get("examples"), tensors.get("example_agents"),
+                   tensors.get("example_keys"))
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A softmax classifier over the agents that had training prompts (weights (K, D), bias
+    (K,), the agent id of each class): one source of evidence for the router. Agents it never
+    saw (added later) simply have no classifier column."""
+
+    weights: np.ndarray
+    bias: np.ndarray
+    agent_ids: tuple[str, ...]
+
+    FILE = "classifier.safetensors"
+
+    def save(self, directory: Path) -> None:
+        from safetensors.numpy import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        # contiguous: scikit-learn's coef_ can be Fortran-ordered, and safetensors writes raw bytes
+        save_file({"weights": np.ascontiguousarray(self.weights, np.float32),
+                   "bias": np.ascontiguousarray(self.bias, np.float32)},
+                  str(directory / self.FILE), metadata={"agent_ids": json.dumps(list(self.agent_ids))})
+
+    @classmethod
+    def load(cls, directory: Path) -> Classifier:
+        from safetensors import safe_open
+
+        with safe_open(str(directory / cls.FILE), framework="np") as handle:
+            ids = json.loads((handle.metadata() or {})["agent_ids"])
+            return cls(handle.get_tensor("weights"), handle.get_tensor("bias"), tuple(ids))
+
+
+# Features of one (prompt, agent) pair, and of the prompt alone (the same for every candidate).
+AGENT_FEATURES = ("desc", "desc_lead", "has_examples", "log_examples", "example_max", "example_top3",
+                  "example_centroid", "example_max_lead", "example_top3_lead", "has_classifier",
+                  "classifier_logp", "classifier_p", "classifier_lead")
+PROMPT_FEATURES = ("best_desc", "desc_gap", "best_example_max", "best_example_top3", "best_centroid",
+                   "best_classifier_p", "classifier_entropy", "any_examples", "any_classifier")
+LOGP_FLOOR = -15.0
+
+
+def route_features(prompts: np.ndarray, index: AgentIndex, classifier: Classifier | None) -> tuple[np.ndarray, np.ndarray]:
+    """(n, A, len(AGENT_FEATURES)) agent features and (n, len(PROMPT_FEATURES)) prompt
+    features for unit prompt embeddings (n, D): matrix products against the index only, so
+    routing needs no torch. An agent without examples or without a classifier column gets
+    zeros there and its flag off: the ranker learned what "no history" means."""
+    q = np.ascontiguousarray(prompts, np.float32)
+    n, a = len(q), len(index.agents)
+    bank, valid, counts, centroid = index.packed()
+    p = valid.shape[1]
+    desc = q @ index.embeddings.T
+    has_ex = counts > 0
+    if has_ex.any():
+        sims = np.where(valid[None], (q @ bank.T).reshape(n, a, p), -np.inf)
+        k = min(3, p)
+        top = -np.sort(-np.partition(sims, p - k, axis=2)[:, :, p - k:], axis=2)
+        ex_max = np.where(has_ex, top[:, :, 0], 0.0)
+        ex_top3 = np.where(has_ex, np.where(np.isfinite(top), top, 0.0).sum(2) / np.clip(counts, 1, k), 0.0)
+        ex_cent = np.where(has_ex, q @ centroid.T, 0.0)
+        best_max = np.where(has_ex, ex_max, -1).max(1, keepdims=True)
+        best_top3 = np.where(has_ex, ex_top3, -1).max(1, keepdims=True)
+        best_cent = np.where(has_ex, ex_cent, -1).max(1, keepdims=True)
+    else:
+        ex_max = ex_top3 = ex_cent = np.zeros((n, a), np.float32)
+        best_max = best_top3 = best_cent = np.zeros((n, 1), np.float32)
+    column = {agent_id: i for i, agent_id in enumerate(index.ids)}
+    known = [(k, column[agent_id]) for k, agent_id in enumerate(classifier.agent_ids if classifier else ())
+             if agent_id in column]
+    has_clf = np.zeros(a, bool)
+    logp = np.zeros((n, a), np.float32)
+    if classifier is not None and known:
+        classes, columns = (np.array(v, np.int64) for v in zip(*known))
+        z = q @ classifier.weights.T + classifier.bias
+        z = z - z.max(1, keepdims=True)
+        lp = (z - np.log(np.exp(z).sum(1, keepdims=True)))[:, classes]
+        logp[:, columns] = np.maximum(lp, LOGP_FLOOR)
+        has_clf[columns] = True
+        prob = np.exp(lp)
+        entropy = -(prob * lp).sum(1, keepdims=True) / np.log(max(len(classes), 2))
+        best_p = prob.max(1, keepdims=True)
+        best_lp = np.maximum(lp.max(1, keepdims=True), LOGP_FLOOR)
+    else:
+        entropy, best_p, best_lp = np.ones((n, 1)), np.zeros((n, 1)), np.zeros((n, 1))
+    clf_p = np.where(has_clf, np.exp(logp), 0.0)
+    best_desc = desc.max(1, keepdims=True)
+    second = np.partition(desc, a - 2, axis=1)[:, a - 2:a - 1] if a > 1 else best_desc
+    hx, hc = np.broadcast_to(has_ex, (n, a)), np.broadcast_to(has_clf, (n, a))
+    agent = np.stack([
+        desc, desc - best_desc, hx, np.broadcast_to(np.log1p(counts) / np.log1p(100), (n, a)),
+        ex_max, ex_top3, ex_cent, np.where(hx, ex_max - best_max, 0), np.where(hx, ex_top3 - best_top3, 0),
+        hc, logp / 5.0, clf_p, np.where(hc, (logp - best_lp) / 5.0, 0),
+    ], axis=2).astype(np.float32)
+    prompt = np.hstack([best_desc, best_desc - second, best_max, best_top3, best_cent, best_p, entropy,
+                        np.full((n, 1), float(has_ex.any())), np.full((n, 1), float(has_clf.any()))])
+    return agent, prompt.astype(np.float32)
+
+
+def read_margin(router_dir: Path) -> float:
+    """The margin over the separator that train_router chose (selection.json)."""
+    return float(json.loads((router_dir / SELECTION).read_text(encoding="utf-8"))["margin"])
+
+
+def choose_margin(scores: np.ndarray, out_of_scope: np.ndarray, target_recall: float) -> float | None:
+    """The margin over the separator that keeps the most in-scope selections while abstaining
+    on at least `target_recall` of the out-of-scope prompts: the smallest margin m with
+    lead <= m (an abstention under `select`) for that share, where lead is the best agent's
+    score minus the separator's. None when there is no out-of-scope prompt to tune on."""
+    leads = np.sort(scores[:, :-1].max(axis=1)[out_of_scope] - scores[out_of_scope, -1])
+    if not len(leads):
+        return None
+    k = max(int(np.ceil(target_recall * len(leads))), 1)
+    return float(leads[k - 1])

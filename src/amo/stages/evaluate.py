@@ -17,18 +17,23 @@ from amo.config import Params, RouterParams
 from amo.data import write_json
 from amo.metrics import planner_metrics, router_metrics
 from amo.planner import TreePlanner
-from amo.routing import select
+from amo.routing import Route, read_margin, select
 from amo.stages.routed import RouterView
 
 
-def evaluate(params: RouterParams, router: RouterView, planner: TreePlanner,
+def evaluate(params: RouterParams, margin: float, router: RouterView, planner: TreePlanner,
              routing: list[contracts.RoutingExample], traces: list[contracts.Trace]) -> dict[str, Any]:
     ids = router.index.ids
     _, scores = router([e.prompt for e in routing])
-    routes = [select(row, ids, min_k=params.min_k, max_k=params.max_k, margin=params.margin) for row in scores]
+    def route(row: np.ndarray) -> Route:
+        return select(row, ids, min_k=params.min_k, max_k=params.max_k, margin=margin)
+
+    routes = [route(row) for row in scores]
     rankings = [[ids[i] for i in np.argsort(-row[:-1], kind="stable")] for row in scores]
     embeddings, t_scores = router([t.prompt for t in traces])
-    predicted = [planner.plan_scores(t.prompt, e, ids, row, explain=False).path
+    # The plan as served: it follows the route (none when the router abstains).
+    predicted = [planner.plan_scores(t.prompt, e, ids, row, explain=False,
+                                     selected=[a for a, _ in route(row).agents]).path
                  for t, e, row in zip(traces, embeddings, t_scores)]
     return {"router": router_metrics(routes, routing, rankings),
             "planner": planner_metrics(predicted, [t.path for t in traces])}
@@ -36,10 +41,11 @@ def evaluate(params: RouterParams, router: RouterView, planner: TreePlanner,
 
 def run(params: Params, data: Path, router_dir: Path, onnx_dir: Path, planner_dir: Path, arms: Path,
         out: Path) -> dict[str, Any]:
-    result = evaluate(params.router, RouterView.load(params.encoder, router_dir, onnx_dir),
+    result = evaluate(params.router, read_margin(router_dir), RouterView.load(params.encoder, router_dir, onnx_dir),
                       TreePlanner.load(planner_dir), contracts.read_routing(data / "routing" / "test.jsonl"),
                       contracts.read_traces(data / "traces" / "test.jsonl"))
     scores = {name: json.loads((arms / f"{name}.json").read_text()) for name in sorted(params.arms.tasks)}
-    result["arms"] = {name: {"arm": m["arm"], "base": m["base"]} for name, m in scores.items()}
+    result["arms"] = {name: {"arm": m["arm"], "base": m["base"], "metric": params.arms.tasks[name].metric}
+                      for name, m in scores.items()}
     write_json(out, result)
     return result

@@ -19,14 +19,7 @@ from amo.stages.routed import RouterView
 def fit(params: PlannerParams, traces: list[contracts.Trace], router: RouterView) -> TreePlanner:
     prompts = [t.prompt for t in traces]
     embeddings, scores = router(prompts)
-    planner = TreePlanner(pca_dims=params.pca_dims, max_depth=params.max_depth,
-                          min_samples_leaf=params.min_samples_leaf, next_max_depth=params.next_max_depth,
-                          next_min_samples_leaf=params.next_min_samples_leaf, min_next=params.min_next,
-                          neighbours=params.neighbours, max_path_len=params.max_path_len, seed=params.seed,
-                          candidates=params.candidates, folds=params.folds,
-                          rerank_neighbours=params.rerank_neighbours, rerank_max_depth=params.rerank_max_depth,
-                          rerank_min_samples_leaf=params.rerank_min_samples_leaf)
-    return planner.fit(prompts, embeddings, scores[:, :-1], scores[:, -1].tolist(), [t.path for t in traces],
+    return TreePlanner.from_params(params).fit(prompts, embeddings, scores[:, :-1], scores[:, -1].tolist(), [t.path for t in traces],
                        router.index.ids)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from amo.config import EncoderParams
 from amo.encoder_tuning import stage_encoder
 from amo.models import Encoder
-from amo.onnx_router import ONNX_FILE, OnnxScorer
+from amo.onnx_router import OnnxRanker
 from amo.routing import AgentIndex
 
 
@@ -19,15 +19,14 @@ from amo.routing import AgentIndex
 class RouterView:
     index: AgentIndex
     encoder: Encoder
-    scorer: OnnxScorer
+    scorer: OnnxRanker
 
     @classmethod
     def load(cls, params: EncoderParams, router_dir: Path, onnx_dir: Path) -> RouterView:
-        return cls(AgentIndex.load(router_dir), stage_encoder(params, router_dir),
-                   OnnxScorer(onnx_dir / ONNX_FILE))
+        return cls(AgentIndex.load(router_dir), stage_encoder(params, router_dir), OnnxRanker(onnx_dir))
 
     def __call__(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Prompt embeddings (N, D) and the router's scores (N, A + 1): one per agent of the
         index, the separator last."""
         embeddings = self.encoder.encode(prompts)
-        return embeddings, self.scorer.score(embeddings, self.index.embeddings)
+        return embeddings, self.scorer.score(embeddings, self.index)

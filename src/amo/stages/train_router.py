@@ -1,5 +1,7 @@
 """Stage `train_router`: tune the encoder when params ask, embed agents and prompts, fit the
-listwise ranker with its separator.
+ranker (amo.ranker) with its separator, build the agent index the bundle serves (descriptions
+plus every training prompt as an example of its agents), and choose the margin over the
+separator on the validation split.
 
     amo train-router --data data --out artifacts/router --metrics metrics/train_router.json
 """
@@ -12,29 +14,42 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from amo import data as contracts
 from amo.config import Params
 from amo.data import write_json
 from amo.encoder_tuning import prepare_encoder, stage_encoder, tuned_encoder_dir
-from amo.router import ListwiseRouter
-from amo.routing import AgentIndex, grade_matrix
+from amo.metrics import router_metrics
+from amo.ranker import AgentRanker
+from amo.routing import SELECTION, AgentIndex, choose_margin, grade_matrix, select
 
 log = logging.getLogger("amo")
 
 
 def train(params: Params, agents: list[contracts.Agent], train: list[contracts.RoutingExample],
-          val: list[contracts.RoutingExample], encoder: Any) -> tuple[ListwiseRouter, AgentIndex]:
-    """The fitted router and the agent index it was trained against (pure: no files)."""
+          val: list[contracts.RoutingExample], encoder: Any) -> tuple[AgentRanker, AgentIndex, dict[str, Any]]:
+    """The fitted ranker, the index it serves (training prompts as examples) and the selection
+    rule chosen on `val` (pure: no files)."""
+    p = params.router
     index = AgentIndex.build(agents, encoder)
     x_train = encoder.encode([e.prompt for e in train])
     x_val = encoder.encode([e.prompt for e in val])
-    p = params.router
-    router = ListwiseRouter(hidden=p.hidden, dropout=p.dropout, epochs=p.epochs, lr=p.lr,
-                            weight_decay=p.weight_decay, batch_size=p.batch_size, seed=p.seed,
-                            proj_dim=p.proj_dim, scorer=p.scorer, oos_weight=p.oos_weight)
-    router.fit(x_train, grade_matrix(train, index.ids), index.embeddings,
-               val=(x_val, grade_matrix(val, index.ids)))
-    return router, index
+    g_val = grade_matrix(val, index.ids)
+    ranker = AgentRanker.from_params(p).fit(index, x_train, grade_matrix(train, index.ids), val=(x_val, g_val))
+    served = index.with_examples(train, embeddings=x_train)
+    scores = ranker.score(x_val, served)
+    margin = choose_margin(scores, g_val[:, :-1].max(1) == 0, p.target_oos_recall)
+
+    def on_val(m: float) -> dict[str, float]:
+        routes = [select(row, served.ids, min_k=p.min_k, max_k=p.max_k, margin=m) for row in scores]
+        rankings = [[served.ids[i] for i in np.argsort(-row[:-1], kind="stable")] for row in scores]
+        return {k: round(v, 4) for k, v in router_metrics(routes, val, rankings).items()}
+
+    selection = {"margin": 0.0 if margin is None else margin, "target_oos_recall": p.target_oos_recall,
+                 "chosen_on": "val" if margin is not None else "none (val has no out-of-scope prompt): separator only",
+                 "val": on_val(0.0 if margin is None else margin), "val_separator_only": on_val(0.0)}
+    return ranker, served, selection
 
 
 def run(params: Params, data: Path, out: Path, metrics: Path) -> dict[str, Any]:
@@ -46,12 +61,15 @@ def run(params: Params, data: Path, out: Path, metrics: Path) -> dict[str, Any]:
     shutil.rmtree(tuned, ignore_errors=True)  # never serve a stale tuned encoder
     prepare_encoder(params.encoder, train_rows, agents, tuned, log=lambda r: log.info("encoder %s", r))
     encoder_seconds = time.perf_counter() - start
-    router, index = train(params, agents, train_rows, val_rows, stage_encoder(params.encoder, out))
-    router.save(out)
+    ranker, index, selection = train(params, agents, train_rows, val_rows, stage_encoder(params.encoder, out))
+    ranker.save(out)
     index.save(out)
-    best = min(router.history_, key=lambda r: r.get("val_loss", r["train_loss"]))
+    write_json(out / SELECTION, selection)
+    best = min(ranker.history_, key=lambda r: r.get("val_loss", r["train_loss"]))
     result = {"agents": len(agents), "train_prompts": len(train_rows), "val_prompts": len(val_rows),
-              "best_epoch": best["epoch"], "val_loss": best.get("val_loss"),
+              "examples": len(index.examples), "epochs_run": len(ranker.history_), "best_epoch": best["epoch"],
+              "val_loss": best.get("val_loss"), "margin": selection["margin"], "val": selection["val"],
+              "val_separator_only": selection["val_separator_only"],
               "encoder_finetuned": params.encoder.finetune.enabled,
               "encoder_seconds": round(encoder_seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
     write_json(metrics, result)

@@ -1,0 +1,107 @@
+"""The pipeline's ranker: route features say which evidence an agent has, the classifier
+survives a save/load round trip whatever its memory order, save/load and ONNX reproduce the
+scores, and the margin chosen on validation data meets its out-of-scope recall."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amo.data import Agent, RoutingExample
+from amo.onnx_router import ONNX_FILE, OnnxRanker, export_ranker
+from amo.ranker import AgentRanker
+from amo.routing import (
+    AGENT_FEATURES,
+    AgentError,
+    AgentIndex,
+    Classifier,
+    choose_margin,
+    grade_matrix,
+    route_features,
+    select,
+)
+
+DIM = 16
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.normal(size=(n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[AgentRanker, AgentIndex, np.ndarray]:
+    """Four agents whose prompts lie near their descriptions, plus out-of-scope noise."""
+    rng = np.random.default_rng(0)
+    centres = unit(rng, 4)
+    agents = [Agent(f"agent_{i}", f"agent number {i} description", domain=f"d{i}") for i in range(4)]
+    rows, x = [], []
+    for i in range(4):
+        for _ in range(30):
+            v = centres[i] + 0.35 * rng.normal(size=DIM)
+            rows.append(RoutingExample(f"p{i}-{len(rows)}", {agents[i].id: 1}))
+            x.append(v / np.linalg.norm(v))
+    for _ in range(30):
+        rows.append(RoutingExample(f"oos-{len(rows)}", {}))
+        x.append(unit(rng, 1)[0])
+    x = np.array(x, np.float32)
+    index = AgentIndex(agents, centres)
+    ranker = AgentRanker(hidden=16, epochs=40, batch_size=32, folds=2, group_by="agent").fit(
+        index, x, grade_matrix(rows, index.ids))
+    return ranker, index.with_examples(rows, embeddings=x), x
+
+
+def test_features_flag_the_evidence_each_agent_has(fitted) -> None:
+    """An agent added after training has no examples and no classifier column; trained ones have both."""
+    ranker, index, x = fitted
+    grown = index.add([Agent("agent_new", "a brand new agent's description")], lambda_encoder())
+    agent, _ = route_features(x[:3], grown, ranker.classifier_)
+    flags = [AGENT_FEATURES.index("has_examples"), AGENT_FEATURES.index("has_classifier")]
+    assert agent[:, :4][:, :, flags].min() == 1.0 and agent[:, 4][:, flags].max() == 0.0
+    with pytest.raises(AgentError, match="not in the index"):
+        index.with_examples([RoutingExample("x", {"nobody": 1})], embeddings=x[:1])
+
+
+def lambda_encoder():
+    class Encoder:
+        def encode(self, texts: list[str]) -> np.ndarray:
+            return unit(np.random.default_rng(len(texts)), len(texts))
+
+    return Encoder()
+
+
+def test_save_load_and_onnx_reproduce_the_scores(fitted, tmp_path: Path) -> None:
+    """A saved ranker and index load to the same scores; the ONNX export agrees to 1e-4, also
+    for more agents than it was exported with."""
+    ranker, index, x = fitted
+    ranker.save(tmp_path)
+    index.save(tmp_path)
+    loaded, loaded_index = AgentRanker.load(tmp_path), AgentIndex.load(tmp_path)
+    np.testing.assert_array_equal(loaded.score(x, loaded_index), ranker.score(x, index))
+    export_ranker(ranker, tmp_path / ONNX_FILE)
+    grown = index.add([Agent("agent_new", "a brand new agent's description")], lambda_encoder())
+    np.testing.assert_allclose(OnnxRanker(tmp_path).score(x, grown), ranker.score(x, grown), atol=1e-4)
+
+
+def test_classifier_round_trip_keeps_a_fortran_ordered_matrix(tmp_path: Path) -> None:
+    """scikit-learn can hand back Fortran-ordered weights; they load back as the same matrix."""
+    weights = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))
+    Classifier(weights, np.ones(3, np.float32), ("a", "b", "c")).save(tmp_path)
+    loaded = Classifier.load(tmp_path)
+    np.testing.assert_array_equal(loaded.weights, weights)
+    assert loaded.agent_ids == ("a", "b", "c")
+
+
+def test_margin_chosen_on_validation_meets_its_recall(fitted) -> None:
+    """The chosen margin abstains on at least the target share of out-of-scope prompts, and the
+    learned separator ranks in-scope prompts above it."""
+    ranker, index, x = fitted
+    scores = ranker.score(x, index)
+    out_of_scope = np.arange(len(x)) >= 120
+    margin = choose_margin(scores, out_of_scope, 0.8)
+    routes = [select(row, index.ids, margin=margin) for row in scores]
+    assert np.mean([r.abstained for r, o in zip(routes, out_of_scope) if o]) >= 0.8
+    assert np.mean([r.agents[0][0] == f"agent_{i // 30}" for i, r in enumerate(routes[:120]) if r.agents]) > 0.9
+    assert choose_margin(scores, np.zeros(len(x), bool), 0.8) is None
