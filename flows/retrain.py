@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.states import Failed
 
 from amo import orchestration as orch
 from amo.config import OrchestrationParams, load_params
@@ -97,15 +98,36 @@ def bundle(repo: str = ".") -> None:
     _stage(repo, "bundle")
 
 
-@flow(name="promote")
-def promote(repo: str = ".", bundle: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Gate a candidate bundle (default: the bundle stage's output) against the floors and the
-    champion; the decision is an artifact."""
-    decision, markdown = orch.promote_bundle(Path(repo), Path(bundle) if bundle else None, force=force)
-    create_markdown_artifact(markdown, key="amo-promotion", description="promotion decision")
+def _decided(decision: Any, markdown: str, key: str) -> Any:
+    """The promotion decision as an artifact, and as the run's result: a rejection ends the run
+    Failed with the gate's reasons, so it never passes for a success."""
+    create_markdown_artifact(markdown, key=key, description="promotion decision")
     get_run_logger().info("%s", decision)
-    return {"bundle_id": decision.bundle_id, "accepted": decision.accepted, "champion": decision.champion,
-            "reasons": decision.reasons}
+    result = {"bundle_id": decision.bundle_id, "accepted": decision.accepted, "champion": decision.champion,
+              "reasons": decision.reasons}
+    if not decision.accepted:
+        failed = "; ".join(r.removeprefix("FAILED: ") for r in decision.reasons if r.startswith("FAILED"))
+        return Failed(message=f"bundle {decision.bundle_id} rejected by the gate: {failed}", data=result)
+    return result
+
+
+@flow(name="promote")
+def promote(repo: str = ".", bundle: str | None = None, force: bool = False) -> Any:
+    """Gate a candidate bundle (default: the bundle stage's output) against the floors and the
+    champion, both scored on the current test data."""
+    decision, markdown = orch.promote_bundle(Path(repo), Path(bundle) if bundle else None, force=force)
+    return _decided(decision, markdown, "amo-promotion")
+
+
+@flow(name="publish-index")
+def publish_index(repo: str = ".") -> Any:
+    """The cheap path: the champion with the data's agents in its index (no retraining),
+    measured and promoted through the gate."""
+    decision, markdown = orch.publish_index(Path(repo))
+    if decision is None:
+        get_run_logger().info("%s", markdown)
+        return {"published": False, "why": markdown}
+    return _decided(decision, markdown, "amo-publish-index")
 
 
 # Which concern flow runs a dvc.yaml stage; a stage missing here still runs, as a plain stage task.
@@ -145,15 +167,33 @@ def retrain(repo: str = ".", tasks: list[str] | None = None, promote_bundle: boo
             else:
                 _stage(repo, group)
             ran += stages
-        decision = promote(repo) if promote_bundle else None
+        promotion = promote(repo, return_state=True) if promote_bundle else None
         pushed = o.push if push is None else push
         if pushed:
             orch.push(root, params.orchestration.remote)
         orch.record_data_hash(root, trained_on, "retrain")
     create_markdown_artifact(orch.metrics_markdown(root / "metrics", "Retrain: all metrics"),
                              key="amo-retrain", description="metrics of this retrain")
-    return {"stages": ran, "data_hash": trained_on, "overrides": changed, "promotion": decision,
-            "pushed": pushed}
+    decision = None if promotion is None else promotion.result(raise_on_failure=False)
+    result = {"stages": ran, "data_hash": trained_on, "overrides": changed, "promotion": decision,
+              "pushed": pushed}
+    if promotion is not None and promotion.is_failed():
+        # The retrain ran, but its bundle did not ship: a failed run, not a quiet success.
+        return Failed(message=f"retrain finished but was not promoted: {promotion.message}", data=result)
+    return result
+
+
+@flow(name="on-new-data")
+def on_new_data(repo: str = ".", data_hash: str | None = None) -> Any:
+    """What new agent data starts: the cheap path first (a new agent is served within a minute),
+    then the full retrain, which promotes the retrained bundle if it passes the gate."""
+    published = publish_index(repo, return_state=True)
+    retrained = retrain(repo, data_hash=data_hash, return_state=True)
+    result = {"publish_index": published.result(raise_on_failure=False),
+              "retrain": retrained.result(raise_on_failure=False)}
+    failed = [f"{name}: {state.message}" for name, state in (("publish-index", published), ("retrain", retrained))
+              if state.is_failed()]
+    return Failed(message="; ".join(failed), data=result) if failed else result
 
 
 @flow(name="data-sensor")

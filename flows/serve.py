@@ -4,8 +4,9 @@
     PREFECT_API_URL=http://127.0.0.1:4200/api python flows/serve.py        # another
 
 retrain/nightly             cron from params.yaml orchestration.nightly_cron, in orchestration.timezone
-retrain/on-new-agent-data   runs on each `amo.data.updated` event of this repository (sent by
-                            `amo data update` and by data-sensor), with the event's data hash
+on-new-data/on-new-agent-data  runs on each `amo.data.updated` event of this repository (sent by
+                            `amo data update`, `amo agents add` and data-sensor), with the event's data
+                            hash: publish-index first (new agents served without retraining), then retrain
 data-sensor/every-interval  emits that event when the data folder changed (a new agents.jsonl dropped in place)
 promote/manual              gate and promote a given bundle folder
 """
@@ -18,7 +19,7 @@ from typing import Any
 from prefect import serve
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Interval
-from retrain import data_sensor, promote, retrain
+from retrain import data_sensor, on_new_data, promote, retrain
 
 from amo.config import load_params
 from amo.orchestration import DATA_UPDATED
@@ -36,7 +37,7 @@ def deployments(repo: Path) -> list[Any]:
     return [
         retrain.to_deployment("nightly", parameters=here,
                               schedules=[Cron(o.nightly_cron, timezone=o.timezone)]),
-        retrain.to_deployment("on-new-agent-data", parameters=here, triggers=[on_data]),
+        on_new_data.to_deployment("on-new-agent-data", parameters=here, triggers=[on_data]),
         data_sensor.to_deployment("every-interval", parameters=here,
                                   schedules=[Interval(o.sensor_interval_seconds)]),
         promote.to_deployment("manual", parameters=here),

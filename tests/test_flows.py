@@ -69,6 +69,27 @@ def test_retrain_runs_the_graph_promotes_and_pushes(trained_repo: dict[str, Any]
     assert "| evaluation | router.in_scope_accuracy |" in artifacts["amo-evaluation"]
 
 
+def test_rejected_promotion_fails_the_flow_run_with_its_reason(trained_repo: dict[str, Any]) -> None:
+    """A bundle the gate rejects ends the promote flow run Failed, naming the failed check; both
+    bundles were scored on the same current test data; the champion stays current."""
+    repo = trained_repo["repo"]
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    raw = yaml.safe_load(original)
+    raw["gate"]["floors"]["planner.exact_path"] = 1.01  # no planner reaches it
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    current = (repo / "registry/current.json").read_text()
+    try:
+        state = flows().promote(repo=str(repo), return_state=True)
+    finally:
+        params_file.write_text(original)
+    assert state.is_failed(), state
+    assert "rejected by the gate" in state.message and "planner.exact_path" in state.message
+    decision = state.result(raise_on_failure=False)
+    assert any("same, current test data" in reason for reason in decision["reasons"])
+    assert (repo / "registry/current.json").read_text() == current
+
+
 def test_second_concurrent_retrain_is_refused_and_nothing_corrupted(trained_repo: dict[str, Any]) -> None:
     """Two retrains started together on one repository: one completes, the other fails at once
     naming the lock and its holder; the bundle, registry and dvc.lock stay consistent."""

@@ -147,11 +147,14 @@ def test_reports_are_markdown_tables(tmp_path: Path) -> None:
     table = orch.metrics_markdown(tmp_path, "All")
     assert "| evaluation | router.in_scope_accuracy | 0.8125 |" in table and "| arms/x | arm | 0.5000 |" in table
 
-    class Decision:
-        bundle_id, accepted, champion, reasons = "b2", False, "b1", ["FAILED: router.x = 0.1 < floor 0.5"]
+    from amo.registry import Decision
 
-    text = orch.decision_markdown(Decision(), {"router": {"x": 0.1}}, {"router": {"x": 0.9}})
+    decision = Decision("b2", False, ["FAILED: router.x = 0.1 < floor 0.5"], "b1",
+                        {"candidate": {"router": {"x": 0.1}, "per_agent": {"gift_cards": {"route_top1": 0.75}}},
+                         "champion": {"router": {"x": 0.9}, "per_agent": {}}, "same_data": True})
+    text = orch.decision_markdown(decision)
     assert "REJECTED" in text and "| router.x | 0.1000 | 0.9000 |" in text and "FAILED" in text
+    assert "| gift_cards | 0.7500 | — |" in text
 
 
 def test_orchestration_config_refuses_bad_zone_and_cron() -> None:

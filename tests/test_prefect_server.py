@@ -29,7 +29,7 @@ from amo import orchestration as orch
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
-DEPLOYMENTS = {"retrain/nightly", "retrain/on-new-agent-data", "data-sensor/every-interval", "promote/manual"}
+DEPLOYMENTS = {"retrain/nightly", "on-new-data/on-new-agent-data", "data-sensor/every-interval", "promote/manual"}
 
 
 def free_port() -> int:

@@ -112,21 +112,25 @@ def cli(params: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_cli_promote_list_verify_rollback(tmp_path: Path) -> None:
+def test_cli_promote_list_verify_rollback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`amo promote/bundles list/bundles verify/rollback` drive a file:// registry end to end,
-    printing the gate's decision and refusing a failing or tampered candidate."""
+    printing the gate's decision and refusing a failing or tampered candidate (exit 3 for a
+    rejection, 1 for an error)."""
     import yaml
+
+    monkeypatch.chdir(tmp_path)  # no test data here: the gate compares the manifests' metrics
 
     params = tmp_path / "params.yaml"
     raw = {"arms": {"tasks": {"t": {"data": "d", "template": "{input}"}}},
            "gate": {"floors": {"router.in_scope_accuracy": 0.7}, "tolerance": 0.02},
            "registry": {"path": f"file://{tmp_path / 'reg'}"}}
     params.write_text(yaml.safe_dump(raw))
-    code, out = cli(params, "promote", str(fake_bundle(tmp_path, "first", 0.8)))
+    code, out = cli(params, "promote", str(fake_bundle(tmp_path / "candidates", "first", 0.8)))
     assert code == 0 and "PROMOTED first" in out and "ok: router.in_scope_accuracy = 0.8000 >= floor 0.7" in out
-    code, out = cli(params, "promote", str(fake_bundle(tmp_path, "weak", 0.5)))
-    assert code == 1 and "REJECTED weak" in out and "FAILED: router.in_scope_accuracy = 0.5000 < floor" in out
-    code, out = cli(params, "promote", str(fake_bundle(tmp_path, "second", 0.81)))
+    code, out = cli(params, "promote", str(fake_bundle(tmp_path / "candidates", "weak", 0.5)))
+    assert code == 3 and "REJECTED weak" in out and "FAILED: router.in_scope_accuracy = 0.5000 < floor" in out
+    assert "basis: metrics stored in each manifest" in out
+    code, out = cli(params, "promote", str(fake_bundle(tmp_path / "candidates", "second", 0.81)))
     assert code == 0 and "vs champion 0.8000 (within tolerance" in out
     code, out = cli(params, "bundles", "list")
     assert code == 0 and out.splitlines() == [
@@ -264,3 +268,22 @@ def test_changed_manifest_is_refused(tmp_path: Path) -> None:
         verify_bundle(bundle)
     with pytest.raises(BundleError, match="manifest.json was changed"):
         Registry(tmp_path / "registry").promote(bundle, GATE)
+
+
+def test_gate_judges_each_arm_against_the_base_model_and_the_champion() -> None:
+    """An arm scoring below the base model, or beyond tolerance below the champion's arm, fails
+    the gate by name; one that gains passes."""
+    from amo.registry import gate
+
+    def metrics(arm: float, base: float) -> dict:
+        return {"arms": {"rewrite": {"arm": {"rouge_l": arm, "examples": 8}, "base": {"rouge_l": base, "examples": 8},
+                                     "metric": "rouge_l"}}}
+
+    params = GateParams(floors={}, tolerance=0.02)
+    worse_than_base = gate(metrics(0.0, 0.28), None, params)
+    assert worse_than_base == [(False, "arms.rewrite = 0.0000 vs base model 0.2800 (gains less than 0.0)")]
+    assert all(ok for ok, _ in gate(metrics(0.9, 0.28), metrics(0.91, 0.28), params))
+    regressed = gate(metrics(0.8, 0.28), metrics(0.9, 0.28), params)
+    assert [ok for ok, _ in regressed] == [True, False] and "vs champion 0.9000 (beyond" in regressed[1][1]
+    legacy = {"arms": {"rewrite": {"arm": {"rouge_l": 0.5, "examples": 8}, "base": {"rouge_l": 0.1, "examples": 8}}}}
+    assert gate(legacy, None, params) == [(True, "arms.rewrite = 0.5000 vs base model 0.1000 (gains 0.0)")]

@@ -23,6 +23,7 @@ app.add_typer(agents_app, name="agents")
 app.add_typer(bundles_app, name="bundles")
 
 _state: dict[str, Path] = {"params": Path("params.yaml")}
+REJECTED_EXIT = 3  # exit status when the promotion gate rejects a bundle (errors exit 1)
 
 
 @app.callback()
@@ -117,9 +118,11 @@ def agents_add(agent_id: str = typer.Argument(..., metavar="ID", help="New agent
                                                        "default: <data.dir>/agents.jsonl."),
                index: Path | None = typer.Option(None, help="Router agent index folder to re-embed; "
                                                  "default: train_router's output when it exists."),
-               index_only: bool = typer.Option(False, help="Leave the agents file alone.")) -> None:
+               index_only: bool = typer.Option(False, help="Leave the agents file alone."),
+               publish: bool = typer.Option(False, help="Then publish: promote the champion with the new "
+                                                        "agent in its index (see `amo agents publish`).")) -> None:
     """Add an agent: append it to agents.jsonl and embed it into the router's agent index (the
-    cheap index step), so it is routable without retraining."""
+    cheap index step), so it is routable without retraining; `--publish` serves it at once."""
     from amo.agents import add_agent
     from amo.data import Agent
     from amo.encoder_tuning import stage_encoder
@@ -136,6 +139,8 @@ def agents_add(agent_id: str = typer.Argument(..., metavar="ID", help="New agent
     result = _run(lambda: add_agent(params.data, agent, target, index_dir, encoder))
     typer.echo(json.dumps(result, ensure_ascii=False))
     data_dir = Path(params.data.dir)
+    if publish:
+        agents_publish()
     if target is not None and target.resolve().parent == data_dir.resolve():
         # The pipeline's agents changed: start the on-new-agent-data retrain when Prefect is up.
         from amo.orchestration import emit_data_updated
@@ -143,6 +148,22 @@ def agents_add(agent_id: str = typer.Argument(..., metavar="ID", help="New agent
         sent = _run(lambda: emit_data_updated(data_dir, Path("."), why="amo agents add"))
         if sent["event_id"] is not None:
             typer.echo(f"event amo.data.updated {sent['event_id']} sent to {sent['api_url']}")
+
+
+@agents_app.command("publish")
+def agents_publish() -> None:
+    """Serve the agents file's agents without retraining: derive an index-only bundle from the
+    champion (new descriptions embedded with its encoder), measure it on the current test data
+    and promote it through the gate. Exits 3 when the gate rejects it."""
+    from amo.orchestration import publish_index
+
+    decision, markdown = _run(lambda: publish_index(Path("."), _state["params"]))
+    if decision is None:
+        typer.echo(markdown)
+        return
+    typer.echo(str(decision))
+    if not decision.accepted:
+        raise typer.Exit(REJECTED_EXIT)
 
 
 @data_app.command("update")
@@ -247,22 +268,24 @@ def bundle(router: Path = _required("Router folder."), onnx: Path = _required("R
 def _registry() -> Any:
     from amo.registry import Registry
 
-    settings = _params().registry
-    return Registry(settings.path, cache_dir=Path(settings.cache_dir))
+    return Registry.from_params(_params().registry)
 
 
 @app.command()
 def promote(bundle_dir: Path | None = typer.Argument(None, metavar="BUNDLE",
                                                    help="Default: the bundle stage's output in dvc.yaml."),
-            force: bool = typer.Option(False, help="Promote even if the gate fails.")) -> None:
-    """Gate a candidate bundle against floors and the champion; switch `current` if it passes."""
-    from amo.layout import stage_output
+            force: bool = typer.Option(False, help="Promote even if the gate fails."),
+            report: Path | None = typer.Option(None, help="Write the decision as Markdown here.")) -> None:
+    """Gate a candidate bundle against floors and the champion (both scored on the current test
+    data); switch `current` if it passes. Exits 3 when the gate rejects it."""
+    from amo.orchestration import promote_bundle
 
-    candidate = bundle_dir or _run(lambda: stage_output("bundle"))
-    decision = _run(lambda: _registry().promote(candidate, _params().gate, force=force))
+    decision, markdown = _run(lambda: promote_bundle(Path("."), bundle_dir, force, _state["params"]))
     typer.echo(str(decision))
+    if report is not None:
+        report.write_text(markdown, encoding="utf-8")
     if not decision.accepted:
-        raise typer.Exit(1)
+        raise typer.Exit(REJECTED_EXIT)
 
 
 @app.command()
@@ -375,6 +398,9 @@ def copilot(prompt: str, bundle_dir: Path | None = BUNDLE_OPTION,
     typer.echo(f"bundle: {brain.bundle_id}")
     typer.echo(f"prompt: {prompt}")
     typer.echo(_format_route(answer.route))
+    if answer.out_of_scope:
+        typer.echo("answer: out of scope: no agent of this copilot handles it (no arm was called)")
+        return
     typer.echo("plan:  " + (" -> ".join(answer.plan.path) if answer.plan.path else "abstain"))
     for step in answer.arm_outputs:
         typer.echo(f"arm {step['arm']} (for {step['agent']}): {step['output']}")

@@ -309,36 +309,82 @@ def validation_markdown(report_path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def decision_markdown(decision: Any, candidate: dict[str, Any], champion: dict[str, Any] | None) -> str:
-    """The promotion decision: verdict, each gate check, and the metrics next to the champion's."""
+def decision_markdown(decision: Any) -> str:
+    """The promotion decision: verdict, each gate check, the metrics it compared next to the
+    champion's, and per-agent results."""
     verdict = "PROMOTED" if decision.accepted else "REJECTED"
     lines = [f"# Promotion: {verdict}", "", (f"candidate `{decision.bundle_id}`, "
                                             f"champion `{decision.champion or 'none'}`"), ""]
     lines += [f"- {reason}" for reason in decision.reasons] or ["- no gate checks configured"]
-    cand, champ = _flatten(candidate), _flatten(champion or {})
+    candidate = dict(decision.measured.get("candidate") or {})
+    champion = dict(decision.measured.get("champion") or {})
+    per_agent, champion_agents = candidate.pop("per_agent", {}), champion.pop("per_agent", {})
+    cand, champ = _flatten(candidate), _flatten(champion)
     lines += ["", "| metric | candidate | champion |", "| --- | --- | --- |"]
     lines += [f"| {k} | {_cell(v)} | {_cell(champ.get(k, '—'))} |"
               for k, v in cand.items() if isinstance(v, (int, float))]
+    if per_agent:
+        lines += ["", "| agent | route top-1 | champion | plan contains | champion |",
+                  "| --- | --- | --- | --- | --- |"]
+        for agent, row in per_agent.items():
+            other = champion_agents.get(agent, {})
+            lines.append(f"| {agent} | {_cell(row.get('route_top1', '—'))} | {_cell(other.get('route_top1', '—'))} "
+                         f"| {_cell(row.get('plan_contains', '—'))} | {_cell(other.get('plan_contains', '—'))} |")
     return "\n".join(lines) + "\n"
 
 
-def promote_bundle(repo: Path, bundle_dir: Path | None = None, force: bool = False) -> tuple[Any, str]:
-    """Gate and promote a bundle (default: the bundle stage's output in dvc.yaml) into the
-    repository's registry; the decision and its Markdown."""
-    from amo.bundle import verify_bundle
+def promote_bundle(repo: Path, bundle_dir: Path | None = None, force: bool = False,
+                   params_file: Path | None = None) -> tuple[Any, str]:
+    """The one front door for promotion (`amo promote` and the promote flow): gate a bundle
+    (default: the bundle stage's output in dvc.yaml) against the floors and the champion, both
+    scored on the repository's current test data when it has test splits, and promote it into
+    the registry; the decision and its Markdown report."""
+    from functools import partial
+
+    from amo.assessment import assess_bundle
     from amo.config import load_params
     from amo.layout import stage_output
     from amo.registry import Registry
 
-    params = load_params(repo / "params.yaml")
-    where = params.registry.path  # a folder relative to the repository, or an fsspec URL
-    registry = Registry(where if "://" in where else repo / where, cache_dir=repo / params.registry.cache_dir)
+    params = load_params(params_file or repo / "params.yaml")
+    registry = Registry.from_params(params.registry, repo)
     if bundle_dir is None:
         bundle_dir = stage_output("bundle", repo)
     elif not bundle_dir.is_absolute():
         bundle_dir = repo / bundle_dir
-    candidate = verify_bundle(bundle_dir)["metrics"]
-    champion_id = registry.current_id()
-    champion = registry.verify(champion_id)["metrics"] if champion_id else None
-    decision = registry.promote(bundle_dir, params.gate, force=force)
-    return decision, decision_markdown(decision, candidate, champion)
+    data = repo / params.data.dir
+    tested = (data / "routing" / "test.jsonl").is_file() and (data / "traces" / "test.jsonl").is_file()
+    decision = registry.promote(bundle_dir, params.gate, force=force,
+                                assess=partial(assess_bundle, data=data) if tested else None)
+    return decision, decision_markdown(decision)
+
+
+def publish_index(repo: Path, params_file: Path | None = None) -> tuple[Any, str]:
+    """The cheap path (`amo agents publish` and the data event): validate the data, record its
+    DVC version, derive an index-only bundle from the champion for the agents file's agents and
+    the training split's prompts as examples, measure it on the current test data and promote it
+    through the gate. No scorer or planner is retrained; the full retrain follows on the schedule."""
+    from amo import data as contracts
+    from amo.bundle import git_commit
+    from amo.config import load_params
+    from amo.layout import stage_output
+    from amo.registry import Registry
+    from amo.reindex import NothingToPublish, build_index_bundle, measure
+    from amo.validate import validate_data
+
+    params = load_params(params_file or repo / "params.yaml")
+    d = params.data
+    data = repo / d.dir
+    validate_data(data, min_description_chars=d.min_description_chars, max_description_chars=d.max_description_chars,
+                  max_prompt_chars=d.max_prompt_chars, max_task_chars=d.max_task_chars)  # refused: nothing moves
+    version = track_data(repo, d.dir) if (repo / f"{d.dir}.dvc").is_file() else None
+    registry = Registry.from_params(params.registry, repo)
+    out = stage_output("bundle", repo).with_name("index-bundle")
+    try:
+        build_index_bundle(registry.current_path(), contracts.read_agents(data / "agents.jsonl"),
+                           contracts.read_routing(data / "routing" / "train.jsonl"), out,
+                           data_hash=version, git_commit=git_commit())
+    except NothingToPublish as exc:
+        return None, f"nothing to publish: {exc}"
+    measure(out, data)
+    return promote_bundle(repo, out, params_file=params_file)

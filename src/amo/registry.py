@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from amo.bundle import MANIFEST, BundleError, verify_bundle
-from amo.config import GateParams
+from amo.config import GateParams, RegistryParams
 
 CURRENT = "current.json"
 HISTORY = "history.jsonl"
@@ -70,12 +70,17 @@ def metric(metrics: dict[str, Any], dotted: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+Assess = Callable[[Path], dict[str, Any]]
+
+
 @dataclass
 class Decision:
     bundle_id: str
     accepted: bool
     reasons: list[str] = field(default_factory=list)
     champion: str | None = None
+    # The metrics the gate compared: {"candidate": ..., "champion": ..., "same_data": bool}
+    measured: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         verdict = "PROMOTED" if self.accepted else "REJECTED"
@@ -83,8 +88,17 @@ class Decision:
         return "\n".join(lines + [f"  - {reason}" for reason in self.reasons])
 
 
+def arm_metric(scores: dict[str, Any]) -> str:
+    """The task metric an arm is judged by: named by the evaluate stage, or the only one scored."""
+    if isinstance(scores.get("metric"), str):
+        return scores["metric"]
+    names = [k for k in (scores.get("arm") or {}) if k != "examples"]
+    return names[0] if len(names) == 1 else "?"
+
+
 def gate(candidate: dict[str, Any], champion: dict[str, Any] | None, params: GateParams) -> list[tuple[bool, str]]:
-    """(passed, reason) per check: floors, then no regression beyond tolerance vs the champion."""
+    """(passed, reason) per check: floors, then no regression beyond tolerance vs the champion;
+    then every arm against the base model (by `arm_min_gain` at least) and the champion's arm."""
     checks = []
     for name, floor in sorted(params.floors.items()):
         value = metric(candidate, name)
@@ -97,6 +111,20 @@ def gate(candidate: dict[str, Any], champion: dict[str, Any] | None, params: Gat
             ok = value >= best - params.tolerance
             checks.append((ok, (f"{name} = {value:.4f} vs champion {best:.4f} "
                                 f"({'within' if ok else 'beyond'} tolerance {params.tolerance})")))
+    for arm, scores in sorted((candidate.get("arms") or {}).items()):
+        name = arm_metric(scores)
+        value, base = metric(scores, f"arm.{name}"), metric(scores, f"base.{name}")
+        if value is None or base is None:
+            checks.append((False, f"arms.{arm}: no arm and base scores of its task metric in the candidate's metrics"))
+            continue
+        ok = value >= base + params.arm_min_gain
+        gain = "gains" if ok else "gains less than"
+        checks.append((ok, f"arms.{arm} = {value:.4f} vs base model {base:.4f} ({gain} {params.arm_min_gain})"))
+        best = metric(champion, f"arms.{arm}.arm.{name}") if champion is not None else None
+        if best is not None:
+            ok = value >= best - params.tolerance
+            within = "within" if ok else "beyond"
+            checks.append((ok, f"arms.{arm} = {value:.4f} vs champion {best:.4f} ({within} tolerance {params.tolerance})"))
     return checks
 
 
@@ -116,6 +144,12 @@ class Registry:
         self.bundles = self.root / "bundles"
         self.cache_dir = cache_dir
         self.checkpoint = checkpoint
+
+    @classmethod
+    def from_params(cls, params: RegistryParams, repo: Path = Path(".")) -> Registry:
+        """The registry params.yaml names: a folder relative to `repo`, or an fsspec URL."""
+        where = params.path if "://" in params.path else repo / params.path
+        return cls(where, cache_dir=repo / params.cache_dir)
 
     # -- paths and small files ----------------------------------------------------------------
     def _key(self, *parts: str) -> str:
@@ -221,19 +255,33 @@ class Registry:
         self.checkpoint("upload verified")
 
     # -- operations ---------------------------------------------------------------------------
-    def promote(self, candidate: Path, params: GateParams, force: bool = False) -> Decision:
-        """Verify, gate against floors and the champion, copy in, then switch `current`."""
+    def promote(self, candidate: Path, params: GateParams, force: bool = False,
+                assess: Assess | None = None) -> Decision:
+        """Verify, gate against floors and the champion, copy in, then switch `current`.
+
+        With `assess` (a bundle folder -> its metrics on today's test data), candidate and
+        champion are both scored by it, on the same data; without it, the gate compares the
+        metrics each manifest carries, and the reasons say so."""
         manifest = verify_bundle(candidate)
         self.checkpoint("candidate verified")
         bundle_id = manifest["bundle_id"]
         champion_id = self.current_id()
-        champion = self.verify(champion_id)["metrics"] if champion_id else None
-        checks = gate(manifest["metrics"], champion, params)
+        champion_manifest = self.verify(champion_id) if champion_id else None
+        if assess is not None:
+            measured = assess(Path(candidate))
+            champion = assess(self.bundle_path(champion_id)) if champion_id else None
+            basis = "candidate and champion scored on the same, current test data"
+        else:
+            measured = manifest["metrics"]
+            champion = champion_manifest["metrics"] if champion_manifest else None
+            basis = "metrics stored in each manifest (no test data given: not re-measured)"
+        checks = gate(measured, champion, params)
         accepted = force or all(ok for ok, _ in checks)
-        reasons = [("ok: " if ok else "FAILED: ") + why for ok, why in checks]
+        reasons = [f"basis: {basis}", *(("ok: " if ok else "FAILED: ") + why for ok, why in checks)]
         if force:
             reasons.append("forced: gate overridden by --force")
-        decision = Decision(bundle_id, accepted, reasons, champion_id)
+        decision = Decision(bundle_id, accepted, reasons, champion_id,
+                            {"candidate": measured, "champion": champion, "same_data": assess is not None})
         self.checkpoint("gate decided")
         if accepted:
             self._copy_in(Path(candidate), bundle_id)

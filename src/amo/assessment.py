@@ -1,0 +1,59 @@
+"""A bundle scored on the current test data, the way the runtime serves it.
+
+The promotion gate calls this for the candidate and for the champion, so both are judged on the
+same prompts and traces (today's test split, new agents' rows included), never on numbers each
+bundle carried from its own, older split.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amo import data as contracts
+from amo.brain import Brain
+from amo.metrics import planner_metrics, router_metrics
+
+
+def _top_agents(labels: dict[str, int]) -> list[str]:
+    top = max(labels.values())
+    return sorted(agent for agent, grade in labels.items() if grade == top)
+
+
+def assess_bundle(bundle: Path, data: Path) -> dict[str, Any]:
+    """Router and planner metrics of `bundle` on `data`'s test splits, overall and per agent,
+    plus the arms' scores its own arm stages measured (the arms are byte-identical files, gated
+    against the base model and the champion's arms)."""
+    brain = Brain(bundle)
+    routing = contracts.read_routing(data / "routing" / "test.jsonl")
+    traces = contracts.read_traces(data / "traces" / "test.jsonl")
+    scores = brain.score_many([e.prompt for e in routing])
+    routes = [brain.route_scores(row) for row in scores]
+    ids = brain.agent_ids
+    rankings = [[ids[i] for i in np.argsort(-row[:-1], kind="stable")] for row in scores]
+    router = router_metrics(routes, routing, rankings)
+    plans = [brain.plan(t.prompt)[1].path for t in traces]
+    planner = planner_metrics(plans, [t.path for t in traces])
+
+    # Per agent: how often a prompt whose top label is the agent is routed to it first, and how
+    # often a trace that calls it is planned with it.
+    routed: dict[str, list[bool]] = defaultdict(list)
+    for route, example in zip(routes, routing):
+        if example.labels:
+            first = route.agents[0][0] if route.agents else None
+            for agent in _top_agents(example.labels):
+                routed[agent].append(first == agent)
+    planned: dict[str, list[bool]] = defaultdict(list)
+    for path, trace in zip(plans, traces):
+        for agent in set(trace.path):
+            planned[agent].append(agent in path)
+    per_agent = {agent: {**({"route_top1": round(float(np.mean(routed[agent])), 4), "prompts": len(routed[agent])}
+                            if agent in routed else {}),
+                         **({"plan_contains": round(float(np.mean(planned[agent])), 4),
+                             "traces": len(planned[agent])} if agent in planned else {})}
+                 for agent in sorted(set(routed) | set(planned))}
+    return {"router": router, "planner": planner, "arms": brain.manifest["metrics"].get("arms", {}),
+            "per_agent": per_agent, "data": {"routing_test": len(routing), "traces_test": len(traces)}}
