@@ -285,11 +285,13 @@ def read_margin(router_dir: Path) -> float:
 
 def choose_margin(scores: np.ndarray, out_of_scope: np.ndarray, target_recall: float) -> float | None:
     """The margin over the separator that keeps the most in-scope selections while abstaining
-    on at least `target_recall` of the out-of-scope prompts: the smallest margin m with
-    lead <= m (an abstention under `select`) for that share, where lead is the best agent's
-    score minus the separator's. None when there is no out-of-scope prompt to tune on."""
-    leads = np.sort(scores[:, :-1].max(axis=1)[out_of_scope] - scores[out_of_scope, -1])
+    on at least `target_recall` of the out-of-scope prompts (an abstention under `select`: the
+    best agent's lead over the separator is at most the margin), set halfway between the
+    lead that reaches that share and the next one. None without out-of-scope prompts."""
+    leads = np.sort(scores[:, :-1].max(axis=1)[out_of_scope].astype(np.float64) - scores[out_of_scope, -1])
     if not len(leads):
         return None
     k = max(int(np.ceil(target_recall * len(leads))), 1)
-    return float(leads[k - 1])
+    # Halfway to the next lead, so float rounding in `select` cannot flip the k-th prompt.
+    following = leads[k] if k < len(leads) else leads[k - 1] + 1.0
+    return float((leads[k - 1] + following) / 2)
