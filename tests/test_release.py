@@ -287,3 +287,20 @@ def test_gate_judges_each_arm_against_the_base_model_and_the_champion() -> None:
     assert [ok for ok, _ in regressed] == [True, False] and "vs champion 0.9000 (beyond" in regressed[1][1]
     legacy = {"arms": {"rewrite": {"arm": {"rouge_l": 0.5, "examples": 8}, "base": {"rouge_l": 0.1, "examples": 8}}}}
     assert gate(legacy, None, params) == [(True, "arms.rewrite = 0.5000 vs base model 0.1000 (gains 0.0)")]
+
+
+def test_gate_falls_back_to_stored_metrics_for_a_champion_it_cannot_rescore(tmp_path: Path) -> None:
+    """A champion this amo cannot load (an older bundle format) is judged by its stored metrics,
+    and the decision says so, instead of failing every promotion after an upgrade."""
+    registry = Registry(tmp_path / "registry")
+    registry.promote(fake_bundle(tmp_path, "old", 0.80), GATE)
+
+    def assess(bundle: Path) -> dict:
+        if bundle.name == "old":
+            raise FileNotFoundError("router/classifier.safetensors")
+        return {"router": {"in_scope_accuracy": 0.79}}
+
+    decision = registry.promote(fake_bundle(tmp_path, "new", 0.10), GATE, assess=assess)
+    assert decision.accepted and decision.measured["candidate"]["router"]["in_scope_accuracy"] == 0.79
+    assert "champion old cannot be re-scored by this amo (FileNotFoundError" in decision.reasons[0]
+    assert "vs champion 0.8000 (within tolerance" in "\n".join(decision.reasons)

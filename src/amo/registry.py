@@ -269,8 +269,13 @@ class Registry:
         champion_manifest = self.verify(champion_id) if champion_id else None
         if assess is not None:
             measured = assess(Path(candidate))
-            champion = assess(self.bundle_path(champion_id)) if champion_id else None
             basis = "candidate and champion scored on the same, current test data"
+            try:
+                champion = assess(self.bundle_path(champion_id)) if champion_id else None
+            except (BundleError, OSError, KeyError, ValueError) as exc:  # e.g. built by an older amo
+                champion = champion_manifest["metrics"] if champion_manifest else None
+                basis = (f"candidate scored on the current test data; champion {champion_id} cannot be "
+                         f"re-scored by this amo ({type(exc).__name__}: {exc}), so its stored metrics are used")
         else:
             measured = manifest["metrics"]
             champion = champion_manifest["metrics"] if champion_manifest else None
