@@ -80,6 +80,14 @@ def primary_labels(grades: np.ndarray) -> np.ndarray:
     return np.where(agents.max(1) > 0, agents.argmax(1), -1)
 
 
+def batched_features(x: np.ndarray, index: AgentIndex, classifier: Classifier | None,
+                     batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """route_features in batches of prompts: the per-agent example similarities of a whole fold
+    at once would take (rows x agents x examples per agent) floats."""
+    parts = [route_features(x[start:start + batch], index, classifier) for start in range(0, max(len(x), 1), batch)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 @dataclass
 class RankerConfig:
     hidden: int = 64
@@ -142,11 +150,11 @@ class AgentRanker:
             fold_index = AgentIndex(index.agents, index.embeddings, x[bank[:, 0]], bank[:, 1])
             rows = np.flatnonzero(fold_of_row == f)
             row_hidden = (labels[rows] >= 0) & hidden[np.maximum(labels[rows], 0)]
-            parts.append((rows, *route_features(x[rows], fold_index, classifier),
+            parts.append((rows, *batched_features(x[rows], fold_index, classifier),
                           np.where(row_hidden, groups[np.maximum(labels[rows], 0)], -1)))
             if extra is not None and extra_fold is not None:
                 chosen = np.flatnonzero(extra_fold == f)
-                extra_parts.append((chosen, *route_features(extra[chosen], fold_index, classifier)))
+                extra_parts.append((chosen, *batched_features(extra[chosen], fold_index, classifier)))
             log.info("router cross-fit fold %d/%d: %d agents hidden, %d rows, %d examples",
                      f + 1, self.folds, int(hidden.sum()), len(rows), len(bank))
         return parts, extra_parts
