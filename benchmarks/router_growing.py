@@ -58,6 +58,17 @@ from amo.router import ListwiseRouter
 from amo.routing import grade_matrix
 
 
+def held_out(agents: list, splits: dict, domain: str) -> tuple[set[str], list[int], list[int], list[int]]:
+    """One fold: the held-out domain's agent ids, the other agents' columns, and the train and
+    val rows that label none of the held-out agents."""
+    new = {a.id for a in agents if a.domain == domain}
+
+    def keep(name: str) -> list[int]:
+        return [i for i, e in enumerate(splits[name]) if not set(e.labels) & new]
+
+    return new, [i for i, a in enumerate(agents) if a.id not in new], keep("train"), keep("val")
+
+
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = finetune_arguments(common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
                                                  "clinc150", "router_growing.json", epochs=8, batch_size=128))
@@ -88,15 +99,9 @@ def run_fold(domain: str) -> dict:
     torch.set_num_threads(args.threads)
     ids = [a.id for a in agents]
     start = time.perf_counter()
-    new = {a.id for a in agents if a.domain == domain}
-    old_columns = [i for i, a in enumerate(agents) if a.id not in new]
+    new, old_columns, train_rows, val_rows = held_out(agents, splits, domain)
     old_agents = [agents[i] for i in old_columns]
     old_ids = [a.id for a in old_agents]
-
-    def keep(name: str) -> list[int]:
-        return [i for i, e in enumerate(splits[name]) if not set(e.labels) & new]
-
-    train_rows, val_rows = keep("train"), keep("val")
     train = [splits["train"][i] for i in train_rows]
     val = [splits["val"][i] for i in val_rows]
     fold: dict = {"held_out_domain": domain, "new_agents": sorted(new)}
