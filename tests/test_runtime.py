@@ -216,12 +216,13 @@ def test_copilot_merges_calls_to_a_shared_arm(bundle: Path, monkeypatch: pytest.
     """Two planned agents answered by the same arm cost one arm call; both steps get its output."""
     from amo.brain import Brain
     from amo.planner import Plan
+    from amo.routing import Route
 
     brain = Brain(bundle)
     calls: list[list[tuple[str | None, str]]] = []
-    monkeypatch.setattr(brain, "plan", lambda prompt: (brain.route(prompt),
-                                                       Plan(["order_status", "returns_refunds",
-                                                             "price_lookup"], [])))
+    routed = Route(agents=[("order_status", 2.0), ("returns_refunds", 1.5)], separator=0.0)
+    monkeypatch.setattr(brain, "plan", lambda prompt: (routed, Plan(["order_status", "returns_refunds",
+                                                                     "price_lookup"], [])))
     monkeypatch.setattr(brain, "invoke", lambda rows, max_new_tokens=None: calls.append(rows) or
                         [f"out-{arm}" for arm, _ in rows])
     answer = brain.copilot("return my order")
