@@ -61,7 +61,7 @@ def router_and_planner(data: Path, params) -> dict[str, dict[str, float]]:
     from amo.models import Encoder, resolve_encoder
     from amo.planner import TreePlanner
     from amo.router import ListwiseRouter
-    from amo.routing import AgentIndex, grade_matrix, select
+    from amo.routing import AgentIndex, grade_matrix, rankings, select
 
     torch.set_num_threads(1)
     encoder = Encoder(resolve_encoder(params.encoder.path), params.encoder.batch_size)
@@ -81,8 +81,8 @@ def router_and_planner(data: Path, params) -> dict[str, dict[str, float]]:
 
     scores = router.score(x["test"], index.embeddings)
     routes = [select(row, index.ids, min_k=p.min_k, max_k=p.max_k, margin=p.margin) for row in scores]
-    rankings = [[index.ids[i] for i in np.argsort(-row[:-1], kind="stable")] for row in scores]
-    router_metrics = evaluate_router(routes, splits["test"], rankings)
+    ranked = rankings(scores, index.ids)
+    router_metrics = evaluate_router(routes, splits["test"], ranked)
 
     traces = {name: contracts.read_traces(data / "traces" / f"{name}.jsonl") for name in ("train", "test")}
     q = params.planner

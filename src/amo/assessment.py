@@ -16,6 +16,7 @@ import numpy as np
 from amo import data as contracts
 from amo.brain import Brain
 from amo.metrics import planner_metrics, router_metrics
+from amo.routing import rankings
 
 
 def _top_agents(labels: dict[str, int]) -> list[str]:
@@ -32,9 +33,7 @@ def assess_bundle(bundle: Path, data: Path) -> dict[str, Any]:
     traces = contracts.read_traces(data / "traces" / "test.jsonl")
     scores = brain.score_many([e.prompt for e in routing])
     routes = [brain.route_scores(row) for row in scores]
-    ids = brain.agent_ids
-    rankings = [[ids[i] for i in np.argsort(-row[:-1], kind="stable")] for row in scores]
-    router = router_metrics(routes, routing, rankings)
+    router = router_metrics(routes, routing, rankings(scores, brain.agent_ids))
     plans = [brain.plan(t.prompt)[1].path for t in traces]
     planner = planner_metrics(plans, [t.path for t in traces])
 

@@ -66,6 +66,11 @@ def select(scores: np.ndarray, agent_ids: Sequence[str], *, min_k: int = 0, max_
     return Route(agents=[(agent_ids[i], float(scores[i])) for i in chosen], separator=separator)
 
 
+def rankings(scores: np.ndarray, agent_ids: Sequence[str]) -> list[list[str]]:
+    """Every agent best first, per score row (the separator, last, left out); ties keep index order."""
+    return [[agent_ids[i] for i in np.argsort(-row[:-1], kind="stable")] for row in scores]
+
+
 def prompt_key(prompt: str) -> bytes:
     """8 bytes naming a prompt's text (sha256), so an embedding can be reused for it."""
     return hashlib.sha256(prompt.encode("utf-8")).digest()[:8]

@@ -17,7 +17,7 @@ from amo.config import Params, RouterParams
 from amo.data import write_json
 from amo.metrics import planner_metrics, router_metrics
 from amo.planner import TreePlanner
-from amo.routing import Route, read_margin, select
+from amo.routing import Route, rankings, read_margin, select
 from amo.stages.routed import RouterView
 
 
@@ -29,13 +29,12 @@ def evaluate(params: RouterParams, margin: float, router: RouterView, planner: T
         return select(row, ids, min_k=params.min_k, max_k=params.max_k, margin=margin)
 
     routes = [route(row) for row in scores]
-    rankings = [[ids[i] for i in np.argsort(-row[:-1], kind="stable")] for row in scores]
     embeddings, t_scores = router([t.prompt for t in traces])
     # The plan as served: it follows the route (none when the router abstains).
     predicted = [planner.plan_scores(t.prompt, e, ids, row, explain=False,
                                      selected=[a for a, _ in route(row).agents]).path
                  for t, e, row in zip(traces, embeddings, t_scores)]
-    return {"router": router_metrics(routes, routing, rankings),
+    return {"router": router_metrics(routes, routing, rankings(scores, ids)),
             "planner": planner_metrics(predicted, [t.path for t in traces])}
 
 

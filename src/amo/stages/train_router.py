@@ -14,15 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from amo import data as contracts
 from amo.config import Params
 from amo.data import write_json
 from amo.encoder_tuning import prepare_encoder, stage_encoder, tuned_encoder_dir
 from amo.metrics import router_metrics
 from amo.ranker import AgentRanker
-from amo.routing import SELECTION, AgentIndex, choose_margin, grade_matrix, select
+from amo.routing import SELECTION, AgentIndex, choose_margin, grade_matrix, rankings, select
 
 log = logging.getLogger("amo")
 
@@ -43,8 +41,7 @@ def train(params: Params, agents: list[contracts.Agent], train: list[contracts.R
 
     def on_val(m: float) -> dict[str, float]:
         routes = [select(row, served.ids, min_k=p.min_k, max_k=p.max_k, margin=m) for row in scores]
-        rankings = [[served.ids[i] for i in np.argsort(-row[:-1], kind="stable")] for row in scores]
-        return {k: round(v, 4) for k, v in router_metrics(routes, val, rankings).items()}
+        return {k: round(v, 4) for k, v in router_metrics(routes, val, rankings(scores, served.ids)).items()}
 
     selection = {"margin": 0.0 if margin is None else margin, "target_oos_recall": p.target_oos_recall,
                  "chosen_on": "val" if margin is not None else "none (val has no out-of-scope prompt): separator only",
