@@ -213,7 +213,8 @@ def test_tampered_bundle_in_the_registry_is_refused(served: dict[str, Any], kind
 
 
 def test_copilot_merges_calls_to_a_shared_arm(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two planned agents answered by the same arm cost one arm call; both steps get its output."""
+    """Two planned agents answered by the same arm cost one arm call; both steps get its output,
+    and the agent without an arm is still called, handed to the agent itself (arm None)."""
     from amo.brain import Brain
     from amo.planner import Plan
     from amo.routing import Route
@@ -229,6 +230,7 @@ def test_copilot_merges_calls_to_a_shared_arm(bundle: Path, monkeypatch: pytest.
     assert calls == [[("rewrite", "return my order")]]
     assert answer.arm_outputs == [{"agent": "order_status", "arm": "rewrite", "output": "out-rewrite"},
                                   {"agent": "returns_refunds", "arm": "rewrite", "output": "out-rewrite"}]
+    assert answer.calls == [*answer.arm_outputs, {"agent": "price_lookup", "arm": None, "output": None}]
 
 
 def test_copilot_calls_no_arm_when_the_router_abstains(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -241,7 +243,7 @@ def test_copilot_calls_no_arm_when_the_router_abstains(bundle: Path, monkeypatch
     monkeypatch.setattr(brain, "invoke", lambda rows, max_new_tokens=None: pytest.fail("an arm was called"))
     answer = brain.copilot("what is the capital of France")
     assert answer.out_of_scope and answer.plan.path == [] and answer.arm_outputs == []
-    assert answer.to_dict()["out_of_scope"] is True
+    assert answer.to_dict()["out_of_scope"] is True and answer.to_dict()["calls"] == []
 
 
 def test_runtime_swaps_one_reference_and_keeps_refused_out(tmp_path: Path, bundle: Path) -> None:

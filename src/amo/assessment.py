@@ -15,7 +15,7 @@ import numpy as np
 
 from amo import data as contracts
 from amo.brain import Brain
-from amo.metrics import planner_metrics, router_metrics
+from amo.metrics import planner_metrics, planner_rows, router_metrics, router_rows
 from amo.routing import rankings
 
 
@@ -25,15 +25,16 @@ def _top_agents(labels: dict[str, int]) -> list[str]:
 
 
 def assess_bundle(bundle: Path, data: Path) -> dict[str, Any]:
-    """Router and planner metrics of `bundle` on `data`'s test splits, overall and per agent,
-    plus the arms' scores its own arm stages measured (the arms are byte-identical files, gated
+    """Router and planner metrics of `bundle` on `data`'s test splits, overall, per agent and
+    per row, plus the arms' scores its own arm stages measured (the arms are byte-identical files, gated
     against the base model and the champion's arms)."""
     brain = Brain(bundle)
     routing = contracts.read_routing(data / "routing" / "test.jsonl")
     traces = contracts.read_traces(data / "traces" / "test.jsonl")
     scores = brain.score_many([e.prompt for e in routing])
     routes = [brain.route_scores(row) for row in scores]
-    router = router_metrics(routes, routing, rankings(scores, brain.agent_ids))
+    ranked = rankings(scores, brain.agent_ids)
+    router = router_metrics(routes, routing, ranked)
     plans = [brain.plan(t.prompt)[1].path for t in traces]
     planner = planner_metrics(plans, [t.path for t in traces])
 
@@ -55,4 +56,7 @@ def assess_bundle(bundle: Path, data: Path) -> dict[str, Any]:
                              "traces": len(planned[agent])} if agent in planned else {})}
                  for agent in sorted(set(routed) | set(planned))}
     return {"router": router, "planner": planner, "arms": brain.manifest["metrics"].get("arms", {}),
-            "per_agent": per_agent, "data": {"routing_test": len(routing), "traces_test": len(traces)}}
+            "per_agent": per_agent, "data": {"routing_test": len(routing), "traces_test": len(traces)},
+            # Per test row, so the gate can tell a real regression from a few flipped rows.
+            "rows": {"router": router_rows(routes, routing, ranked),
+                     "planner": planner_rows(plans, [t.path for t in traces])}}

@@ -40,10 +40,21 @@ class CopilotAnswer:
     def out_of_scope(self) -> bool:
         return self.route.abstained
 
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        """Every planned step in order: answered by its arm here, or handed to the agent itself
+        (an agent without an arm is a service the caller's agent framework runs)."""
+        if self.out_of_scope:
+            return []
+        answered = {step["agent"]: step for step in self.arm_outputs}
+        return [{"agent": agent, "arm": answered[agent]["arm"], "output": answered[agent]["output"]}
+                if agent in answered else {"agent": agent, "arm": None, "output": None}
+                for agent in self.plan.path]
+
     def to_dict(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "route": self.route.to_dict(), "out_of_scope": self.out_of_scope,
                 "plan": {"path": self.plan.path, "abstained": self.plan.abstained},
-                "arm_outputs": self.arm_outputs}
+                "calls": self.calls, "arm_outputs": self.arm_outputs}
 
 
 class Brain:

@@ -166,6 +166,29 @@ def agents_publish() -> None:
         raise typer.Exit(REJECTED_EXIT)
 
 
+@data_app.command("add")
+def data_add(routing: Path | None = typer.Option(None, help="New routing rows (JSON Lines, the routing "
+                                                  "contract)."),
+             traces: Path | None = typer.Option(None, help="New traces (JSON Lines, the trace contract)."),
+             data_dir: Path | None = typer.Option(None, "--data", help="Default: params.yaml data.dir.")
+             ) -> None:
+    """Add new routing rows and traces to the data: checked by the validation suites against
+    what the data holds, then split per agent into train/val/test (params.yaml data.routing_split,
+    trace_split), so a new agent's first rows are measured too. Announces the change."""
+    from amo.intake import add_rows
+    from amo.orchestration import emit_data_updated
+
+    if routing is None and traces is None:
+        raise typer.BadParameter("give --routing and/or --traces")
+    params = _params()
+    folder = data_dir or Path(params.data.dir)
+    report = _run(lambda: add_rows(params.data, folder, routing, traces))
+    _echo_json(report)
+    sent = _run(lambda: emit_data_updated(folder, Path("."), why="amo data add"))
+    if sent["event_id"] is not None:
+        typer.echo(f"event amo.data.updated {sent['event_id']} sent to {sent['api_url']}")
+
+
 @data_app.command("update")
 def data_update(data_dir: Path | None = typer.Option(None, "--data", help="Default: params.yaml data.dir.")
                 ) -> None:

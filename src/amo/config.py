@@ -28,6 +28,16 @@ class DataParams(_Section):
     max_description_chars: int = Field(4000, ge=1)
     max_prompt_chars: int = Field(4000, ge=1)
     max_task_chars: int = Field(8000, ge=1)
+    routing_split: list[float] = [0.7, 0.15, 0.15]   # train, val, test of rows added by `amo data add`
+    trace_split: list[float] = [0.8, 0.2]             # train, test
+    min_split_rows: int = Field(5, ge=1)              # an agent's new rows are split from this many on
+
+    @field_validator("routing_split", "trace_split")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if not value or any(f <= 0 for f in value) or abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must be positive and sum to 1, got {value}")
+        return value
 
 
 class FinetuneParams(_Section):
@@ -177,6 +187,9 @@ class GateParams(_Section):
     floors: dict[str, float] = Field(default_factory=dict)
     # Largest drop against the champion's value of the same metric that is still accepted.
     tolerance: float = Field(0.02, ge=0.0)
+    # A drop beyond the tolerance still passes when a paired sign test over the same test rows
+    # gives p >= alpha (too few rows changed to call it a regression); 1: every such drop fails.
+    alpha: float = Field(0.05, ge=0.0, le=1.0)
     # Every arm must score at least this much above the base model on its task's test split.
     arm_min_gain: float = 0.0
 

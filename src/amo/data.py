@@ -50,10 +50,15 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
+def json_line(record: dict[str, Any]) -> bytes:
+    """One JSON Lines record as written everywhere in the data: sorted keys, UTF-8, newline."""
+    return (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+
+
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        handle.writelines(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n" for record in records)
+    with open(path, "wb") as handle:
+        handle.writelines(json_line(record) for record in records)
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -37,40 +37,52 @@ def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
-def router_metrics(routes: Sequence[Route], examples: Sequence[RoutingExample],
-                   rankings: Sequence[Sequence[str]]) -> dict[str, float]:
-    """The router on held-out prompts: in-scope accuracy (the first selected agent has the
-    prompt's top grade), out-of-scope recall and precision of abstaining, selection F1 (an
-    abstention on an out-of-scope prompt scores 1) and NDCG@5 of the full ranking."""
+def router_rows(routes: Sequence[Route], examples: Sequence[RoutingExample],
+                rankings: Sequence[Sequence[str]]) -> dict[str, list[float]]:
+    """Per test row, the value each router metric averages: in-scope accuracy and NDCG@5 per
+    in-scope prompt, OOS recall per out-of-scope prompt, selection F1 per prompt. Two bundles
+    routed on the same rows can then be compared row by row (the gate's paired test)."""
     in_scope = [i for i, e in enumerate(examples) if e.labels]
-    oos = [i for i, e in enumerate(examples) if not e.labels]
-    abstained = [i for i, r in enumerate(routes) if r.abstained]
 
     def primary_hit(i: int) -> bool:
         top = max(examples[i].labels.values())
         return bool(routes[i].agents) and examples[i].labels.get(routes[i].agents[0][0]) == top
 
     return {
-        "in_scope_accuracy": _mean([primary_hit(i) for i in in_scope]),
-        "oos_recall": _mean([routes[i].abstained for i in oos]),
-        "oos_precision": _mean([not examples[i].labels for i in abstained]),
-        "selection_f1": _mean([set_f1([a for a, _ in r.agents], e.labels) for r, e in zip(routes, examples)]),
-        "ndcg_at_5": _mean([ndcg_at_k(rankings[i], examples[i].labels) for i in in_scope]),
-        "prompts": len(examples),
+        "in_scope_accuracy": [float(primary_hit(i)) for i in in_scope],
+        "oos_recall": [float(r.abstained) for r, e in zip(routes, examples) if not e.labels],
+        "selection_f1": [set_f1([a for a, _ in r.agents], e.labels) for r, e in zip(routes, examples)],
+        "ndcg_at_5": [ndcg_at_k(rankings[i], examples[i].labels) for i in in_scope],
+    }
+
+
+def router_metrics(routes: Sequence[Route], examples: Sequence[RoutingExample],
+                   rankings: Sequence[Sequence[str]]) -> dict[str, float]:
+    """The router on held-out prompts: in-scope accuracy (the first selected agent has the
+    prompt's top grade), out-of-scope recall and precision of abstaining, selection F1 (an
+    abstention on an out-of-scope prompt scores 1) and NDCG@5 of the full ranking."""
+    rows = router_rows(routes, examples, rankings)
+    abstained = [e for r, e in zip(routes, examples) if r.abstained]
+    return {**{name: _mean(values) for name, values in rows.items()},
+            "oos_precision": _mean([not e.labels for e in abstained]), "prompts": len(examples)}
+
+
+def planner_rows(predicted: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) -> dict[str, list[float]]:
+    """Per trace, the value each planner metric averages: exact path, node F1, link (a -> b) F1."""
+    def link_names(path: Sequence[str]) -> list[str]:
+        return [f"{a}>{b}" for a, b in links(path)]
+
+    return {
+        "exact_path": [float(list(p) == list(g)) for p, g in zip(predicted, gold)],
+        "node_f1": [set_f1(p, g) for p, g in zip(predicted, gold)],
+        "link_f1": [set_f1(link_names(p), link_names(g)) for p, g in zip(predicted, gold)],
     }
 
 
 def planner_metrics(predicted: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) -> dict[str, float]:
     """Planned paths against the traces' paths: exact path, node F1 and link (a -> b) F1."""
-    def link_names(path: Sequence[str]) -> list[str]:
-        return [f"{a}>{b}" for a, b in links(path)]
-
-    return {
-        "exact_path": _mean([list(p) == list(g) for p, g in zip(predicted, gold)]),
-        "node_f1": _mean([set_f1(p, g) for p, g in zip(predicted, gold)]),
-        "link_f1": _mean([set_f1(link_names(p), link_names(g)) for p, g in zip(predicted, gold)]),
-        "traces": len(gold),
-    }
+    return {**{name: _mean(values) for name, values in planner_rows(predicted, gold).items()},
+            "traces": len(gold)}
 
 
 def json_fields(text: str) -> set[tuple[str, str]] | None:

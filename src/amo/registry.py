@@ -17,6 +17,7 @@ new. History on an object store is rewritten whole on each event: run one promot
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -108,9 +109,7 @@ def gate(candidate: dict[str, Any], champion: dict[str, Any] | None, params: Gat
         checks.append((value >= floor, f"{name} = {value:.4f} {'>=' if value >= floor else '<'} floor {floor}"))
         best = metric(champion, name) if champion is not None else None
         if best is not None:
-            ok = value >= best - params.tolerance
-            checks.append((ok, (f"{name} = {value:.4f} vs champion {best:.4f} "
-                                f"({'within' if ok else 'beyond'} tolerance {params.tolerance})")))
+            checks.append(_no_regression(name, value, best, candidate, champion or {}, params))
     for arm, scores in sorted((candidate.get("arms") or {}).items()):
         name = arm_metric(scores)
         value, base = metric(scores, f"arm.{name}"), metric(scores, f"base.{name}")
@@ -126,6 +125,40 @@ def gate(candidate: dict[str, Any], champion: dict[str, Any] | None, params: Gat
             within = "within" if ok else "beyond"
             checks.append((ok, f"arms.{arm} = {value:.4f} vs champion {best:.4f} ({within} tolerance {params.tolerance})"))
     return checks
+
+
+def sign_test(candidate: list[float], champion: list[float]) -> tuple[int, int, float]:
+    """Rows where the candidate is worse and better than the champion on the same test rows, and
+    the one-sided p-value of that many worse rows if neither bundle were better (sign test)."""
+    worse = sum(c < h for c, h in zip(candidate, champion))
+    better = sum(c > h for c, h in zip(candidate, champion))
+    n = worse + better
+    p = sum(math.comb(n, i) for i in range(worse, n + 1)) / 2**n if n else 1.0
+    return worse, better, p
+
+
+def _rows(metrics: dict[str, Any], dotted: str) -> list[float] | None:
+    section, _, name = dotted.partition(".")
+    rows = ((metrics.get("rows") or {}).get(section) or {}).get(name)
+    return rows if isinstance(rows, list) else None
+
+
+def _no_regression(name: str, value: float, best: float, candidate: dict[str, Any], champion: dict[str, Any],
+                   params: GateParams) -> tuple[bool, str]:
+    """A drop beyond the tolerance fails, unless both bundles were scored row by row on the same
+    rows and the paired sign test cannot tell the drop from noise (p >= gate.alpha): a test split
+    with 13 out-of-scope prompts moves 0.077 per prompt."""
+    said = f"{name} = {value:.4f} vs champion {best:.4f}"
+    if value >= best - params.tolerance:
+        return True, f"{said} (within tolerance {params.tolerance})"
+    ours, theirs = _rows(candidate, name), _rows(champion, name)
+    if ours is None or theirs is None or len(ours) != len(theirs):
+        return False, f"{said} (beyond tolerance {params.tolerance})"
+    worse, better, p = sign_test(ours, theirs)
+    noise = p >= params.alpha
+    return noise, (f"{said} (beyond tolerance {params.tolerance}; on the same {len(ours)} rows {worse} worse, "
+                   f"{better} better: paired sign test p = {p:.3f} {'>=' if noise else '<'} alpha {params.alpha}, "
+                   f"{'not a significant regression' if noise else 'a significant regression'})")
 
 
 class Registry:

@@ -95,6 +95,6 @@ def measure(bundle: Path, data: Path) -> dict[str, Any]:
     """Score `bundle` on `data`'s test splits and seal the measured metrics into its manifest."""
     from amo.assessment import assess_bundle
 
-    metrics = assess_bundle(bundle, data)
+    metrics = {k: v for k, v in assess_bundle(bundle, data).items() if k != "rows"}  # per-row: the gate's
     manifest = verify_bundle(bundle)
     return write_manifest(bundle, {**{k: v for k, v in manifest.items() if k != "digest"}, "metrics": metrics})

@@ -1,0 +1,44 @@
+"""The promotion gate's regression check: a drop beyond the tolerance fails, unless the same
+test rows show it is a few flipped rows (paired sign test), which the reason then says."""
+
+from __future__ import annotations
+
+from amo.config import GateParams
+from amo.registry import gate, sign_test
+
+PARAMS = GateParams(floors={"router.oos_recall": 0.5}, tolerance=0.02, alpha=0.05)
+
+
+def _bundle(rows: list[float]) -> dict:
+    return {"router": {"oos_recall": sum(rows) / len(rows)}, "rows": {"router": {"oos_recall": rows}}}
+
+
+def test_sign_test_counts_worse_and_better_rows() -> None:
+    """Two rows worse and none better is p = 0.25; identical rows are p = 1."""
+    assert sign_test([0, 0, 1, 1], [1, 1, 1, 1]) == (2, 0, 0.25)
+    assert sign_test([1, 0], [1, 0]) == (0, 0, 1.0)
+    assert sign_test([0.5, 1.0, 0.0], [1.0, 0.5, 0.0]) == (1, 1, 0.75)
+
+
+def test_two_flipped_prompts_of_thirteen_pass_and_say_why() -> None:
+    """OOS recall 10/13 -> 8/13 on the same rows (2 worse, 0 better) is not a significant regression."""
+    champion = _bundle([1.0] * 10 + [0.0] * 3)
+    candidate = _bundle([0.0, 0.0] + [1.0] * 8 + [0.0] * 3)
+    checks = gate(candidate, champion, PARAMS)
+    assert all(ok for ok, _ in checks), checks
+    assert "2 worse, 0 better: paired sign test p = 0.250 >= alpha 0.05" in checks[-1][1]
+
+
+def test_a_real_regression_fails_and_stored_metrics_without_rows_stay_strict() -> None:
+    """Eight rows of forty worse and none better fails (p < 0.004); without per-row results a drop
+    beyond the tolerance fails as before; alpha 1 makes every such drop fail."""
+    champion = _bundle([1.0] * 40)
+    candidate = _bundle([0.0] * 8 + [1.0] * 32)
+    ok, reason = gate(candidate, champion, PARAMS)[-1]
+    assert not ok and "a significant regression" in reason
+    few = _bundle([0.0, 0.0] + [1.0] * 38)
+    assert gate(few, champion, PARAMS)[-1][0]
+    assert not gate(few, champion, GateParams(floors=PARAMS.floors, tolerance=0.02, alpha=1.0))[-1][0]
+    stored = {"router": {"oos_recall": 0.6}}
+    ok, reason = gate(stored, {"router": {"oos_recall": 0.7}}, PARAMS)[-1]
+    assert not ok and reason.endswith("(beyond tolerance 0.02)")
