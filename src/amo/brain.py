@@ -19,7 +19,7 @@ from amo.models import Encoder, resolve_base_model, resolve_encoder, sha256_file
 from amo.onnx_encoder import OnnxEncoder, has_onnx_encoder
 from amo.onnx_router import OnnxRanker
 from amo.planner import Plan, TreePlanner
-from amo.routing import AgentIndex, Route, select
+from amo.routing import AgentIndex, Route, agent_margins, select
 
 
 def _check_model(kind: str, path: Path, expected: str) -> None:
@@ -74,6 +74,7 @@ class Brain:
         self.scorer = OnnxRanker(self.path / "router")
         self.index = AgentIndex.load(self.path / "router")
         self.agent_ids = self.index.ids
+        self.margins = agent_margins(self.index, self.runtime["router"]["margin"])
         self.planner = TreePlanner.load(self.path / "planner")
         self._arms: Any = None
         self._arms_lock = threading.Lock()
@@ -93,7 +94,7 @@ class Brain:
 
     def _route(self, scores: np.ndarray) -> Route:
         r = self.runtime["router"]
-        return select(scores, self.index.ids, min_k=r["min_k"], max_k=r["max_k"], margin=r["margin"])
+        return select(scores, self.index.ids, min_k=r["min_k"], max_k=r["max_k"], margin=self.margins)
 
     def route(self, prompt: str) -> Route:
         return self._route(self._score(prompt)[1])

@@ -225,13 +225,26 @@ def validate(data: Path = _required("Data folder."),
                + (f" (data docs: {docs / 'index.html'})" if docs else ""))
 
 
+_EMBEDDINGS = typer.Option(None, help="Embedding store (the embed stage's output): texts it holds are "
+                                       "not embedded again.")
+
+
+@app.command()
+def embed(data: Path = _required("Data folder."), out: Path = _required("Embedding store folder (kept between runs)."),
+          metrics: Path = _required("Metrics file to write.")) -> None:
+    """Stage: embed every text of the data once into the embedding store (only new texts on a re-run)."""
+    from amo.stages import embed as stage
+
+    _echo_json(_run(lambda: stage.run(_params().encoder, data, out, metrics)))
+
+
 @app.command("train-router")
 def train_router(data: Path = _required("Data folder."), out: Path = _required("Router folder to write."),
-                 metrics: Path = _required("Metrics file to write.")) -> None:
+                 metrics: Path = _required("Metrics file to write."), embeddings: Path | None = _EMBEDDINGS) -> None:
     """Stage: fit the listwise router with its separator."""
     from amo.stages import train_router as stage
 
-    _echo_json(_run(lambda: stage.run(_params(), data, out, metrics)))
+    _echo_json(_run(lambda: stage.run(_params(), data, out, metrics, embeddings)))
 
 
 @app.command("export-router")
@@ -257,22 +270,22 @@ def finetune_arm(task: str = typer.Argument(..., help="A task name from params.y
 @app.command("fit-planner")
 def fit_planner(data: Path = _required("Data folder."), router: Path = _required("Router folder."),
                 onnx: Path = _required("Router ONNX folder."), out: Path = _required("Planner folder to write."),
-                metrics: Path = _required("Metrics file to write.")) -> None:
+                metrics: Path = _required("Metrics file to write."), embeddings: Path | None = _EMBEDDINGS) -> None:
     """Stage: fit the planner's decision trees on the traces."""
     from amo.stages import fit_planner as stage
 
-    _echo_json(_run(lambda: stage.run(_params(), data, router, onnx, out, metrics)))
+    _echo_json(_run(lambda: stage.run(_params(), data, router, onnx, out, metrics, embeddings)))
 
 
 @app.command()
 def evaluate(data: Path = _required("Data folder."), router: Path = _required("Router folder."),
              onnx: Path = _required("Router ONNX folder."), planner: Path = _required("Planner folder."),
              arms: Path = _required("Folder of the arms' metrics files."),
-             out: Path = _required("Evaluation file to write.")) -> None:
+             out: Path = _required("Evaluation file to write."), embeddings: Path | None = _EMBEDDINGS) -> None:
     """Stage: evaluate router, planner and arms on held-out data."""
     from amo.stages import evaluate as stage
 
-    _echo_json(_run(lambda: stage.run(_params(), data, router, onnx, planner, arms, out)))
+    _echo_json(_run(lambda: stage.run(_params(), data, router, onnx, planner, arms, out, embeddings)))
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """Stage `evaluate`: router and planner on the held-out splits through the exported ONNX scorer
 (what ships), plus each arm's scores from its own stage.
 
-    amo evaluate --data data --router artifacts/router --onnx artifacts/router_onnx --planner artifacts/planner --arms metrics/arms --out metrics/evaluation.json
+    amo evaluate --data data --embeddings artifacts/embeddings --router artifacts/router --onnx artifacts/router_onnx --planner artifacts/planner --arms metrics/arms --out metrics/evaluation.json
 """
 
 from __future__ import annotations
@@ -17,16 +17,17 @@ from amo.config import Params, RouterParams
 from amo.data import write_json
 from amo.metrics import planner_metrics, router_metrics
 from amo.planner import TreePlanner
-from amo.routing import Route, rankings, read_margin, select
+from amo.routing import Route, agent_margins, rankings, read_margin, select
 from amo.stages.routed import RouterView
 
 
 def evaluate(params: RouterParams, margin: float, router: RouterView, planner: TreePlanner,
              routing: list[contracts.RoutingExample], traces: list[contracts.Trace]) -> dict[str, Any]:
     ids = router.index.ids
+    margins = agent_margins(router.index, margin)
     _, scores = router([e.prompt for e in routing])
     def route(row: np.ndarray) -> Route:
-        return select(row, ids, min_k=params.min_k, max_k=params.max_k, margin=margin)
+        return select(row, ids, min_k=params.min_k, max_k=params.max_k, margin=margins)
 
     routes = [route(row) for row in scores]
     embeddings, t_scores = router([t.prompt for t in traces])
@@ -39,8 +40,9 @@ def evaluate(params: RouterParams, margin: float, router: RouterView, planner: T
 
 
 def run(params: Params, data: Path, router_dir: Path, onnx_dir: Path, planner_dir: Path, arms: Path,
-        out: Path) -> dict[str, Any]:
-    result = evaluate(params.router, read_margin(router_dir), RouterView.load(params.encoder, router_dir, onnx_dir),
+        out: Path, embeddings: Path | None = None) -> dict[str, Any]:
+    result = evaluate(params.router, read_margin(router_dir),
+                      RouterView.load(params.encoder, router_dir, onnx_dir, embeddings),
                       TreePlanner.load(planner_dir), contracts.read_routing(data / "routing" / "test.jsonl"),
                       contracts.read_traces(data / "traces" / "test.jsonl"))
     scores = {name: json.loads((arms / f"{name}.json").read_text()) for name in sorted(params.arms.tasks)}

@@ -3,7 +3,7 @@ ranker (amo.ranker) with its separator, build the agent index the bundle serves 
 plus every training prompt as an example of its agents), and choose the margin over the
 separator on the validation split.
 
-    amo train-router --data data --out artifacts/router --metrics metrics/train_router.json
+    amo train-router --data data --embeddings artifacts/embeddings --out artifacts/router --metrics metrics/train_router.json
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from amo.data import write_json
 from amo.encoder_tuning import prepare_encoder, stage_encoder, tuned_encoder_dir
 from amo.metrics import router_metrics
 from amo.ranker import AgentRanker
-from amo.routing import SELECTION, AgentIndex, choose_margin, grade_matrix, rankings, select
+from amo.routing import (
+    SELECTION,
+    AgentIndex,
+    agent_margins,
+    choose_margin,
+    grade_matrix,
+    rankings,
+    select,
+)
 
 log = logging.getLogger("amo")
 
@@ -40,7 +48,8 @@ def train(params: Params, agents: list[contracts.Agent], train: list[contracts.R
     margin = choose_margin(scores, g_val[:, :-1].max(1) == 0, p.target_oos_recall)
 
     def on_val(m: float) -> dict[str, float]:
-        routes = [select(row, served.ids, min_k=p.min_k, max_k=p.max_k, margin=m) for row in scores]
+        margins = agent_margins(served, m)
+        routes = [select(row, served.ids, min_k=p.min_k, max_k=p.max_k, margin=margins) for row in scores]
         return {k: round(v, 4) for k, v in router_metrics(routes, val, rankings(scores, served.ids)).items()}
 
     selection = {"margin": 0.0 if margin is None else margin, "target_oos_recall": p.target_oos_recall,
@@ -49,7 +58,7 @@ def train(params: Params, agents: list[contracts.Agent], train: list[contracts.R
     return ranker, served, selection
 
 
-def run(params: Params, data: Path, out: Path, metrics: Path) -> dict[str, Any]:
+def run(params: Params, data: Path, out: Path, metrics: Path, embeddings: Path | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     agents = contracts.read_agents(data / "agents.jsonl")
     train_rows = contracts.read_routing(data / "routing" / "train.jsonl")
@@ -58,7 +67,7 @@ def run(params: Params, data: Path, out: Path, metrics: Path) -> dict[str, Any]:
     shutil.rmtree(tuned, ignore_errors=True)  # never serve a stale tuned encoder
     prepare_encoder(params.encoder, train_rows, agents, tuned, log=lambda r: log.info("encoder %s", r))
     encoder_seconds = time.perf_counter() - start
-    ranker, index, selection = train(params, agents, train_rows, val_rows, stage_encoder(params.encoder, out))
+    ranker, index, selection = train(params, agents, train_rows, val_rows, stage_encoder(params.encoder, out, embeddings))
     ranker.save(out)
     index.save(out)
     write_json(out / SELECTION, selection)
