@@ -304,3 +304,46 @@ def test_gate_falls_back_to_stored_metrics_for_a_champion_it_cannot_rescore(tmp_
     assert decision.accepted and decision.measured["candidate"]["router"]["in_scope_accuracy"] == 0.79
     assert "champion old cannot be re-scored by this amo (FileNotFoundError" in decision.reasons[0]
     assert "vs champion 0.8000 (within tolerance" in "\n".join(decision.reasons)
+
+
+# -- registry safety (issue 14) ------------------------------------------------------------------
+def renamed(bundle: Path, bundle_id: str) -> Path:
+    """`bundle` with another id in its manifest and the digest recomputed (a valid seal)."""
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["bundle_id"] = bundle_id
+    write_manifest(bundle, {k: v for k, v in manifest.items() if k != "digest"})
+    return bundle
+
+
+@pytest.mark.parametrize("bad_id", ["../../../../tmp/x", "../../escaped", "a/b", ".hidden", "..", "x" * 200, ""])
+def test_bundle_id_that_is_a_path_is_refused_by_name(tmp_path: Path, bad_id: str) -> None:
+    """A manifest whose bundle id is not a plain name (a path, a dot-name, too long) is refused by
+    name, and nothing is written outside the registry nor pointed to."""
+    registry = Registry(tmp_path / "registry")
+    bundle = renamed(fake_bundle(tmp_path / "candidates", "cand", 0.9), bad_id)
+    with pytest.raises(BundleError, match="bundle id"):
+        registry.promote(bundle, GATE)
+    assert registry.pointer() is None
+    assert [p.name for p in tmp_path.iterdir()] == ["candidates"]
+    with pytest.raises(BundleError, match="bundle id"):
+        registry.rollback(to=bad_id or "..")
+
+
+def test_pointer_naming_a_path_is_refused(tmp_path: Path) -> None:
+    """A current.json naming `../x` is not followed out of the registry: it is refused by name."""
+    registry = Registry(tmp_path / "registry")
+    registry.promote(fake_bundle(tmp_path, "one", 0.8), GATE)
+    shutil.copytree(registry.bundles / "one", tmp_path / "x")
+    (registry.root / "current.json").write_text(json.dumps({"bundle_id": "../../x"}))
+    with pytest.raises(BundleError, match="bundle id '../../x'"):
+        registry.current_path()
+
+
+def test_registry_paths_stay_inside_the_registry(tmp_path: Path) -> None:
+    """Every path the registry builds from a name is checked to stay inside it."""
+    registry = Registry(tmp_path / "registry")
+    (tmp_path / "registry" / "bundles").mkdir(parents=True)
+    (tmp_path / "registry" / "bundles" / "link").symlink_to(tmp_path)
+    with pytest.raises(BundleError, match="outside the registry"):
+        registry.bundle_path("link")
+

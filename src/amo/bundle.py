@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -27,10 +28,22 @@ from amo.routing import Classifier, read_margin
 MANIFEST = "manifest.json"
 RUNTIME = "runtime.json"
 FORMAT_VERSION = 1
+# A bundle id names a folder in the registry: a plain name, never a path ("..", "/", ".hidden").
+BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class BundleError(ValueError):
     """A bundle that is incomplete, altered, or not a bundle; the message names the file."""
+
+
+def check_bundle_id(bundle_id: object, where: str) -> str:
+    """`bundle_id` when it is a plain name (letters, digits, `.`, `_`, `-`; at most 128
+    characters; first a letter or digit), so it can never name a path; else a BundleError
+    naming `where` (the file or command it came from)."""
+    if not isinstance(bundle_id, str) or not BUNDLE_ID.fullmatch(bundle_id):
+        raise BundleError(f"{where}: bundle id {bundle_id!r} is not a plain name (letters, digits, '.', '_' "
+                          "and '-', at most 128 characters, starting with a letter or digit)")
+    return bundle_id
 
 
 def data_hash(dvc_file: Path = Path("data.dvc"), lock_file: Path = Path("dvc.lock"),
@@ -161,6 +174,7 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     for key in ("bundle_id", "files", "metrics", "models", "digest"):
         if key not in manifest:
             raise BundleError(f"{path}: manifest lacks {key!r}")
+    check_bundle_id(manifest["bundle_id"], str(path))
     if manifest["digest"] != manifest_digest(manifest):
         raise BundleError(f"bundle {manifest['bundle_id']} at {bundle} failed verification: "
                           "manifest.json was changed (its digest does not match)")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amo.bundle import MANIFEST, BundleError, verify_bundle
+from amo.bundle import MANIFEST, BundleError, check_bundle_id, verify_bundle
 from amo.config import GateParams, RegistryParams
 
 CURRENT = "current.json"
@@ -153,8 +153,23 @@ class Registry:
 
     # -- paths and small files ----------------------------------------------------------------
     def _key(self, *parts: str) -> str:
-        """The fsspec path of a registry entry."""
+        """The fsspec path of a registry entry; a part that is not one plain name is refused."""
+        for part in parts:
+            if part in ("", ".", "..") or "/" in part or "\\" in part:
+                raise BundleError(f"registry {self.url}: {part!r} is not a plain name inside the registry")
         return "/".join([self._base, *parts])
+
+    def _inside(self, path: Path) -> Path:
+        """`path` when it resolves (symlinks followed) inside the local registry, else refused."""
+        resolved, root = path.resolve(), self.root.resolve()
+        if not resolved.is_relative_to(root):
+            raise BundleError(f"registry {self.url}: {path} resolves to {resolved}, outside the registry")
+        return path
+
+    def _bundle_dir(self, bundle_id: str, where: str = "") -> Path:
+        """The local folder of bundle `bundle_id`: a checked id, a path inside the registry."""
+        check_bundle_id(bundle_id, where or f"registry {self.url}")
+        return self._inside(self.bundles / bundle_id)
 
     def _read(self, *parts: str) -> str | None:
         key = self._key(*parts)
@@ -168,13 +183,18 @@ class Registry:
 
     def current_id(self) -> str | None:
         text = self.pointer()
-        return None if text is None else json.loads(text)["bundle_id"]
+        return None if text is None else check_bundle_id(json.loads(text)["bundle_id"], self._where(CURRENT))
+
+    def _where(self, name: str) -> str:
+        """A registry file, named for error messages."""
+        return f"{self.url.rstrip('/')}/{name}"
 
     def bundle_path(self, bundle_id: str) -> Path:
         """A local folder holding bundle `bundle_id`: the registry's own copy when local, else a
         fresh download into the cache (verify it before use)."""
         if self.local:
-            return self.bundles / bundle_id
+            return self._bundle_dir(bundle_id)
+        check_bundle_id(bundle_id, f"registry {self.url}")
         if not self.fs.exists(self._key("bundles", bundle_id, MANIFEST)):
             raise BundleError(f"registry {self.url}: no bundle {bundle_id}")
         cache = self.cache_dir or Path(tempfile.gettempdir()) / "amo-registry-cache"
@@ -229,10 +249,10 @@ class Registry:
     def _copy_in(self, candidate: Path, bundle_id: str) -> None:
         """Copy a verified candidate to bundles/<id>, whole or not at all (as `current` sees it)."""
         if self.local:
-            target = self.bundles / bundle_id
+            target = self._bundle_dir(bundle_id)
             if target.exists():
                 return
-            partial = self.bundles / f".{bundle_id}.partial"
+            partial = self._inside(self.bundles / f".{bundle_id}.partial")
             shutil.rmtree(partial, ignore_errors=True)
             self.bundles.mkdir(parents=True, exist_ok=True)
 
