@@ -347,3 +347,25 @@ def test_registry_paths_stay_inside_the_registry(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="outside the registry"):
         registry.bundle_path("link")
 
+
+
+@pytest.mark.parametrize("store", ["local", "object store"])
+def test_corrupt_stored_copy_is_replaced_when_promoted_again(tmp_path: Path, store: str) -> None:
+    """Promoting an id already in the registry re-verifies the stored copy; a corrupt one is
+    replaced from the verified candidate, so `current` never names a corrupt bundle."""
+    if store == "local":
+        registry = Registry(tmp_path / "registry")
+    else:
+        registry = Registry(f"memory://amo-test-{tmp_path.name}/registry", cache_dir=tmp_path / "cache")
+    one = fake_bundle(tmp_path, "one", 0.8)
+    registry.promote(one, GATE)
+    registry.promote(fake_bundle(tmp_path, "two", 0.81), GATE)
+    registry.fs.pipe_file(registry._key("bundles", "one", "planner.json"), b'{"tree": "corrupt"}')
+    registry.fs.pipe_file(registry._key("bundles", "one", "stray.bin"), b"x")
+    decision = registry.promote(one, GATE)
+    assert decision.accepted and registry.current_id() == "one"
+    assert registry.verify("one")["bundle_id"] == "one"
+    assert any("stored copy failed verification" in reason for reason in decision.reasons)
+    assert [row["bundle_id"] for row in registry.list()] == ["one", "two"]
+    if store == "local":
+        assert sorted(p.name for p in registry.bundles.iterdir()) == ["one", "two"]

@@ -17,6 +17,7 @@ new. History on an object store is rewritten whole on each event: run one promot
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +29,8 @@ from typing import Any
 
 from amo.bundle import MANIFEST, BundleError, check_bundle_id, verify_bundle
 from amo.config import GateParams, RegistryParams
+
+log = logging.getLogger("amo.registry")
 
 CURRENT = "current.json"
 HISTORY = "history.jsonl"
@@ -246,33 +249,61 @@ class Registry:
             self.checkpoint(f"{CURRENT}: written")
 
     # -- copying a bundle in ------------------------------------------------------------------
-    def _copy_in(self, candidate: Path, bundle_id: str) -> None:
-        """Copy a verified candidate to bundles/<id>, whole or not at all (as `current` sees it)."""
+    def _copy_in(self, candidate: Path, bundle_id: str) -> str | None:
+        """Copy a verified candidate to bundles/<id>, whole or not at all (as `current` sees it).
+        A copy already there is re-verified: kept when whole, else replaced from the candidate,
+        and the returned note says so (None when nothing needed saying)."""
+        note = None
         if self.local:
             target = self._bundle_dir(bundle_id)
-            if target.exists():
-                return
-            partial = self._inside(self.bundles / f".{bundle_id}.partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            self.bundles.mkdir(parents=True, exist_ok=True)
-
-            def copy(source: str, destination: str) -> str:
-                self.checkpoint(f"copy {Path(source).relative_to(candidate)}")
-                return shutil.copy2(source, destination)
-
-            shutil.copytree(candidate, partial, copy_function=copy)
-            verify_bundle(partial)
-            self.checkpoint("copy verified")
-            os.replace(partial, target)
-            self.checkpoint("bundle renamed into place")
-            return
+            stored = target.exists()
+        else:
+            stored = self.fs.exists(self._key("bundles", bundle_id))
+        if stored:
+            try:
+                self.verify(bundle_id)
+                return None
+            except BundleError as exc:
+                note = f"the stored copy failed verification and was replaced from the verified candidate ({exc})"
+                log.warning("registry %s: %s", self.url, note)
+        if self.local:
+            self._copy_in_local(candidate, bundle_id)
+            return note
         # Object store: manifest last, so a bundle without a manifest is known to be partial.
+        if stored:
+            self.fs.rm(self._key("bundles", bundle_id), recursive=True)
         files = sorted(p for p in candidate.rglob("*") if p.is_file() and p.name != MANIFEST)
         for path in [*files, candidate / MANIFEST]:
             self.checkpoint(f"upload {path.relative_to(candidate)}")
             self.fs.put_file(str(path), self._key("bundles", bundle_id, *path.relative_to(candidate).parts))
         self.verify(bundle_id)
         self.checkpoint("upload verified")
+        return note
+
+    def _copy_in_local(self, candidate: Path, bundle_id: str) -> None:
+        """Copy to a hidden `.partial` folder, verify, rename into place (a corrupt copy already
+        there is renamed aside first, then removed)."""
+        target = self._bundle_dir(bundle_id)
+        partial = self._inside(self.bundles / f".{bundle_id}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        self.bundles.mkdir(parents=True, exist_ok=True)
+
+        def copy(source: str, destination: str) -> str:
+            self.checkpoint(f"copy {Path(source).relative_to(candidate)}")
+            return shutil.copy2(source, destination)
+
+        shutil.copytree(candidate, partial, copy_function=copy)
+        verify_bundle(partial)
+        self.checkpoint("copy verified")
+        if target.exists():
+            corrupt = self._inside(self.bundles / f".{bundle_id}.corrupt")
+            shutil.rmtree(corrupt, ignore_errors=True)
+            os.replace(target, corrupt)
+            os.replace(partial, target)
+            shutil.rmtree(corrupt)
+        else:
+            os.replace(partial, target)
+        self.checkpoint("bundle renamed into place")
 
     # -- operations ---------------------------------------------------------------------------
     def promote(self, candidate: Path, params: GateParams, force: bool = False,
@@ -309,7 +340,9 @@ class Registry:
                             {"candidate": measured, "champion": champion, "same_data": assess is not None})
         self.checkpoint("gate decided")
         if accepted:
-            self._copy_in(Path(candidate), bundle_id)
+            note = self._copy_in(Path(candidate), bundle_id)
+            if note is not None:
+                reasons.append(f"note: {note}")
             self._point_to(bundle_id)
         self._record({"action": "promote" if accepted else "reject", "bundle_id": bundle_id,
                       "previous": champion_id, "reasons": reasons})
