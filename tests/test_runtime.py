@@ -342,3 +342,34 @@ def test_no_bundle_yet_is_a_503_until_one_is_promoted(tmp_path: Path, bundle: Pa
             time.sleep(0.1)
         response = client.post("/route", json={"prompt": "where is my order"})
         assert response.status_code == 200 and response.json()["bundle_id"] == bundle_id
+
+
+def test_arm_changed_after_the_bundle_was_verified_is_refused_by_name(tmp_path: Path, bundle: Path) -> None:
+    """An adapter replaced after the bundle was verified (arms load on first use) is re-hashed
+    when the arms load: /invoke answers 503 naming the arm and the file, and no arm is served."""
+    from fastapi.testclient import TestClient
+    from safetensors.torch import load_file, save_file
+
+    from amo.runtime import Runtime, create_app
+
+    registry = Registry(tmp_path / "registry")
+    registry.promote(variant(bundle, tmp_path / "arms", "arms"), GATE)
+    runtime = Runtime(registry, poll_seconds=60)
+    with TestClient(create_app(runtime)) as client:
+        assert client.get("/healthz").json()["bundle_id"] == runtime.brain.bundle_id
+        adapter = runtime.brain.path / "arms" / "rewrite" / "adapter_model.safetensors"
+        other = {name: tensor + 1.0 for name, tensor in load_file(adapter).items()}
+        save_file(other, tmp_path / "other_adapter.safetensors")
+        shutil.copy(tmp_path / "other_adapter.safetensors", adapter)  # another valid adapter
+        for endpoint, body in (("/invoke", {"input": "and the price?", "arm": "rewrite"}),
+                               ("/copilot", {"prompt": "refund for a broken mug"})):
+            response = client.post(endpoint, json=body)
+            if endpoint == "/copilot" and response.status_code == 200:  # the route may call no arm
+                assert response.json()["arm_outputs"] == []
+                continue
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert error["code"] == "arm_refused"
+            assert "arm 'rewrite'" in error["message"]
+            assert "checksum mismatch in arms/rewrite/adapter_model.safetensors" in error["message"]
+        assert client.get("/healthz").json()["arms_loaded"] is False

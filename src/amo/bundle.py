@@ -181,15 +181,23 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_bundle(bundle: Path) -> dict[str, Any]:
-    """Check every file against the manifest: none missing, none extra, none changed."""
-    manifest = read_manifest(bundle)
-    expected: dict[str, str] = manifest["files"]
-    actual = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST}
+def file_problems(bundle: Path, manifest: dict[str, Any], under: str = "") -> list[str]:
+    """What differs between the files of `bundle` (those below `under`, e.g. `arms/rewrite/`)
+    and the manifest's hashes: missing, extra and changed files, each named."""
+    expected = {name: digest for name, digest in manifest["files"].items() if name.startswith(under)}
+    folder = bundle / under if under else bundle
+    actual = {str(p.relative_to(bundle)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
     problems = [f"missing file {name}" for name in sorted(set(expected) - actual)]
     problems += [f"extra file {name}" for name in sorted(actual - set(expected))]
     problems += [f"checksum mismatch in {name}" for name in sorted(set(expected) & actual)
                  if sha256_file(bundle / name) != expected[name]]
+    return problems
+
+
+def verify_bundle(bundle: Path) -> dict[str, Any]:
+    """Check every file against the manifest: none missing, none extra, none changed."""
+    manifest = read_manifest(bundle)
+    problems = file_problems(bundle, manifest)
     if problems:
         raise BundleError(f"bundle {manifest['bundle_id']} at {bundle} failed verification: "
                           + "; ".join(problems))

@@ -18,11 +18,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from amo.bundle import BundleError
 from amo.registry import Registry
 
 log = logging.getLogger("amo.runtime")
@@ -257,7 +258,7 @@ def _replay(first: Message, receive: Receive) -> Receive:
 def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: int = 65536,
                manage_runtime: bool = True, max_batch: int = 32) -> Any:
     """The FastAPI app over `runtime`; with manage_runtime it starts and stops the poller."""
-    from contextlib import asynccontextmanager
+    from contextlib import asynccontextmanager, contextmanager
 
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -293,6 +294,15 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
             why = f": bundle {runtime.refused['bundle_id']} was refused" if runtime.refused else ""
             raise ApiError(503, "no_bundle", f"no verified bundle is being served{why}")
         return current
+
+    @contextmanager
+    def refused_arms() -> Iterator[None]:
+        """An arm whose files no longer match the manifest: 503 naming the arm and the file."""
+        try:
+            yield
+        except BundleError as exc:
+            log.error("%s", exc)
+            raise ApiError(503, "arm_refused", str(exc)) from None
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -338,7 +348,7 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
         if body.arm is not None and body.arm not in current.runtime["arms"]:
             raise ApiError(422, "unknown_arm", f"unknown arm {body.arm!r}; this bundle's arms: "
                                                + ", ".join(current.runtime["arms"]))
-        with runtime.arm_lock:
+        with runtime.arm_lock, refused_arms():
             output = current.invoke([(body.arm, value)], body.max_new_tokens)[0]
         return {"bundle_id": current.bundle_id, "arm": body.arm, "output": output}
 
@@ -346,7 +356,7 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
     def copilot(body: PromptIn) -> dict[str, Any]:
         current = brain()
         prompt = text(body.prompt, "prompt")
-        with runtime.arm_lock:
+        with runtime.arm_lock, refused_arms():
             answer = current.copilot(prompt)
         return {"bundle_id": current.bundle_id, **answer.to_dict()}
 
