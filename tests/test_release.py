@@ -3,13 +3,15 @@
 
 import json
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from amo.bundle import MANIFEST, BundleError, file_hashes, verify_bundle, write_manifest
 from amo.config import GateParams
-from amo.registry import Registry
+from amo.registry import Decision, Registry
 
 
 def fake_bundle(root: Path, bundle_id: str, accuracy: float) -> Path:
@@ -112,19 +114,25 @@ def cli(params: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def _cli_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry: str = "registry") -> Path:
+    """A params.yaml for the CLI in `tmp_path` (the working folder: no test data there, so the
+    gate compares the manifests' metrics), its registry at `registry`."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    params = tmp_path / "params.yaml"
+    raw = {"arms": {"tasks": {"t": {"data": "d", "template": "{input}"}}},
+           "gate": {"floors": {"router.in_scope_accuracy": 0.7}, "tolerance": 0.02},
+           "registry": {"path": registry}}
+    params.write_text(yaml.safe_dump(raw))
+    return params
+
+
 def test_cli_promote_list_verify_rollback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`amo promote/bundles list/bundles verify/rollback` drive a file:// registry end to end,
     printing the gate's decision and refusing a failing or tampered candidate (exit 3 for a
     rejection, 1 for an error)."""
-    import yaml
-
-    monkeypatch.chdir(tmp_path)  # no test data here: the gate compares the manifests' metrics
-
-    params = tmp_path / "params.yaml"
-    raw = {"arms": {"tasks": {"t": {"data": "d", "template": "{input}"}}},
-           "gate": {"floors": {"router.in_scope_accuracy": 0.7}, "tolerance": 0.02},
-           "registry": {"path": f"file://{tmp_path / 'reg'}"}}
-    params.write_text(yaml.safe_dump(raw))
+    params = _cli_params(tmp_path, monkeypatch, f"file://{tmp_path / 'reg'}")
     code, out = cli(params, "promote", str(fake_bundle(tmp_path / "candidates", "first", 0.8)))
     assert code == 0 and "PROMOTED first" in out and "ok: router.in_scope_accuracy = 0.8000 >= floor 0.7" in out
     code, out = cli(params, "promote", str(fake_bundle(tmp_path / "candidates", "weak", 0.5)))
@@ -369,3 +377,93 @@ def test_corrupt_stored_copy_is_replaced_when_promoted_again(tmp_path: Path, sto
     assert [row["bundle_id"] for row in registry.list()] == ["one", "two"]
     if store == "local":
         assert sorted(p.name for p in registry.bundles.iterdir()) == ["one", "two"]
+
+
+# -- promotions at once, and of the current bundle -------------------------------------------------
+def _in_thread(results: dict[str, object], key: str, action: Callable[[], object]) -> threading.Thread:
+    """Run `action` in a thread, storing its result (or the exception it raised) under `key`."""
+    def run() -> None:
+        try:
+            results[key] = action()
+        except Exception as exc:  # noqa: BLE001 -- the test asserts on it
+            results[key] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _pausing_at(prefix: str, reached: threading.Event, release: threading.Event) -> Callable[[str], None]:
+    """A checkpoint hook that stops the promotion at the first step starting with `prefix`."""
+    def hook(step: str) -> None:
+        if step.startswith(prefix) and not reached.is_set():
+            reached.set()
+            release.wait(30)
+
+    return hook
+
+
+def test_promotions_at_once_are_serialised_against_the_latest_champion(tmp_path: Path) -> None:
+    """A promotion started while another is between its gate and its pointer waits for it, and is
+    gated against the bundle it promoted, not the champion both started from."""
+    root = tmp_path / "registry"
+    Registry(root).promote(fake_bundle(tmp_path, "old", 0.80), GATE)
+    reached, release, results = threading.Event(), threading.Event(), {}
+    first = _in_thread(results, "better", lambda: Registry(root, checkpoint=_pausing_at(
+        "gate decided", reached, release)).promote(fake_bundle(tmp_path, "better", 0.90), GATE))
+    assert reached.wait(30)
+    second = _in_thread(results, "close", lambda: Registry(root).promote(fake_bundle(tmp_path, "close", 0.85), GATE))
+    second.join(1.0)  # it waits for the lock while the first one is paused
+    release.set()
+    first.join(30)
+    second.join(30)
+    better, close = results["better"], results["close"]
+    assert isinstance(better, Decision) and isinstance(close, Decision), results
+    assert better.accepted and better.champion == "old"
+    assert close.champion == "better" and not close.accepted
+    registry = Registry(root)
+    assert registry.current_id() == "better"
+    assert [(e["action"], e["bundle_id"], e["previous"]) for e in registry.history()] == [
+        ("promote", "old", None), ("promote", "better", "old"), ("reject", "close", "better")]
+
+
+def test_same_bundle_promoted_twice_at_once(tmp_path: Path) -> None:
+    """The same bundle promoted twice at once is copied in once: the second promotion waits, then
+    finds it current and changes nothing; no `.partial` folder or temp file is left behind."""
+    root = tmp_path / "registry"
+    Registry(root).promote(fake_bundle(tmp_path, "old", 0.80), GATE)
+    candidate = roomy_bundle(tmp_path, "new", 0.85)
+    reached, release, results = threading.Event(), threading.Event(), {}
+    first = _in_thread(results, "first", lambda: Registry(root, checkpoint=_pausing_at(
+        "copy arms", reached, release)).promote(candidate, GATE))
+    assert reached.wait(30)
+    second = _in_thread(results, "second", lambda: Registry(root).promote(candidate, GATE))
+    second.join(1.0)
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert all(isinstance(d, Decision) and d.accepted for d in results.values()), results
+    assert [d.unchanged for d in (results["first"], results["second"])] == [False, True]
+    registry = Registry(root)
+    assert registry.current_id() == "new" and registry.verify("new")["bundle_id"] == "new"
+    assert sorted(p.name for p in registry.bundles.iterdir()) == ["new", "old"]
+    assert not [p.name for p in registry.root.iterdir() if p.name.endswith(".tmp")]
+    assert [e["action"] for e in registry.history()] == ["promote", "promote"]
+
+
+def test_promoting_the_current_bundle_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Promoting the bundle that is already current (even with --force) is a no-op that says so:
+    `current.json` and the history are untouched, and `amo promote` exits 0."""
+    registry = Registry(tmp_path / "registry")
+    one = fake_bundle(tmp_path, "one", 0.8)
+    registry.promote(one, GATE)
+    pointer, history = registry.pointer(), registry.history()
+    for force in (False, True):
+        decision = registry.promote(one, GATE, force=force)
+        assert decision.accepted and decision.unchanged
+        assert str(decision).startswith("UNCHANGED one: already the current bundle")
+    assert registry.pointer() == pointer and registry.history() == history
+    params = _cli_params(tmp_path, monkeypatch)
+    code, out = cli(params, "promote", str(one))
+    assert code == 0 and "UNCHANGED one: already the current bundle" in out
+    assert registry.history() == history

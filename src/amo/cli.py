@@ -56,13 +56,14 @@ def _run(action: Callable[[], Any]) -> Any:
     from amo.bundle import BundleError
     from amo.config import ConfigError
     from amo.importers import SourceError
+    from amo.locks import LockBusy
     from amo.models import ModelNotFoundError
     from amo.planner import PlannerFormatError
     from amo.routing import AgentError
 
     known: tuple[type[Exception], ...] = (ConfigError, BundleError, ModelNotFoundError,
                                           PlannerFormatError, ArmLoadError, SourceError, FileNotFoundError,
-                                          KeyError, AgentError)
+                                          KeyError, AgentError, LockBusy)
     try:
         from amo.validate import DataValidationError
 

@@ -22,18 +22,21 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from amo.bundle import MANIFEST, BundleError, check_bundle_id, verify_bundle
 from amo.config import GateParams, RegistryParams
+from amo.locks import file_lock
 
 log = logging.getLogger("amo.registry")
 
 CURRENT = "current.json"
 HISTORY = "history.jsonl"
+LOCK = "registry.lock"  # held by promote, rollback and gc: one at a time per local registry
 
 Checkpoint = Callable[[str], None]
 
@@ -84,10 +87,14 @@ class Decision:
     champion: str | None = None
     # The metrics the gate compared: {"candidate": ..., "champion": ..., "same_data": bool}
     measured: dict[str, Any] = field(default_factory=dict)
+    unchanged: bool = False  # the candidate already was the current bundle: nothing was promoted
 
     def __str__(self) -> str:
-        verdict = "PROMOTED" if self.accepted else "REJECTED"
-        lines = [f"{verdict} {self.bundle_id} (champion: {self.champion or 'none'})"]
+        if self.unchanged:
+            lines = [f"UNCHANGED {self.bundle_id}: already the current bundle (nothing promoted)"]
+        else:
+            verdict = "PROMOTED" if self.accepted else "REJECTED"
+            lines = [f"{verdict} {self.bundle_id} (champion: {self.champion or 'none'})"]
         return "\n".join(lines + [f"  - {reason}" for reason in self.reasons])
 
 
@@ -135,7 +142,7 @@ class Registry:
     """Bundles by id, `current.json` and `history.jsonl` under a local folder or fsspec URL."""
 
     def __init__(self, root: str | Path, cache_dir: Path | None = None,
-                 checkpoint: Checkpoint = _no_checkpoint) -> None:
+                 checkpoint: Checkpoint = _no_checkpoint, lock_timeout: float = 600.0) -> None:
         from fsspec.core import url_to_fs
         from fsspec.implementations.local import LocalFileSystem
 
@@ -147,6 +154,17 @@ class Registry:
         self.bundles = self.root / "bundles"
         self.cache_dir = cache_dir
         self.checkpoint = checkpoint
+        self.lock_timeout = lock_timeout
+
+    @contextmanager
+    def _locked(self, action: str) -> Iterator[None]:
+        """Hold the registry's lock for `action` (locally; an object store has none: run one
+        promoter at a time there). A holder that dies releases it."""
+        if not self.local:
+            yield
+            return
+        with file_lock(self.root / LOCK, self.lock_timeout, owner=f"amo {action}", poll=0.05):
+            yield
 
     @classmethod
     def from_params(cls, params: RegistryParams, repo: Path = Path(".")) -> Registry:
@@ -312,14 +330,34 @@ class Registry:
 
         With `assess` (a bundle folder -> its metrics on today's test data), candidate and
         champion are both scored by it, on the same data; without it, the gate compares the
-        metrics each manifest carries, and the reasons say so."""
+        metrics each manifest carries, and the reasons say so. Promotions take the registry's
+        lock and read the champion inside it; promoting the current bundle changes nothing."""
         manifest = verify_bundle(candidate)
         self.checkpoint("candidate verified")
         bundle_id = manifest["bundle_id"]
-        champion_id = self.current_id()
+        with self._locked(f"promote {bundle_id}"):
+            champion_id = self.current_id()
+            if champion_id == bundle_id:
+                return self._unchanged(Path(candidate), bundle_id)
+            return self._gate_and_switch(Path(candidate), manifest, champion_id, params, force, assess)
+
+    def _unchanged(self, candidate: Path, bundle_id: str) -> Decision:
+        """The candidate is the current bundle: nothing to promote (its stored copy is re-verified,
+        and replaced from the verified candidate if corrupt, which the history records)."""
+        reasons = [f"{bundle_id} is already the current bundle: no gate, no switch, no history entry"]
+        note = self._copy_in(candidate, bundle_id)
+        if note is not None:
+            reasons = [f"{bundle_id} is already the current bundle; {note}"]
+            self._record({"action": "repair", "bundle_id": bundle_id, "previous": bundle_id, "reasons": reasons})
+        return Decision(bundle_id, True, reasons, bundle_id, unchanged=True)
+
+    def _gate_and_switch(self, candidate: Path, manifest: dict[str, Any], champion_id: str | None,
+                         params: GateParams, force: bool, assess: Assess | None) -> Decision:
+        """Gate the verified candidate against `champion_id`; copy in and switch if it passes."""
+        bundle_id = manifest["bundle_id"]
         champion_manifest = self.verify(champion_id) if champion_id else None
         if assess is not None:
-            measured = assess(Path(candidate))
+            measured = assess(candidate)
             basis = "candidate and champion scored on the same, current test data"
             try:
                 champion = assess(self.bundle_path(champion_id)) if champion_id else None
@@ -340,7 +378,7 @@ class Registry:
                             {"candidate": measured, "champion": champion, "same_data": assess is not None})
         self.checkpoint("gate decided")
         if accepted:
-            note = self._copy_in(Path(candidate), bundle_id)
+            note = self._copy_in(candidate, bundle_id)
             if note is not None:
                 reasons.append(f"note: {note}")
             self._point_to(bundle_id)
@@ -350,17 +388,18 @@ class Registry:
 
     def rollback(self, to: str | None = None) -> str:
         """Point `current` at `to`, or at the bundle promoted before the current one."""
-        current = self.current_id()
-        if to is None:
-            promoted = [e["bundle_id"] for e in self.history() if e["action"] in ("promote", "rollback")]
-            earlier = [b for b in reversed(promoted) if b != current]
-            if not earlier:
-                raise BundleError(f"registry {self.url}: no earlier bundle to roll back to")
-            to = earlier[0]
-        self.verify(to)
-        self._point_to(to)
-        self._record({"action": "rollback", "bundle_id": to, "previous": current, "reasons": []})
-        return to
+        with self._locked("rollback"):
+            current = self.current_id()
+            if to is None:
+                promoted = [e["bundle_id"] for e in self.history() if e["action"] in ("promote", "rollback")]
+                earlier = [b for b in reversed(promoted) if b != current]
+                if not earlier:
+                    raise BundleError(f"registry {self.url}: no earlier bundle to roll back to")
+                to = earlier[0]
+            self.verify(to)
+            self._point_to(to)
+            self._record({"action": "rollback", "bundle_id": to, "previous": current, "reasons": []})
+            return to
 
     def list(self) -> list[dict[str, Any]]:
         current = self.current_id()
