@@ -467,3 +467,57 @@ def test_promoting_the_current_bundle_changes_nothing(tmp_path: Path, monkeypatc
     code, out = cli(params, "promote", str(one))
     assert code == 0 and "UNCHANGED one: already the current bundle" in out
     assert registry.history() == history
+
+
+# -- recovery from a corrupt pointer or a torn history ---------------------------------------------
+@pytest.mark.parametrize("pointer", ["{not json", '{"bundle_id": "tw', "", '{"bundle_id": "../../x"}', "[1]"])
+def test_recovery_commands_work_from_a_corrupt_pointer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       pointer: str) -> None:
+    """With current.json unreadable, `amo route` fails naming the file and the repair (exit 1, no
+    traceback), `amo bundles list` lists the bundles with a warning, and `amo rollback` works from
+    the bundle history last switched to, saying so."""
+    params = _cli_params(tmp_path, monkeypatch)
+    for name, accuracy in (("one", 0.8), ("two", 0.81)):
+        assert cli(params, "promote", str(fake_bundle(tmp_path / "candidates", name, accuracy)))[0] == 0
+    (tmp_path / "registry" / "current.json").write_text(pointer)
+    code, out = cli(params, "route", "where is my order")
+    assert code == 1 and "current.json" in out and "amo rollback --to" in out and "Traceback" not in out
+    code, out = cli(params, "bundles", "list")
+    assert code == 0 and "current.json" in out and "no bundle is marked current" in out
+    assert [line.split()[0] for line in out.splitlines() if "created" in line] == ["one", "two"]
+    code, out = cli(params, "rollback")
+    assert code == 0, out
+    assert "taking two (the bundle history last switched to) as current" in out
+    assert "current bundle is now one" in out
+    assert Registry(tmp_path / "registry").current_id() == "one"
+
+
+def test_recovery_from_a_torn_history_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torn last line in history.jsonl is skipped by name (rollback still works) and the next
+    event is appended on a line of its own, never joined to it."""
+    params = _cli_params(tmp_path, monkeypatch)
+    for name, accuracy in (("one", 0.8), ("two", 0.81)):
+        assert cli(params, "promote", str(fake_bundle(tmp_path / "candidates", name, accuracy)))[0] == 0
+    history = tmp_path / "registry" / "history.jsonl"
+    with history.open("a") as handle:
+        handle.write('{"action": "promote", "bundle_id": "thr')  # a write cut short
+    code, out = cli(params, "rollback")
+    assert code == 0, out
+    assert "skipped history.jsonl line 3" in out and "current bundle is now one" in out
+    assert cli(params, "promote", str(fake_bundle(tmp_path / "candidates", "three", 0.82)))[0] == 0
+    lines = history.read_text().splitlines()
+    assert lines[2] == '{"action": "promote", "bundle_id": "thr'
+    assert [json.loads(line)["bundle_id"] for line in lines[3:]] == ["one", "three"]
+    registry = Registry(tmp_path / "registry")
+    assert [e["bundle_id"] for e in registry.history()] == ["one", "two", "one", "three"]
+
+
+def test_rollback_skips_an_earlier_bundle_that_fails_verification(tmp_path: Path) -> None:
+    """Rollback passes over an earlier bundle that no longer verifies, naming it, to the one before."""
+    registry = Registry(tmp_path / "registry")
+    for name, accuracy in (("one", 0.8), ("two", 0.81), ("three", 0.82)):
+        registry.promote(fake_bundle(tmp_path, name, accuracy), GATE)
+    (registry.bundles / "two" / "planner.json").write_text("{}")
+    said: list[str] = []
+    assert registry.rollback(say=said.append) == "one"
+    assert any(note.startswith("skipped two:") and "checksum mismatch in planner.json" in note for note in said)

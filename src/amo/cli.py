@@ -291,15 +291,27 @@ def promote(bundle_dir: Path | None = typer.Argument(None, metavar="BUNDLE",
 
 @app.command()
 def rollback(to: str | None = typer.Option(None, help="Bundle id; default: the previous one.")) -> None:
-    """Point `current` back at an earlier promoted bundle."""
-    typer.echo(f"current bundle is now {_run(lambda: _registry().rollback(to))}")
+    """Point `current` back at an earlier promoted bundle (works from an unreadable current.json
+    or a torn history, naming what it skipped)."""
+    typer.echo(f"current bundle is now {_run(lambda: _registry().rollback(to, say=_warn))}")
+
+
+def _warn(note: str) -> None:
+    typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
 
 
 @bundles_app.command("list")
 def bundles_list() -> None:
     """Promoted bundles, the current one marked."""
-    for row in _run(lambda: _registry().list()):
+    registry = _registry()
+    problem = registry.read_current()[1]
+    if problem is not None:
+        _warn(f"{problem}: no bundle is marked current (repair: `amo rollback --to BUNDLE_ID`)")
+    for row in _run(registry.list):
         mark = "*" if row["current"] else " "
+        if "problem" in row:
+            typer.echo(f"{mark} {row['bundle_id']}  {row['problem']}")
+            continue
         router = row["metrics"].get("router", {})
         typer.echo(f"{mark} {row['bundle_id']}  created {row['created']}  "
                    f"router acc {router.get('in_scope_accuracy', float('nan')):.3f}")

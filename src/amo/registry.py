@@ -202,9 +202,36 @@ class Registry:
         """The raw text of `current.json` (changes on every promotion and rollback)."""
         return self._read(CURRENT)
 
-    def current_id(self) -> str | None:
+    def pointer_id(self, text: str) -> str:
+        """The bundle id a `current.json` text names; BundleError naming the file if it names none."""
+        where = self._where(CURRENT)
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise BundleError(f"{where}: unreadable ({exc})") from None
+        if not isinstance(value, dict) or "bundle_id" not in value:
+            raise BundleError(f"{where}: unreadable (no bundle_id in {text[:80]!r})")
+        return check_bundle_id(value["bundle_id"], where)
+
+    def read_current(self) -> tuple[str | None, str | None]:
+        """(the current bundle id, None); (None, why) when `current.json` is unreadable or names
+        no valid id; (None, None) when nothing was promoted yet."""
         text = self.pointer()
-        return None if text is None else check_bundle_id(json.loads(text)["bundle_id"], self._where(CURRENT))
+        if text is None:
+            return None, None
+        try:
+            return self.pointer_id(text), None
+        except BundleError as exc:
+            return None, str(exc)
+
+    def current_id(self) -> str | None:
+        """The current bundle id (None before the first promotion); a corrupt `current.json` is a
+        BundleError that names the file and the repair."""
+        bundle_id, problem = self.read_current()
+        if problem is not None:
+            raise BundleError(f"{problem}; repair it with `amo rollback` or `amo rollback --to BUNDLE_ID` "
+                              "(`amo bundles list` shows the bundles)")
+        return bundle_id
 
     def _where(self, name: str) -> str:
         """A registry file, named for error messages."""
@@ -242,19 +269,43 @@ class Registry:
         return manifest
 
     def history(self) -> list[dict[str, Any]]:
-        text = self._read(HISTORY) or ""
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        """Every readable event of `history.jsonl`, oldest first (unreadable lines left out)."""
+        return self.read_history()[0]
+
+    def read_history(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """The readable events, and a note per line that is not one (a write cut short)."""
+        events, skipped = [], []
+        for number, line in enumerate((self._read(HISTORY) or "").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            if isinstance(event, dict) and isinstance(event.get("action"), str):
+                events.append(event)
+            else:
+                skipped.append(f"{HISTORY} line {number}: unreadable, left out ({line[:60]!r})")
+        return events, skipped
 
     def _record(self, event: dict[str, Any]) -> None:
+        """Append one event to the history, on a line of its own even after a torn last line."""
         line = json.dumps({"time": _now(), **event}, sort_keys=True) + "\n"
         if self.local:
             self.root.mkdir(parents=True, exist_ok=True)
-            with open(self.root / HISTORY, "a", encoding="utf-8") as handle:
-                handle.write(line)
+            with open(self.root / HISTORY, "a+b") as handle:
+                if handle.tell() > 0:
+                    handle.seek(-1, os.SEEK_END)
+                    if handle.read(1) != b"\n":
+                        line = "\n" + line
+                handle.write(line.encode("utf-8"))
                 handle.flush()
                 os.fsync(handle.fileno())
         else:
-            self.fs.pipe_file(self._key(HISTORY), ((self._read(HISTORY) or "") + line).encode())
+            text = self._read(HISTORY) or ""
+            if text and not text.endswith("\n"):
+                text += "\n"
+            self.fs.pipe_file(self._key(HISTORY), (text + line).encode())
         self.checkpoint("history recorded")
 
     def _point_to(self, bundle_id: str) -> None:
@@ -386,23 +437,42 @@ class Registry:
                       "previous": champion_id, "reasons": reasons})
         return decision
 
-    def rollback(self, to: str | None = None) -> str:
-        """Point `current` at `to`, or at the bundle promoted before the current one."""
+    def rollback(self, to: str | None = None, say: Callable[[str], None] = log.warning) -> str:
+        """Point `current` at `to`, or at the latest bundle before the current one that verifies.
+        Works from an unreadable `current.json` (the bundle history last switched to is taken as
+        current) and a torn history; `say` gets a note for everything skipped or assumed."""
         with self._locked("rollback"):
-            current = self.current_id()
+            current, problem = self.read_current()
+            events, skipped = self.read_history()
+            for note in skipped:
+                say(f"skipped {note}")
+            switched = [e.get("bundle_id") for e in events if e["action"] in ("promote", "rollback", "repair")]
+            if problem is not None:
+                current = switched[-1] if switched else None
+                say(f"{problem}; taking {current or 'nothing'} (the bundle history last switched to) as current")
             if to is None:
-                promoted = [e["bundle_id"] for e in self.history() if e["action"] in ("promote", "rollback")]
-                earlier = [b for b in reversed(promoted) if b != current]
-                if not earlier:
-                    raise BundleError(f"registry {self.url}: no earlier bundle to roll back to")
-                to = earlier[0]
+                to = self._earlier(switched, current, say)
             self.verify(to)
             self._point_to(to)
             self._record({"action": "rollback", "bundle_id": to, "previous": current, "reasons": []})
             return to
 
+    def _earlier(self, switched: list[Any], current: str | None, say: Callable[[str], None]) -> str:
+        """The latest bundle history switched to, other than `current`, that verifies."""
+        for bundle_id in dict.fromkeys(reversed(switched)):
+            if bundle_id == current or not isinstance(bundle_id, str):
+                continue
+            try:
+                self.verify(bundle_id)
+                return bundle_id
+            except BundleError as exc:
+                say(f"skipped {bundle_id}: {exc}")
+        raise BundleError(f"registry {self.url}: no earlier bundle to roll back to")
+
     def list(self) -> list[dict[str, Any]]:
-        current = self.current_id()
+        """A row per stored bundle (id, created, current, metrics; `problem` when its manifest is
+        unreadable); none is current while `current.json` is unreadable."""
+        current = self.read_current()[0]
         key = self._key("bundles")
         names = [Path(p).name for p in self.fs.ls(key, detail=False)] if self.fs.exists(key) else []
         rows = []
@@ -410,7 +480,11 @@ class Registry:
             text = self._read("bundles", name, MANIFEST)
             if text is None:  # an upload cut short: never current, not listed
                 continue
-            manifest = json.loads(text)
-            rows.append({"bundle_id": manifest["bundle_id"], "created": manifest["created"],
-                         "current": manifest["bundle_id"] == current, "metrics": manifest["metrics"]})
+            try:
+                manifest = json.loads(text)
+                rows.append({"bundle_id": manifest["bundle_id"], "created": manifest["created"],
+                             "current": manifest["bundle_id"] == current, "metrics": manifest["metrics"]})
+            except (ValueError, KeyError, TypeError) as exc:
+                rows.append({"bundle_id": name, "created": "?", "current": name == current, "metrics": {},
+                             "problem": f"unreadable manifest ({type(exc).__name__}: {exc})"})
         return rows

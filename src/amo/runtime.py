@@ -62,8 +62,8 @@ class Runtime:
             return False
         self._pointer = pointer
         try:
-            bundle_id = str(json.loads(pointer)["bundle_id"])
-        except (ValueError, KeyError, TypeError) as exc:
+            bundle_id = self.registry.pointer_id(pointer)
+        except BundleError as exc:
             self.refused = {"bundle_id": None, "error": f"unreadable current pointer: {exc}", "time": _now()}
             log.error("unreadable current pointer %r: %s", pointer[:200], exc)
             return False
