@@ -521,3 +521,62 @@ def test_rollback_skips_an_earlier_bundle_that_fails_verification(tmp_path: Path
     said: list[str] = []
     assert registry.rollback(say=said.append) == "one"
     assert any(note.startswith("skipped two:") and "checksum mismatch in planner.json" in note for note in said)
+
+
+# -- amo bundles gc -------------------------------------------------------------------------------
+def test_gc_keeps_the_current_and_the_last_n_and_removes_leftovers(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`amo bundles gc --keep 2` keeps the current bundle and the two history switched to last,
+    removes older bundles, bundles history never named, `.partial`/`.corrupt` folders and `.tmp`
+    files, prints each removal, and leaves history untouched."""
+    params = _cli_params(tmp_path, monkeypatch)
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        assert cli(params, "promote", str(fake_bundle(tmp_path / "candidates", name, 0.8 + i / 100)))[0] == 0
+    assert cli(params, "rollback", "--to", "b")[0] == 0
+    registry = Registry(tmp_path / "registry")
+    shutil.copytree(registry.bundles / "a", registry.bundles / ".e.partial")
+    shutil.copytree(registry.bundles / "a", registry.bundles / ".c.corrupt")
+    (registry.root / ".current.json.999.tmp").write_text("{")
+    shutil.copytree(fake_bundle(tmp_path / "candidates", "orphan", 0.9), registry.bundles / "orphan")
+    history = registry.history()
+    code, out = cli(params, "bundles", "gc", "--keep", "2", "--dry-run")
+    assert code == 0 and "would remove bundles/a" in out and (registry.bundles / "a").is_dir()
+    code, out = cli(params, "bundles", "gc", "--keep", "2")
+    assert code == 0, out
+    assert sorted(line for line in out.splitlines() if line.startswith("removed")) == [
+        "removed .current.json.999.tmp", "removed bundles/.c.corrupt", "removed bundles/.e.partial",
+        "removed bundles/a", "removed bundles/c", "removed bundles/orphan"]
+    assert "kept b, d" in out
+    assert sorted(p.name for p in registry.bundles.iterdir()) == ["b", "d"]
+    assert registry.current_id() == "b" and registry.history() == history
+    assert cli(params, "bundles", "gc", "--keep", "2")[1].strip() == "nothing to remove (kept b, d)"
+    code, out = cli(params, "bundles", "gc", "--keep", "0")
+    assert code != 0 and "--keep" in out
+
+
+def test_gc_never_removes_the_current_bundle(tmp_path: Path) -> None:
+    """The current bundle is kept even when it is not among the last N, and when current.json is
+    unreadable the bundle history last switched to is kept in its place."""
+    registry = Registry(tmp_path / "registry")
+    for i, name in enumerate(["a", "b", "c"]):
+        registry.promote(fake_bundle(tmp_path, name, 0.8 + i / 100), GATE)
+    registry.rollback(to="a")
+    registry.promote(fake_bundle(tmp_path, "d", 0.9), GATE)
+    (registry.root / "current.json").write_text(json.dumps({"bundle_id": "a"}))  # pointed back by hand
+    assert registry.gc(keep=1).removed == ["bundles/b", "bundles/c"]
+    assert sorted(p.name for p in registry.bundles.iterdir()) == ["a", "d"]
+    (registry.root / "current.json").write_text("{torn")
+    assert registry.gc(keep=1).removed == ["bundles/a"]
+    assert [p.name for p in registry.bundles.iterdir()] == ["d"]
+
+
+def test_gc_on_an_object_store(tmp_path: Path) -> None:
+    """On an object store gc removes older bundles and bundle folders without a manifest (uploads
+    cut short), and keeps the current one."""
+    store = Registry(f"memory://amo-gc-{tmp_path.name}/registry", cache_dir=tmp_path / "cache")
+    for i, name in enumerate(["a", "b", "c"]):
+        store.promote(fake_bundle(tmp_path, name, 0.8 + i / 100), GATE)
+    store.fs.pipe_file(store._key("bundles", "cut", "planner.json"), b"{}")
+    cleanup = store.gc(keep=1)
+    assert cleanup.removed == ["bundles/a", "bundles/b", "bundles/cut"] and cleanup.kept == ["c"]
+    assert [row["bundle_id"] for row in store.list()] == ["c"] and store.verify("c")

@@ -317,6 +317,23 @@ def bundles_list() -> None:
                    f"router acc {router.get('in_scope_accuracy', float('nan')):.3f}")
 
 
+@bundles_app.command("gc")
+def bundles_gc(keep: int = typer.Option(3, min=1, help="Bundles to keep besides the current one: those history "
+                                                "switched to last."),
+               dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be removed.")
+               ) -> None:
+    """Remove older bundles and the leftovers of cut-short promotions; the current bundle, the
+    last KEEP and the history stay."""
+    cleanup = _run(lambda: _registry().gc(keep, dry_run, say=_warn))
+    kept = ", ".join(cleanup.kept) or "none"
+    if not cleanup.removed:
+        typer.echo(f"nothing to remove (kept {kept})")
+        return
+    for path in cleanup.removed:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {path}")
+    typer.echo(f"kept {kept}")
+
+
 @bundles_app.command("verify")
 def bundles_verify(bundle_id: str = typer.Argument(..., help="A bundle id, or a bundle folder.")) -> None:
     """Check every file of a bundle against its manifest."""

@@ -138,6 +138,14 @@ def gate(candidate: dict[str, Any], champion: dict[str, Any] | None, params: Gat
     return checks
 
 
+@dataclass
+class Cleanup:
+    """What `Registry.gc` removed (or would remove) and kept, as paths and ids."""
+
+    removed: list[str]
+    kept: list[str]
+
+
 class Registry:
     """Bundles by id, `current.json` and `history.jsonl` under a local folder or fsspec URL."""
 
@@ -442,20 +450,27 @@ class Registry:
         Works from an unreadable `current.json` (the bundle history last switched to is taken as
         current) and a torn history; `say` gets a note for everything skipped or assumed."""
         with self._locked("rollback"):
-            current, problem = self.read_current()
-            events, skipped = self.read_history()
-            for note in skipped:
-                say(f"skipped {note}")
-            switched = [e.get("bundle_id") for e in events if e["action"] in ("promote", "rollback", "repair")]
-            if problem is not None:
-                current = switched[-1] if switched else None
-                say(f"{problem}; taking {current or 'nothing'} (the bundle history last switched to) as current")
+            current, switched = self._current_and_switched(say)
             if to is None:
                 to = self._earlier(switched, current, say)
             self.verify(to)
             self._point_to(to)
             self._record({"action": "rollback", "bundle_id": to, "previous": current, "reasons": []})
             return to
+
+    def _current_and_switched(self, say: Callable[[str], None]) -> tuple[str | None, list[Any]]:
+        """The current bundle id, and the bundle ids history switched `current` to, oldest first.
+        With an unreadable `current.json`, the bundle history last switched to is taken as
+        current; `say` gets that, and every unreadable history line."""
+        current, problem = self.read_current()
+        events, skipped = self.read_history()
+        for note in skipped:
+            say(f"skipped {note}")
+        switched = [e.get("bundle_id") for e in events if e["action"] in ("promote", "rollback", "repair")]
+        if problem is not None:
+            current = switched[-1] if switched else None
+            say(f"{problem}; taking {current or 'nothing'} (the bundle history last switched to) as current")
+        return current, switched
 
     def _earlier(self, switched: list[Any], current: str | None, say: Callable[[str], None]) -> str:
         """The latest bundle history switched to, other than `current`, that verifies."""
@@ -469,14 +484,58 @@ class Registry:
                 say(f"skipped {bundle_id}: {exc}")
         raise BundleError(f"registry {self.url}: no earlier bundle to roll back to")
 
+    def gc(self, keep: int, dry_run: bool = False, say: Callable[[str], None] = log.warning) -> Cleanup:
+        """Remove stored bundles other than the current one and the `keep` that history switched
+        to last, and the leftovers of cut-short promotions (`.partial` and `.corrupt` folders,
+        `.tmp` files; on an object store, bundle folders without a manifest). History is kept
+        whole. Paths are relative to the registry."""
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1 (bundles kept besides the current one), got {keep}")
+        with self._locked("gc"):
+            current, switched = self._current_and_switched(say)
+            recent = [b for b in dict.fromkeys(reversed(switched)) if isinstance(b, str)][:keep]
+            stored = self._stored()
+            kept = sorted({b for b in (current, *recent) if b in stored})
+            doomed = sorted([f"bundles/{name}" for name in stored if name not in kept] + self._leftovers())
+            for path in [] if dry_run else doomed:
+                self._remove(path)
+            return Cleanup(doomed, kept)
+
+    def _remove(self, path: str) -> None:
+        """Delete a file or folder of the registry (relative path), never anything outside it."""
+        if not self.local:
+            self.fs.rm(self._key(*path.split("/")), recursive=True)
+            return
+        target = self._inside(self.root / path)
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+    def _folders(self) -> list[str]:
+        """The names under `bundles/`, hidden ones included."""
+        key = self._key("bundles")
+        return sorted(Path(p).name for p in self.fs.ls(key, detail=False)) if self.fs.exists(key) else []
+
+    def _stored(self) -> list[str]:
+        """The bundles stored whole (a manifest present), by folder name."""
+        return [n for n in self._folders()
+                if not n.startswith(".") and self.fs.exists(self._key("bundles", n, MANIFEST))]
+
+    def _leftovers(self) -> list[str]:
+        """What cut-short promotions left behind, relative to the registry."""
+        if not self.local:
+            return [f"bundles/{n}" for n in self._folders() if not self.fs.exists(self._key("bundles", n, MANIFEST))]
+        found = [p for p in self.bundles.glob(".*") if p.name.endswith((".partial", ".corrupt", ".tmp"))]
+        found += list(self.root.glob(".*.tmp"))
+        return sorted(str(p.relative_to(self.root)) for p in found)
+
     def list(self) -> list[dict[str, Any]]:
         """A row per stored bundle (id, created, current, metrics; `problem` when its manifest is
         unreadable); none is current while `current.json` is unreadable."""
         current = self.read_current()[0]
-        key = self._key("bundles")
-        names = [Path(p).name for p in self.fs.ls(key, detail=False)] if self.fs.exists(key) else []
         rows = []
-        for name in sorted(n for n in names if not n.startswith(".")):
+        for name in [n for n in self._folders() if not n.startswith(".")]:
             text = self._read("bundles", name, MANIFEST)
             if text is None:  # an upload cut short: never current, not listed
                 continue
