@@ -118,6 +118,8 @@ BAD_REQUESTS = [  # (what, request kwargs, status, error code, words in the mess
      "5000 characters; the limit is 4000"),
     ("missing prompt", {"json": {"text": "hi"}}, 422, "invalid_request", "prompt: Field required"),
     ("prompt of the wrong type", {"json": {"prompt": 7}}, 422, "invalid_request", "prompt: Input should be a valid string"),
+    ("lone surrogate", {"content": b'{"prompt": "\\ud800 order"}', "headers": {"content-type": "application/json"}},
+     422, "invalid_request", "prompt: Value error, a lone surrogate"),
 ]
 
 
@@ -132,6 +134,64 @@ def test_bad_http_input_gets_a_clear_4xx(served: dict[str, Any], what: str, requ
     assert error["code"] == code and words in error["message"], error
     assert httpx.get(f"{served['url']}/healthz").json()["status"] == "ok"
     assert httpx.post(f"{served['url']}/route", json={"prompt": "find red running shoes"}).status_code == 200
+
+
+def test_lone_surrogate_in_any_text_field_is_a_4xx(served: dict[str, Any]) -> None:
+    """A lone surrogate (a JSON escape that is no character) in any text field of any endpoint is a
+    422 naming the field, in the error envelope; never a 500."""
+    for endpoint, body in (("route", b'{"prompt": "\\udc80"}'), ("plan", b'{"prompt": "a\\ud800"}'),
+                           ("copilot", b'{"prompt": "\\ud800 order"}'),
+                           ("invoke", b'{"input": "\\ud800", "arm": "rewrite"}'),
+                           ("invoke", b'{"input": "hi", "arm": "\\ud800"}')):
+        response = httpx.post(f"{served['url']}/{endpoint}", content=body,
+                              headers={"content-type": "application/json"})
+        assert response.status_code == 422, (endpoint, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "invalid_request" and "lone surrogate" in error["message"], error
+
+
+def test_head_healthz_and_offline_docs(served: dict[str, Any]) -> None:
+    """HEAD /healthz is 200; /docs and /redoc load their scripts and styles from the server itself
+    (no CDN: they work offline), and each asset answers 200."""
+    import re
+
+    url = served["url"]
+    assert httpx.head(f"{url}/healthz").status_code == 200
+    for page in ("/docs", "/redoc"):
+        html = httpx.get(f"{url}{page}")
+        assert html.status_code == 200
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+        assert assets and all(asset.startswith("/") for asset in assets), assets
+        for asset in assets:
+            response = httpx.get(f"{url}{asset}")
+            assert response.status_code == 200 and len(response.content) > 1000, asset
+
+
+def test_internal_error_hides_the_exception_and_logs_it_with_a_request_id(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An unexpected failure is a 500 that says "internal error" with a request id (also in the
+    X-Request-ID header), never the exception's text; the traceback is logged with that id."""
+    from fastapi.testclient import TestClient
+
+    from amo.runtime import Runtime, create_app
+
+    class Failing:
+        bundle_id = "b"
+
+        def route_many(self, prompts: list[str]) -> list[Any]:
+            raise RuntimeError("secret detail: /srv/keys")
+
+    runtime = Runtime(Registry(tmp_path / "registry"))
+    runtime.brain = Failing()
+    with TestClient(create_app(runtime, manage_runtime=False), raise_server_exceptions=False) as client:
+        response = client.post("/route", json={"prompt": "where is my order"})
+    assert response.status_code == 500
+    assert "secret" not in response.text and "RuntimeError" not in response.text
+    request_id = response.headers["x-request-id"]
+    assert response.json()["error"] == {"code": "internal", "request_id": request_id,
+                                        "message": f"internal error (request id {request_id})"}
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert logged and logged[0].exc_info is not None and "secret detail" in str(logged[0].exc_info[1])
 
 
 def test_unknown_arm_and_unknown_path(served: dict[str, Any]) -> None:

@@ -18,10 +18,11 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from amo.bundle import BundleError
 from amo.registry import Registry
@@ -183,13 +184,27 @@ def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
         future.set_result(outcome)
 
 
+def unicode_text(value: str) -> str:
+    """`value` when it is valid Unicode: JSON can escape a lone surrogate (`\\ud800`), which no
+    tokenizer or UTF-8 encoder accepts (it failed a whole /route batch with a 500)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"a lone surrogate {value[exc.start]!r} at character {exc.start} is not "
+                         "text (send valid UTF-8)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(unicode_text)]
+
+
 class PromptIn(BaseModel):
-    prompt: str = Field(..., description="The user's prompt (at most data.max_prompt_chars characters).")
+    prompt: Text = Field(..., description="The user's prompt (at most data.max_prompt_chars characters).")
 
 
 class InvokeIn(BaseModel):
-    input: str = Field(..., description="Text for the arm (or the base model).")
-    arm: str | None = Field(None, description="Arm name; null: the base model.")
+    input: Text = Field(..., description="Text for the arm (or the base model).")
+    arm: Text | None = Field(None, description="Arm name; null: the base model.")
     max_new_tokens: int | None = Field(None, ge=1, le=512)
 
 
@@ -263,6 +278,7 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from fastapi_offline import FastAPIOffline
     from starlette.exceptions import HTTPException
 
     batcher = RouteBatcher(max_batch)
@@ -277,8 +293,9 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
         if manage_runtime:
             runtime.stop()
 
-    app = FastAPI(title="amo runtime", version="1", lifespan=lifespan,
-                  description="Route, plan and answer prompts with the promoted bundle.")
+    # /docs and /redoc with their scripts served from the package, not a CDN: they work offline.
+    app = FastAPIOffline(title="amo runtime", version="1", lifespan=lifespan,
+                         description="Route, plan and answer prompts with the promoted bundle.")
 
     def text(value: str, name: str) -> str:
         if not value.strip():
@@ -323,9 +340,14 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
                             exc.status_code)
 
     @app.exception_handler(Exception)
-    async def internal(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("request failed")
-        return JSONResponse({"error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}}, 500)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # The exception's text may name files or data: it goes to the log, under an id the
+        # client can quote, never into the response.
+        request_id = uuid.uuid4().hex[:16]
+        log.error("request %s (%s %s) failed", request_id, request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": {"code": "internal", "request_id": request_id,
+                                       "message": f"internal error (request id {request_id})"}}, 500,
+                            headers={"x-request-id": request_id})
 
     @app.post("/route", summary="Which agents answer the prompt (or abstain), best first")
     async def route(body: PromptIn) -> dict[str, Any]:
@@ -360,7 +382,7 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
             answer = current.copilot(prompt)
         return {"bundle_id": current.bundle_id, **answer.to_dict()}
 
-    @app.get("/healthz", summary="Which bundle is served, and any refused one")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="Which bundle is served, and any refused one")
     def healthz() -> dict[str, Any]:
         return {**runtime.health(), "route_batches": batcher.batches, "routed": batcher.routed}
 
