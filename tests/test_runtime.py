@@ -433,3 +433,43 @@ def test_arm_changed_after_the_bundle_was_verified_is_refused_by_name(tmp_path: 
             assert "arm 'rewrite'" in error["message"]
             assert "checksum mismatch in arms/rewrite/adapter_model.safetensors" in error["message"]
         assert client.get("/healthz").json()["arms_loaded"] is False
+
+
+def test_readyz_is_503_until_a_verified_bundle_is_loaded(tmp_path: Path, bundle: Path) -> None:
+    """/healthz is 200 whenever the process is up; /readyz is a JSON 503 while no verified bundle
+    is loaded (nothing promoted, or only a refused one) and 200 once one is, GET and HEAD alike."""
+    from fastapi.testclient import TestClient
+
+    from amo.runtime import Runtime, create_app
+
+    registry = Registry(tmp_path / "registry")
+    bad = variant(bundle, registry.bundles / "bad", "bad")
+    bad_id = json.loads((bad / "manifest.json").read_text())["bundle_id"]
+    bad = bad.rename(registry.bundles / bad_id)
+    tamper(bad, "byte", "router/router.onnx")
+    runtime = Runtime(registry, poll_seconds=0.1)
+    with TestClient(create_app(runtime)) as client:
+        for state in ("nothing promoted", "refused"):
+            assert client.get("/healthz").status_code == 200 and client.head("/healthz").status_code == 200
+            response = client.get("/readyz")
+            assert response.status_code == 503, state
+            assert response.json()["error"]["code"] == "not_ready" and client.head("/readyz").status_code == 503
+            if state == "nothing promoted":
+                atomic_write(registry.root / CURRENT, json.dumps({"bundle_id": bad_id}) + "\n")
+                assert wait_until(lambda: runtime.refused is not None)
+        assert bad_id in client.get("/readyz").json()["error"]["message"]
+        (registry.root / CURRENT).unlink()  # the gate would refuse to compare with a corrupt champion
+        bundle_id = registry.promote(bundle, GATE).bundle_id
+        assert wait_until(lambda: client.get("/readyz").status_code == 200)
+        assert client.get("/readyz").json() == {"status": "ready", "bundle_id": bundle_id}
+        assert client.head("/readyz").status_code == 200
+
+
+def wait_until(predicate: Any, seconds: float = 60) -> bool:
+    """Poll `predicate` every 0.1 s until it holds or `seconds` pass; whether it held."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

@@ -305,11 +305,12 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
                                                     f"is {max_prompt_chars} (params.yaml data.max_prompt_chars)")
         return value
 
-    def brain() -> Any:
+    def brain(code: str = "no_bundle") -> Any:
+        """The Brain being served, or a 503 `code` saying why there is none."""
         current = runtime.brain
         if current is None:
             why = f": bundle {runtime.refused['bundle_id']} was refused" if runtime.refused else ""
-            raise ApiError(503, "no_bundle", f"no verified bundle is being served{why}")
+            raise ApiError(503, code, f"no verified bundle is being served{why}")
         return current
 
     @contextmanager
@@ -382,9 +383,15 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
             answer = current.copilot(prompt)
         return {"bundle_id": current.bundle_id, **answer.to_dict()}
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="Which bundle is served, and any refused one")
+    @app.api_route("/healthz", methods=["GET", "HEAD"],
+                   summary="Liveness (200 while the process is up): which bundle is served, any refused one")
     def healthz() -> dict[str, Any]:
         return {**runtime.health(), "route_batches": batcher.batches, "routed": batcher.routed}
+
+    @app.api_route("/readyz", methods=["GET", "HEAD"],
+                   summary="Readiness: 200 once a verified bundle is served, 503 while none is")
+    def readyz() -> dict[str, Any]:
+        return {"status": "ready", "bundle_id": brain("not_ready").bundle_id}
 
     @app.get("/bundle", summary="The served bundle's manifest")
     def bundle() -> dict[str, Any]:
