@@ -101,7 +101,7 @@ def test_route_plan_bundle_and_openapi(served: dict[str, Any]) -> None:
     manifest = httpx.get(f"{url}/bundle").json()
     assert manifest == json.loads((served["bundle"] / "manifest.json").read_text())
     paths = httpx.get(f"{url}/openapi.json").json()["paths"]
-    assert {"/route", "/plan", "/invoke", "/copilot", "/healthz", "/bundle"} <= set(paths)
+    assert {"/route", "/plan", "/invoke", "/copilot", "/healthz", "/readyz", "/bundle", "/metrics"} <= set(paths)
     assert httpx.get(f"{url}/docs").status_code == 200
     health = httpx.get(f"{url}/healthz").json()
     assert health["status"] == "ok" and health["refused"] is None and health["arms_loaded"] is False
@@ -473,3 +473,55 @@ def wait_until(predicate: Any, seconds: float = 60) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """GET /metrics and parse the Prometheus text: {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(f"{url}/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def test_metrics_count_requests_routes_batches_and_bundles(bundle: Path, tiny_lm: Path,
+                                                           tmp_path: Path) -> None:
+    """/metrics (Prometheus text, scraped over HTTP) counts requests and their latency by endpoint
+    and status, route abstains, selected agents per route, /route batch sizes, and names the
+    served bundle, the bundles swapped in and the bundles refused."""
+    registry = Registry(tmp_path / "registry")
+    registry.promote(bundle, GATE)
+    process, url = start_server(tmp_path, tiny_lm, tmp_path / "registry")
+    try:
+        prompts = ["where is my order 1234", "tell me a joke", "price of the dyson fan"]
+        routes = [httpx.post(f"{url}/route", json={"prompt": p}).json()["route"] for p in prompts]
+        assert httpx.post(f"{url}/route", json={"prompt": " "}).status_code == 422
+        second = registry.promote(variant(bundle, tmp_path / "second", "second"), GATE).bundle_id
+        assert wait_for(url, lambda h: h["bundle_id"] == second)["bundle_id"] == second
+        bad = variant(bundle, registry.bundles / "bad", "bad")
+        bad_id = json.loads((bad / "manifest.json").read_text())["bundle_id"]
+        tamper(bad.rename(registry.bundles / bad_id), "byte", "router/router.onnx")
+        atomic_write(registry.root / CURRENT, json.dumps({"bundle_id": bad_id}) + "\n")
+        assert wait_for(url, lambda h: (h["refused"] or {}).get("bundle_id") == bad_id)["refused"]
+        metrics = scrape(url)
+    finally:
+        process.terminate()
+        process.wait(20)
+
+    def value(name: str, **labels: str) -> float:
+        return metrics[(name, frozenset(labels.items()))]
+
+    ok, refused = {"endpoint": "/route", "method": "POST", "status": "200"}, {"endpoint": "/route",
+                                                                              "method": "POST", "status": "422"}
+    assert value("amo_http_requests_total", **ok) == 3 and value("amo_http_requests_total", **refused) == 1
+    assert value("amo_http_request_duration_seconds_count", **ok) == 3
+    assert 0 < value("amo_http_request_duration_seconds_sum", **ok) < 30
+    assert value("amo_http_request_duration_seconds_bucket", le="+Inf", **ok) == 3
+    assert value("amo_http_requests_total", endpoint="/healthz", method="GET", status="200") >= 2
+    assert value("amo_route_abstains_total") == sum(route["abstained"] for route in routes)
+    assert value("amo_route_selected_agents_count") == 3
+    assert value("amo_route_selected_agents_sum") == sum(len(route["agents"]) for route in routes)
+    assert value("amo_route_batch_size_count") == 3 and value("amo_route_batch_size_sum") == 3
+    assert value("amo_bundle_info", bundle_id=second) == 1
+    assert value("amo_bundle_swaps_total") == 2 and value("amo_bundles_refused_total") == 1

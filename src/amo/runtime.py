@@ -1,13 +1,16 @@
 """`amo serve`: the promoted bundle over HTTP (FastAPI + uvicorn, 127.0.0.1 by default).
 
-    POST /route  /plan  /invoke  /copilot      GET /healthz  /bundle  /docs (OpenAPI)
+    POST /route  /plan  /invoke  /copilot
+    GET  /healthz (liveness)  /readyz (a verified bundle is served)  /bundle  /metrics (Prometheus)
+         /docs  /redoc (OpenAPI, assets served locally)
 
 The runtime verifies every checksum of the current bundle before serving it. A background thread
 reads the registry's `current` pointer every `serve.poll_seconds`; when it names another bundle,
 that bundle is loaded and verified in full on the side, then one reference is swapped. A request
 takes that reference once, so in-flight requests finish on the Brain they started with. A bundle
 that fails verification is refused (logged, shown by /healthz) and the old one keeps serving.
-Errors are JSON: {"error": {"code": ..., "message": ...}}.
+Arms are re-hashed when they load (first /invoke or /copilot). Errors are JSON:
+{"error": {"code": ..., "message": ...}}; a 500 carries only a request id, its traceback is logged.
 """
 
 from __future__ import annotations
@@ -19,21 +22,17 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field
 
+from amo.asgi import ASGIApp, Message, Receive, Scope, Send
 from amo.bundle import BundleError
 from amo.registry import Registry
 
 log = logging.getLogger("amo.runtime")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Runtime:
@@ -47,6 +46,8 @@ class Runtime:
         self.brain: Any = None  # swapped whole; readers take it once per request
         self.refused: dict[str, Any] | None = None
         self.loaded_at: str | None = None
+        self.swaps = 0  # bundles swapped in, the first one included (for /metrics)
+        self.refusals = 0  # bundles refused, or unreadable pointers
         self._pointer: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,6 +67,7 @@ class Runtime:
             bundle_id = self.registry.pointer_id(pointer)
         except BundleError as exc:
             self.refused = {"bundle_id": None, "error": f"unreadable current pointer: {exc}", "time": _now()}
+            self.refusals += 1
             log.error("unreadable current pointer %r: %s", pointer[:200], exc)
             return False
         if self.brain is not None and bundle_id == self.brain.bundle_id:
@@ -75,10 +77,12 @@ class Runtime:
             brain = self._load(self.registry.bundle_path(bundle_id))
         except Exception as exc:  # noqa: BLE001 -- any load failure refuses the bundle
             self.refused = {"bundle_id": bundle_id, "error": str(exc), "time": _now()}
+            self.refusals += 1
             log.error("refused bundle %s, still serving %s: %s", bundle_id,
                       self.brain.bundle_id if self.brain else "nothing", exc)
             return False
         self.brain, self.refused, self.loaded_at = brain, None, _now()
+        self.swaps += 1
         log.info("serving bundle %s", brain.bundle_id)
         return True
 
@@ -125,8 +129,9 @@ class RouteBatcher:
     `max_batch`) and answers them with one encoder batch. Under load, requests that arrive
     while a batch runs form the next one; a lone request is routed at once, without waiting."""
 
-    def __init__(self, max_batch: int = 32) -> None:
+    def __init__(self, max_batch: int = 32, on_batch: Callable[[int], None] | None = None) -> None:
         self.max_batch = max_batch
+        self.on_batch = on_batch or (lambda size: None)  # told each batch's size (for /metrics)
         self._queue: queue.Queue[tuple[Any, str, asyncio.AbstractEventLoop, asyncio.Future[Any]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -173,6 +178,7 @@ class RouteBatcher:
                     loop.call_soon_threadsafe(_settle, future, outcome)
             self.batches += 1
             self.routed += len(items)
+            self.on_batch(len(items))
 
 
 def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
@@ -277,11 +283,14 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
 
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
     from fastapi_offline import FastAPIOffline
     from starlette.exceptions import HTTPException
 
-    batcher = RouteBatcher(max_batch)
+    from amo.runtime_metrics import RequestMetrics, RuntimeMetrics
+
+    metrics = RuntimeMetrics(runtime)
+    batcher = RouteBatcher(max_batch, metrics.batch_size.observe)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
@@ -354,12 +363,14 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
     async def route(body: PromptIn) -> dict[str, Any]:
         current = brain()
         result = await batcher.route(current, text(body.prompt, "prompt"))
+        metrics.observe_route(result)
         return {"bundle_id": current.bundle_id, "route": result.to_dict()}
 
     @app.post("/plan", summary="The ordered agent path for the prompt, with its decision rules")
     def plan(body: PromptIn) -> dict[str, Any]:
         current = brain()
         route_, plan_ = current.plan(text(body.prompt, "prompt"))
+        metrics.observe_route(route_)
         return {"bundle_id": current.bundle_id, "route": route_.to_dict(),
                 "plan": {"path": plan_.path, "abstained": plan_.abstained, "rules": plan_.rules,
                          "choice": plan_.choice}}
@@ -381,6 +392,7 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
         prompt = text(body.prompt, "prompt")
         with runtime.arm_lock, refused_arms():
             answer = current.copilot(prompt)
+        metrics.observe_route(answer.route)
         return {"bundle_id": current.bundle_id, **answer.to_dict()}
 
     @app.api_route("/healthz", methods=["GET", "HEAD"],
@@ -397,7 +409,14 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
     def bundle() -> dict[str, Any]:
         return brain().manifest
 
+    @app.get("/metrics", summary="Prometheus metrics: requests, latency, routes, batches, bundles",
+             response_class=Response, response_model=None)
+    def prometheus() -> Any:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s too
     return app
 
 
