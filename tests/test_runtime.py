@@ -497,6 +497,9 @@ def test_metrics_count_requests_routes_batches_and_bundles(bundle: Path, tiny_lm
         prompts = ["where is my order 1234", "tell me a joke", "price of the dyson fan"]
         routes = [httpx.post(f"{url}/route", json={"prompt": p}).json()["route"] for p in prompts]
         assert httpx.post(f"{url}/route", json={"prompt": " "}).status_code == 422
+        assert httpx.post(f"{url}/route", json={"prompt": "x" * 100_000}).status_code == 413
+        assert httpx.get(f"{url}/no/such/path/1").status_code == 404
+        assert httpx.request("BREW", f"{url}/route").status_code == 405
         second = registry.promote(variant(bundle, tmp_path / "second", "second"), GATE).bundle_id
         assert wait_for(url, lambda h: h["bundle_id"] == second)["bundle_id"] == second
         bad = variant(bundle, registry.bundles / "bad", "bad")
@@ -519,6 +522,9 @@ def test_metrics_count_requests_routes_batches_and_bundles(bundle: Path, tiny_lm
     assert 0 < value("amo_http_request_duration_seconds_sum", **ok) < 30
     assert value("amo_http_request_duration_seconds_bucket", le="+Inf", **ok) == 3
     assert value("amo_http_requests_total", endpoint="/healthz", method="GET", status="200") >= 2
+    assert value("amo_http_requests_total", endpoint="/route", method="POST", status="413") == 1
+    assert value("amo_http_requests_total", endpoint="unmatched", method="GET", status="404") == 1
+    assert value("amo_http_requests_total", endpoint="/route", method="other", status="405") == 1
     assert value("amo_route_abstains_total") == sum(route["abstained"] for route in routes)
     assert value("amo_route_selected_agents_count") == 3
     assert value("amo_route_selected_agents_sum") == sum(len(route["agents"]) for route in routes)

@@ -10,8 +10,9 @@ several apps in one process (the tests) never collide.
     amo_bundle_swaps_total                                        bundles swapped in (the first too)
     amo_bundles_refused_total                                     bundles that failed to load
 
-`endpoint` is the route's path template (`/route`, `/static-offline-docs`), or `unmatched`: a
-label per URL would let any client grow the metrics without bound.
+`endpoint` is the route's path template (`/route`, `/static-offline-docs`), or `unmatched`, and
+`method` a standard one or `other`: a label per URL or method would let any client grow the
+metrics without bound.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from amo.asgi import ASGIApp, Message, Receive, Scope, Send
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 AGENT_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 16)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others: "other"
 
 
 class RuntimeMetrics:
@@ -54,6 +56,7 @@ class RuntimeMetrics:
             self.abstains.inc()
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        method = method if method in METHODS else "other"
         self.requests.labels(endpoint, method, str(status)).inc()
         self.latency.labels(endpoint, method, str(status)).observe(seconds)
 
@@ -78,7 +81,8 @@ class BundleCollector:
                                value={"bundle_id": brain.bundle_id if brain is not None else ""})
         yield CounterMetricFamily("amo_bundle_swaps", "Verified bundles swapped in (the first one included)",
                                   value=self.runtime.swaps)
-        yield CounterMetricFamily("amo_bundles_refused", "Bundles refused: failed to load or verify",
+        yield CounterMetricFamily("amo_bundles_refused", "Bundles refused (failed to load or verify) and "
+                                  "unreadable current pointers",
                                   value=self.runtime.refusals)
 
 
