@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from amo.bundle import RUNTIME, BundleError, verify_bundle
+from amo.bundle import RUNTIME, BundleError, file_problems, verify_bundle
 from amo.models import Encoder, resolve_base_model, resolve_encoder, sha256_file
 from amo.onnx_encoder import OnnxEncoder, has_onnx_encoder
 from amo.onnx_router import OnnxRanker
@@ -124,11 +124,21 @@ class Brain:
         with self._arms_lock:
             return self._load_arms()
 
+    def _verify_arms(self) -> None:
+        """Re-hash every arm's files against the manifest just before they are loaded: the
+        bundle was verified when served, but arms load later (on first use)."""
+        for name in self.runtime["arms"]:
+            problems = file_problems(self.path, self.manifest, f"arms/{name}/")
+            if problems:
+                raise BundleError(f"arm {name!r} of bundle {self.bundle_id} at {self.path} refused: "
+                                  + "; ".join(problems))
+
     def _load_arms(self) -> Any:
         if self._arms is None:
             from amo.arms import ArmServer
             from amo.models import load_base_model
 
+            self._verify_arms()
             ref = self.manifest["models"]["base_model"]
             base = resolve_base_model(ref["ref"], ref["gguf_file"])
             _check_model("base model", base.weights_file, ref["sha256"])

@@ -56,13 +56,14 @@ def _run(action: Callable[[], Any]) -> Any:
     from amo.bundle import BundleError
     from amo.config import ConfigError
     from amo.importers import SourceError
+    from amo.locks import LockBusy
     from amo.models import ModelNotFoundError
     from amo.planner import PlannerFormatError
     from amo.routing import AgentError
 
     known: tuple[type[Exception], ...] = (ConfigError, BundleError, ModelNotFoundError,
                                           PlannerFormatError, ArmLoadError, SourceError, FileNotFoundError,
-                                          KeyError, AgentError)
+                                          KeyError, AgentError, LockBusy)
     try:
         from amo.validate import DataValidationError
 
@@ -326,18 +327,47 @@ def promote(bundle_dir: Path | None = typer.Argument(None, metavar="BUNDLE",
 
 @app.command()
 def rollback(to: str | None = typer.Option(None, help="Bundle id; default: the previous one.")) -> None:
-    """Point `current` back at an earlier promoted bundle."""
-    typer.echo(f"current bundle is now {_run(lambda: _registry().rollback(to))}")
+    """Point `current` back at an earlier promoted bundle (works from an unreadable current.json
+    or a torn history, naming what it skipped)."""
+    typer.echo(f"current bundle is now {_run(lambda: _registry().rollback(to, say=_warn))}")
+
+
+def _warn(note: str) -> None:
+    typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
 
 
 @bundles_app.command("list")
 def bundles_list() -> None:
     """Promoted bundles, the current one marked."""
-    for row in _run(lambda: _registry().list()):
+    registry = _registry()
+    problem = registry.read_current()[1]
+    if problem is not None:
+        _warn(f"{problem}: no bundle is marked current (repair: `amo rollback --to BUNDLE_ID`)")
+    for row in _run(registry.list):
         mark = "*" if row["current"] else " "
+        if "problem" in row:
+            typer.echo(f"{mark} {row['bundle_id']}  {row['problem']}")
+            continue
         router = row["metrics"].get("router", {})
         typer.echo(f"{mark} {row['bundle_id']}  created {row['created']}  "
                    f"router acc {router.get('in_scope_accuracy', float('nan')):.3f}")
+
+
+@bundles_app.command("gc")
+def bundles_gc(keep: int = typer.Option(3, min=1, help="Bundles to keep besides the current one: those history "
+                                                "switched to last."),
+               dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be removed.")
+               ) -> None:
+    """Remove older bundles and the leftovers of cut-short promotions; the current bundle, the
+    last KEEP and the history stay."""
+    cleanup = _run(lambda: _registry().gc(keep, dry_run, say=_warn))
+    kept = ", ".join(cleanup.kept) or "none"
+    if not cleanup.removed:
+        typer.echo(f"nothing to remove (kept {kept})")
+        return
+    for path in cleanup.removed:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {path}")
+    typer.echo(f"kept {kept}")
 
 
 @bundles_app.command("verify")

@@ -7,7 +7,6 @@ The flows in `flows/` only wire these together; the Prefect tasks live in `amo.p
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from amo.locks import LockBusy, file_lock
 
 DATA_UPDATED = "amo.data.updated"
 STATE_DIR = ".amo"
@@ -38,7 +39,7 @@ class StageError(RuntimeError):
         super().__init__(f"stage {stage} failed (exit {returncode}); last lines:\n{self.tail}")
 
 
-class RetrainBusy(RuntimeError):
+class RetrainBusy(LockBusy):
     """Another retrain holds this repository's lock; the message says who and since when."""
 
 
@@ -172,31 +173,12 @@ def retrain_lock(repo: Path, timeout: float = 0.0, owner: str = "", poll: float 
     """Hold `.amo/retrain.lock` (an fcntl lock: released by the kernel if the holder dies).
     A second retrain waits up to `timeout` seconds, then raises RetrainBusy naming the holder."""
     path = repo / STATE_DIR / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
-                    raise RetrainBusy(f"another retrain is running in {repo.resolve()} "
-                                      f"(lock {path}, held by {holder}); waited {timeout:g} s") from None
-                time.sleep(poll)
-        os.ftruncate(fd, 0)
-        holder = {"pid": os.getpid(), "owner": owner,
-                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
-        try:
+        with file_lock(path, timeout, owner, poll):
             yield path
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    except LockBusy as exc:
+        raise RetrainBusy(f"another retrain is running in {repo.resolve()} (lock {path}, held by "
+                          f"{exc.holder}); waited {timeout:g} s", path, exc.holder) from None
 
 
 # -- new agent data ------------------------------------------------------------------------------
@@ -312,7 +294,7 @@ def validation_markdown(report_path: Path) -> str:
 def decision_markdown(decision: Any) -> str:
     """The promotion decision: verdict, each gate check, the metrics it compared next to the
     champion's, and per-agent results."""
-    verdict = "PROMOTED" if decision.accepted else "REJECTED"
+    verdict = "UNCHANGED" if decision.unchanged else "PROMOTED" if decision.accepted else "REJECTED"
     lines = [f"# Promotion: {verdict}", "", (f"candidate `{decision.bundle_id}`, "
                                             f"champion `{decision.champion or 'none'}`"), ""]
     lines += [f"- {reason}" for reason in decision.reasons] or ["- no gate checks configured"]
