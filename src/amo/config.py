@@ -41,7 +41,7 @@ class DataParams(_Section):
 
 
 class FinetuneParams(_Section):
-    # Off by default: measured on CLINC150 in README "Fine-tuning the encoder".
+    # Off by default: measured on CLINC150 in docs/router.md "Fine-tuning the encoder".
     enabled: bool = False
     epochs: float = Field(1.0, gt=0.0)
     lr: float = Field(2e-5, gt=0.0)
@@ -213,7 +213,7 @@ class ServeParams(_Section):
 
 
 class OrchestrationParams(_Section):
-    """How Prefect runs the pipeline (flows/, see README "Orchestration with Prefect")."""
+    """How Prefect runs the pipeline (flows/, see docs/orchestration.md)."""
 
     nightly_cron: str = "0 2 * * *"
     timezone: str = "UTC"  # IANA name; the nightly schedule is read in this zone
