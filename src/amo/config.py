@@ -164,14 +164,14 @@ class ArmsParams(_Section):
 
 class PlannerParams(_Section):
     seed: int = 0
-    pca_dims: int = Field(16, ge=0)  # 0: no prompt-embedding features in the stop tree
+    pca_dims: int = Field(0, ge=0)  # 0: no prompt-embedding features in the stop tree
     max_depth: int = Field(12, ge=1)
     min_samples_leaf: int = Field(2, ge=1)
     max_path_len: int = Field(4, ge=1)
     next_max_depth: int = Field(8, ge=1)  # the next-agent tree; max_depth is the stop tree's
     next_min_samples_leaf: int = Field(10, ge=1)
     min_next: float = Field(0.05, ge=0.0, le=1.0)  # stop when no candidate's P(next) reaches this
-    neighbours: int = Field(10, ge=0)  # nearest training prompts whose paths vote (features); 0: none
+    neighbours: int = Field(0, ge=0)  # nearest training prompts whose paths vote (features); 0: none
     candidates: int = Field(10, ge=1)  # router's top agents scored by the next tree at each step
     folds: int = Field(5, ge=2)  # cross-fitting of the transition counts used as training features
     rerank_neighbours: int = Field(5, ge=0)  # nearest training prompts whose paths compete with the decoded one; 0: none
