@@ -221,6 +221,8 @@ class OrchestrationParams(_Section):
     lock_timeout_seconds: float = Field(0.0, ge=0.0)  # a second retrain waits this long, then fails
     stage_retries: int = Field(1, ge=0)  # per stage task; validation failures are never retried
     retry_delay_seconds: float = Field(10.0, ge=0.0)
+    stage_timeout_seconds: float = Field(3600.0, gt=0.0)  # a stage task running longer fails (then retries)
+    arm_timeout_seconds: float = Field(7200.0, gt=0.0)  # the same for one arm's fine-tune
     push: bool = True  # `dvc push` after a completed retrain
     # DVC remote to push to: None (the default of .dvc/config), a remote name, or a URL
     # (s3://bucket/amo, gs://..., file:///srv/amo, needs dvc-s3 / dvc-gs for the clouds).

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -99,18 +99,28 @@ def _env() -> dict[str, str]:
     return env
 
 
-def dvc(repo: Path, *args: str, label: str | None = None) -> str:
-    """Run one DVC command in `repo`; raise StageError (named `label`) with DVC's output tail."""
-    result = subprocess.run(["dvc", *args], check=False, cwd=repo, env=_env(), capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        raise StageError(label or " ".join(args), result.returncode, output)
+def dvc(repo: Path, *args: str, label: str | None = None,
+        on_line: Callable[[str], None] | None = None) -> str:
+    """Run one DVC command in `repo`, passing each output line to `on_line` as it comes (a live
+    log); raise StageError (named `label`) with DVC's output tail."""
+    with subprocess.Popen(["dvc", *args], cwd=repo, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if on_line is not None and line.strip():
+                on_line(line.rstrip("\n"))
+        returncode = process.wait()
+    output = "".join(lines)
+    if returncode != 0:
+        raise StageError(label or " ".join(args), returncode, output)
     return output
 
 
-def run_stage(stage: str, repo: Path = Path(".")) -> str:
+def run_stage(stage: str, repo: Path = Path("."), on_line: Callable[[str], None] | None = None) -> str:
     """`dvc repro --single-item STAGE`: runs it if its deps or params changed, else skips it."""
-    return dvc(repo, "repro", "--single-item", stage, label=stage)
+    return dvc(repo, "repro", "--single-item", stage, label=stage, on_line=on_line)
 
 
 def track_data(repo: Path, data_dir: str) -> str:
