@@ -155,7 +155,8 @@ def retrain(repo: str = ".", tasks: list[str] | None = None, promote_bundle: boo
     announced; push: `dvc push` afterwards (default params.yaml orchestration.push)."""
     root, log = Path(repo), get_run_logger()
     o = _settings(repo)
-    with orch.retrain_lock(root, o.lock_timeout_seconds, owner=f"flow run {flow_run.get_id()}"):
+    with orch.retrain_slot(root, o.lock_timeout_seconds, owner=f"flow run {flow_run.get_id()}") as slot:
+        log.info("one retrain at a time: holding the %s", slot)
         changed = orch.apply_overrides(root, overrides or [])
         if changed:
             log.info("params overrides applied to params.yaml: %s", changed)

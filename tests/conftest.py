@@ -53,7 +53,7 @@ def prefect_api() -> str:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=400):
         yield PREFECT_API_URL.value()
 
 

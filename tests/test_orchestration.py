@@ -139,6 +139,26 @@ def test_stage_error_names_the_stage_and_keeps_dvc_tail(tmp_path: Path) -> None:
     assert info.value.tail and info.value.returncode != 0
 
 
+def test_retrain_slot_is_a_prefect_global_concurrency_limit(prefect_api: str, tmp_path: Path) -> None:
+    """With a Prefect server, one retrain per repository holds the global concurrency limit
+    amo-retrain-<repo> (one slot, created on first use): a second is refused naming it, and the
+    slot is free again once the first ends."""
+    from prefect import get_client
+
+    repo = tmp_path / "shop copy"
+    repo.mkdir()
+    with orch.retrain_slot(repo, timeout=0) as held:
+        assert held == "Prefect global concurrency limit amo-retrain-shop-copy"
+        with pytest.raises(orch.RetrainBusy, match="'amo-retrain-shop-copy' \\(1 slot\\) is taken"):
+            with orch.retrain_slot(repo, timeout=0):
+                pytest.fail("two retrains held the slot")
+    with orch.retrain_slot(repo, timeout=0):
+        pass
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name("amo-retrain-shop-copy").limit == 1
+    assert not (repo / ".amo").exists()  # no file lock when the server decides
+
+
 def test_stage_lines_are_passed_on_as_they_come(tmp_path: Path) -> None:
     """run_stage hands every line the stage prints to on_line, in order, and still returns it all."""
     env = dict(os.environ, DVC_NO_ANALYTICS="1")

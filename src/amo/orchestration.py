@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,54 @@ def retrain_lock(repo: Path, timeout: float = 0.0, owner: str = "", poll: float 
     except LockBusy as exc:
         raise RetrainBusy(f"another retrain is running in {repo.resolve()} (lock {path}, held by "
                           f"{exc.holder}); waited {timeout:g} s", path, exc.holder) from None
+
+
+def concurrency_limit_name(repo: Path) -> str:
+    """The Prefect global concurrency limit that lets one retrain of `repo` run at a time."""
+    return "amo-retrain-" + re.sub(r"[^A-Za-z0-9_-]", "-", repo.resolve().name)
+
+
+def _ensure_limit(name: str) -> None:
+    """Create the global concurrency limit `name` with one slot, unless it exists."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:  # another retrain created it meanwhile
+                pass
+
+
+@contextmanager
+def retrain_slot(repo: Path, timeout: float = 0.0, owner: str = "") -> Iterator[str]:
+    """One retrain of `repo` at a time. With a Prefect server (PREFECT_API_URL), its global
+    concurrency limit `amo-retrain-<repo>` (one slot, created on first use): it holds across
+    machines and work pools. Without one, the file lock (`retrain_lock`). A second retrain waits
+    up to `timeout` seconds, then raises RetrainBusy naming the limit or the lock. Yields what
+    holds the slot."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        with retrain_lock(repo, timeout, owner) as path:
+            yield f"file lock {path}"
+        return
+    from prefect.concurrency.sync import concurrency
+
+    name = concurrency_limit_name(repo)
+    _ensure_limit(name)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=max(timeout, 1.0), strict=True))
+        except TimeoutError:
+            raise RetrainBusy(f"another retrain is running in {repo.resolve()}: the Prefect global concurrency "
+                              f"limit {name!r} (1 slot) is taken; waited {max(timeout, 1.0):g} s",
+                              Path(name), "another flow run") from None
+        yield f"Prefect global concurrency limit {name}"
 
 
 # -- new agent data ------------------------------------------------------------------------------
