@@ -165,8 +165,6 @@ def retrain(repo: str = ".", tasks: list[str] | None = None, promote_bundle: boo
         trained_on = orch.data_fingerprint(root / data_dir)
         if data_hash and data_hash != trained_on:
             log.warning("event announced data %s; training on the data now present, %s", data_hash, trained_on)
-        if (root / f"{data_dir}.dvc").is_file():
-            log.info("data version %s", orch.track_data(root, data_dir))
         ran = []
         for group, stages in orch.stage_groups(root).items():
             if group == "finetune_arm":
@@ -177,6 +175,10 @@ def retrain(repo: str = ".", tasks: list[str] | None = None, promote_bundle: boo
             else:
                 _stage(repo, group)
             ran += stages
+            if group == "validate" and (root / f"{data_dir}.dvc").is_file():
+                # Only data that passed validation is versioned: a refused row never reaches
+                # data.dvc, so `dvc checkout` cannot bring it back over the user's fix.
+                log.info("data version %s", orch.track_data(root, data_dir))
         promotion = promote(repo, return_state=True) if promote_bundle else None
         pushed = o.push if push is None else push
         if pushed:

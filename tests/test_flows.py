@@ -229,6 +229,20 @@ def test_bad_data_fails_validation_without_retry(trained_repo: dict[str, Any]) -
     assert "ghost" in report[0].data and "False" in report[0].data
 
 
+def test_refused_data_never_moves_data_dvc(trained_repo: dict[str, Any]) -> None:
+    """A retrain whose validation refuses the data fails there and leaves data.dvc as it was."""
+    repo = trained_repo["repo"]
+    routing, pointer = repo / "data/routing/train.jsonl", repo / "data.dvc"
+    original, before = routing.read_text(), pointer.read_text()
+    try:
+        routing.write_text(original + json.dumps({"prompt": "one more new prompt", "labels": {"ghost": 2}}) + "\n")
+        state = flows().retrain(repo=str(repo), push=False, promote_bundle=False, return_state=True)
+    finally:
+        routing.write_text(original)
+    assert state.is_failed() and "validate" in state.message
+    assert pointer.read_text() == before
+
+
 def test_data_sensor_emits_one_event_per_change(prefect_api: str, tmp_path: Path) -> None:
     """The sensor flow emits `amo.data.updated` with the new hash when the data changed, and
     nothing when it did not."""
