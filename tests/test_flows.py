@@ -101,10 +101,20 @@ def test_stage_output_is_in_the_task_run_logs_line_by_line(trained_repo: dict[st
     assert any(line.startswith("train_router | ") and "router epoch 1/" in line for line in lines), lines[:20]
 
 
-def test_rejected_promotion_fails_the_flow_run_with_its_reason(trained_repo: dict[str, Any]) -> None:
+def test_rejected_promotion_fails_the_flow_run_with_its_reason(trained_repo: dict[str, Any],
+                                                               tmp_path: Path) -> None:
     """A bundle the gate rejects ends the promote flow run Failed, naming the failed check; both
     bundles were scored on the same current test data; the champion stays current."""
+    from amo.bundle import new_bundle_id, read_manifest, write_manifest
+
     repo = trained_repo["repo"]
+    # The retrain promoted build/bundle (promoting the current bundle again is a no-op): the
+    # candidate is the same files under a later id, so the gate runs.
+    candidate = tmp_path / "candidate"
+    shutil.copytree(repo / "build/bundle", candidate)
+    manifest = {k: v for k, v in read_manifest(candidate).items() if k != "digest"}
+    created = "2099-01-01T00:00:00Z"
+    write_manifest(candidate, {**manifest, "created": created, "bundle_id": new_bundle_id(created, manifest["files"])})
     params_file = repo / "params.yaml"
     original = params_file.read_text()
     raw = yaml.safe_load(original)
@@ -112,7 +122,7 @@ def test_rejected_promotion_fails_the_flow_run_with_its_reason(trained_repo: dic
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     current = (repo / "registry/current.json").read_text()
     try:
-        state = flows().promote(repo=str(repo), return_state=True)
+        state = flows().promote(repo=str(repo), bundle=str(candidate), return_state=True)
     finally:
         params_file.write_text(original)
     assert state.is_failed(), state
