@@ -39,7 +39,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src flows tests
+	$(BIN)/ruff check src flows tests benchmarks
 
 clean:
 	rm -rf artifacts build metrics registry .dvcstore

@@ -90,7 +90,7 @@ def test_missing_or_corrupt_adapter_is_refused(tiny_lm: Path, arm_dirs: dict[str
         weights.unlink()
     else:
         weights.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(ArmLoadError, match="adapter_model.safetensors|shout"):
+    with pytest.raises(ArmLoadError, match=r"adapter_model.safetensors|shout"):
         ArmServer(*base(tiny_lm), {"shout": broken})
 
 

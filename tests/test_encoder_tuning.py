@@ -207,5 +207,5 @@ def test_stages_refuse_a_missing_tuned_encoder(tmp_path: Path, monkeypatch: pyte
     from amo.encoder_tuning import stage_encoder
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="artifacts/router/encoder.*train_router"):
+    with pytest.raises(ConfigError, match=r"artifacts/router/encoder.*train_router"):
         stage_encoder(_pipeline_params(tmp_path, enabled=True).encoder, Path("artifacts/router"))

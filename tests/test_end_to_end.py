@@ -94,8 +94,8 @@ def test_promote_then_route_plan_and_copilot(repo: Path) -> None:
     explain = run(repo, "amo", "plan", "--explain", "where is my order 88812?").stdout
     assert explain.startswith("plan: ") and "step 1:" in explain
     tests = [line.strip() for line in explain.splitlines() if " <= " in line or " > " in line]
-    assert tests and all(t.split(" = ")[0] in STOP_FEATURES + NEXT_FEATURES + RERANK_FEATURES or t.startswith("prompt_pc")
-                         for t in tests)
+    features = STOP_FEATURES + NEXT_FEATURES + RERANK_FEATURES
+    assert tests and all(t.split(" = ")[0] in features or t.startswith("prompt_pc") for t in tests)
     answer = json.loads(run(repo, "amo", "copilot", "--json", "find red nike shoes under $90").stdout)
     assert answer["bundle_id"] == bundle_id
     assert {step["arm"] for step in answer["arm_outputs"]} <= {"product_extraction", "query_rewrite"}

@@ -76,7 +76,7 @@ def test_missing_encoder_files_are_named(tmp_path: Path) -> None:
     """A folder without the exported files is refused, naming what is missing."""
     (tmp_path / ENCODER_FILES[0]).write_bytes(b"")
     assert not has_onnx_encoder(tmp_path)
-    with pytest.raises(FileNotFoundError, match="missing encoder_tokenizer.json, encoder.json"):
+    with pytest.raises(FileNotFoundError, match=r"missing encoder_tokenizer.json, encoder.json"):
         OnnxEncoder(tmp_path)
 
 

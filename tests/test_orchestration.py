@@ -105,7 +105,7 @@ def test_bad_override_is_refused_and_params_untouched(tmp_path: Path, override: 
     """An override that makes params.yaml invalid, or names no key, is refused; the file is byte-identical."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     original = (tmp_path / "params.yaml").read_bytes()
-    with pytest.raises(ValueError, match="params override .* refused"):
+    with pytest.raises(ValueError, match=r"params override .* refused"):
         orch.apply_overrides(tmp_path, [override])
     assert (tmp_path / "params.yaml").read_bytes() == original
 
@@ -161,9 +161,9 @@ def test_orchestration_config_refuses_bad_zone_and_cron() -> None:
     """A timezone that is not an IANA name, or a cron without five fields, is refused by key."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert load_params(ROOT / "params.yaml").orchestration.timezone
-    with pytest.raises(ConfigError, match="orchestration.timezone"):
+    with pytest.raises(ConfigError, match=r"orchestration.timezone"):
         parse_params({**raw, "orchestration": {"timezone": "Mars/Olympus"}})
-    with pytest.raises(ConfigError, match="orchestration.nightly_cron"):
+    with pytest.raises(ConfigError, match=r"orchestration.nightly_cron"):
         parse_params({**raw, "orchestration": {"nightly_cron": "every night"}})
 
 

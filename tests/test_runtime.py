@@ -117,7 +117,8 @@ BAD_REQUESTS = [  # (what, request kwargs, status, error code, words in the mess
     ("prompt over max_prompt_chars", {"json": {"prompt": "y" * 5000}}, 422, "prompt_too_long",
      "5000 characters; the limit is 4000"),
     ("missing prompt", {"json": {"text": "hi"}}, 422, "invalid_request", "prompt: Field required"),
-    ("prompt of the wrong type", {"json": {"prompt": 7}}, 422, "invalid_request", "prompt: Input should be a valid string"),
+    ("prompt of the wrong type", {"json": {"prompt": 7}}, 422, "invalid_request",
+     "prompt: Input should be a valid string"),
 ]
 
 

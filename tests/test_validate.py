@@ -167,8 +167,8 @@ BAD_CASES: list[tuple[str, Mutation, str, int | None, str | None]] = [
      "routing/train.jsonl", 2, "prompt"),
     ("one_mb_prompt", lambda d: edit(d, "routing/test.jsonl", 1, prompt="q" * 1_000_000),
      "routing/test.jsonl", 1, "prompt"),
-    ("infinity_grade", lambda d: set_line(d, "routing/train.jsonl", 2,
-                                          '{"prompt": "Where is my order 1234?", "labels": {"order_status": Infinity}}'),
+    ("infinity_grade", lambda d: set_line(
+        d, "routing/train.jsonl", 2, '{"prompt": "Where is my order 1234?", "labels": {"order_status": Infinity}}'),
      "routing/train.jsonl", 2, "labels.order_status"),
     ("path_not_a_list", lambda d: edit(d, "traces/train.jsonl", 3, path="returns"),
      "traces/train.jsonl", 3, "path"),
@@ -258,7 +258,7 @@ def test_tasks_argument_selects_task_folders(data: Path) -> None:
     write_jsonl(data / "tasks" / "broken" / "train.jsonl", [{"input": "x"}])
     report = validate_data(data, tasks=["rewrite"])
     assert not any("broken" in name for name in report["files"])
-    with pytest.raises(DataValidationError, match="data/tasks/nope/train.jsonl: file missing"):
+    with pytest.raises(DataValidationError, match=r"data/tasks/nope/train.jsonl: file missing"):
         validate_data(data, tasks=["rewrite", "nope"])
 
 

@@ -479,7 +479,7 @@ def _rewrite(rng: random.Random) -> tuple[str, str]:
                              "It got a new version this year.", "Sure, here it is."])]
         if rng.random() < 0.4:  # an older exchange about something else comes first
             other = f"the {rng.choice([b for b in BRANDS if b not in (brand, brand2)])} {rng.choice(PRODUCTS)}"
-            turns = [f"Earlier I looked at {other}.", "Okay."] + turns
+            turns = [f"Earlier I looked at {other}.", "Okay.", *turns]
         question, rewrite = rng.choice(ITEM_QUESTIONS)
         fill["ref"] = rng.choice(PRONOUNS)
     question = question.format(**fill)
@@ -492,7 +492,7 @@ def _split(records: list, fractions: list[float]) -> list[list]:
     for size in cuts[:-1]:
         out.append(records[start:start + size])
         start += size
-    return out + [records[start:]]
+    return [*out, records[start:]]
 
 
 def write_demo_data(out_dir: Path, seed: int = 13) -> dict[str, int]:

@@ -92,7 +92,7 @@ _GAP_OF = ("log_prob", "min_agent_vote", "proposer_share", "mean_margin")  # min
 
 def _pair(history: Sequence[str]) -> str:
     """The key of the last two steps in the second-order transition table."""
-    return ">".join(([START, START] + list(history))[-2:])
+    return ">".join([START, START, *history][-2:])
 
 
 def _stem(word: str) -> str:
@@ -555,7 +555,8 @@ class TreePlanner:
                 max(p_stops) if p_stops else 0.0, float(min(counts)), sum(rates) / len(rates),
                 float(self.path_counts_.get(tuple(path), 0)), len(named) / len(path) if path else 0.0,
                 float(named == sorted(named)),
-                min((agent_vote[a] for a in path), default=0.0), sum(agent_vote[a] for a in path) / len(path) if path else 0.0,
+                min((agent_vote[a] for a in path), default=0.0),
+                sum(agent_vote[a] for a in path) / len(path) if path else 0.0,
                 min(link_vote[pair] for pair in pairwise([START, *path, STOP])), length_vote[len(path)],
                 float(max(ctx.rank(a) for a in path)) if path else 0.0,
                 len(members & set(decoded)) / max(len(members | set(decoded)), 1)])
@@ -565,7 +566,8 @@ class TreePlanner:
             row.extend(row[i] - b for i, b in zip(at, best))
         return candidates, rows, origins
 
-    def _path_rules(self, ctx: _Prompt, reduced: np.ndarray, memo: dict, path: list[str], decoded: bool) -> list[list[str]]:
+    def _path_rules(self, ctx: _Prompt, reduced: np.ndarray, memo: dict, path: list[str],
+                    decoded: bool) -> list[list[str]]:
         """Per step of `path`, the stop and next trees' tests and decisions along it."""
         rules = []
         for t in range(len(path) + 1):
@@ -619,7 +621,8 @@ class TreePlanner:
             return plan
         seen = self.agent_counts_.get(top, 0)
         if seen >= self.follow_min_traces:
-            why = f"router's top agent {top} not planned: the trees know it from {seen} training calls and chose this path"
+            why = (f"router's top agent {top} not planned: the trees know it from {seen} training calls "
+                   "and chose this path")
             return Plan(plan.path, plan.rules, [*plan.choice, why])
         # Where the traces put it: first unless they end paths with it more often than they start with it.
         starts = self.transitions_.get(START, {}).get(top, 0)
@@ -679,8 +682,10 @@ class TreePlanner:
                 "transitions": {a: dict(after) for a, after in self.transitions_.items()},
                 "neighbours": {"embeddings": self.neighbour_embeddings_.tolist(),
                                "paths": [list(p) for p in self.neighbour_paths_]},
-                "stop_tree": {"features": list(self.stop_features_), **{k: list(v) for k, v in self.stop_tree_.items()}},
-                "next_tree": {"features": list(self.next_features_), **{k: list(v) for k, v in self.next_tree_.items()}},
+                "stop_tree": {"features": list(self.stop_features_),
+                              **{k: list(v) for k, v in self.stop_tree_.items()}},
+                "next_tree": {"features": list(self.next_features_),
+                              **{k: list(v) for k, v in self.next_tree_.items()}},
                 "rerank_tree": None if self.rerank_tree_ is None else
                 {"features": list(self.rerank_features_), **{k: list(v) for k, v in self.rerank_tree_.items()}}}
 
