@@ -6,6 +6,7 @@ refuses a bad value with its dotted key and the value (`router.epochs must be > 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -262,7 +263,7 @@ class Params(_Section):
     orchestration: OrchestrationParams = OrchestrationParams()
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")

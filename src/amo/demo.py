@@ -327,7 +327,8 @@ def _vary(rng: random.Random, text: str) -> str:
 
 
 def _unique(rng: random.Random, make, count: int, seen: set[str]) -> list:
-    out, tries = [], 0
+    out: list = []
+    tries = 0
     while len(out) < count and tries < count * 50:
         tries += 1
         item = make()

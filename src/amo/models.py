@@ -165,7 +165,10 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_embedding_dimension())
+        dim = self.model.get_embedding_dimension()
+        if dim is None:
+            raise ValueError(f"encoder {self.path}: its modules do not name an embedding dimension")
+        return int(dim)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         import numpy as np

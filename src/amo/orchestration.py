@@ -187,9 +187,9 @@ def retrain_lock(repo: Path, timeout: float = 0.0, owner: str = "", poll: float 
                                       f"(lock {path}, held by {holder}); waited {timeout:g} s") from None
                 time.sleep(poll)
         os.ftruncate(fd, 0)
-        holder = {"pid": os.getpid(), "owner": owner,
+        record = {"pid": os.getpid(), "owner": owner,
                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
         try:
             yield path
         finally:
@@ -280,7 +280,7 @@ def metrics_markdown(metrics_dir: Path, title: str, names: list[str] | None = No
     """A table of every number in metrics/*.json (or the named files, e.g. `arms/x`)."""
     files = ([metrics_dir / f"{n}.json" for n in names] if names is not None
              else sorted(metrics_dir.rglob("*.json")))
-    rows = []
+    rows: list[tuple[str, str, Any]] = []
     for path in files:
         if not path.is_file():
             rows.append((path.relative_to(metrics_dir).as_posix(), "(missing)", ""))

@@ -611,7 +611,7 @@ def validate_data(data_dir: Path, *, tasks: list[str] | None = None,
         found += _leakage(files, "input")
     problems = _unique_problems(found)
 
-    report = {"ok": not problems,
+    report: dict[str, Any] = {"ok": not problems,
               "files": {f.name: {"rows": f.n_rows, "expectations": f.expectations,
                                  "failed": f.failed} for f in all_files if f.exists},
               "problems": [asdict(p) for p in problems]}
