@@ -38,8 +38,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# ruff's rules and mypy's files are in pyproject.toml.
 lint: install
 	$(BIN)/ruff check src flows tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf artifacts build metrics registry .dvcstore
