@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, flows, git_env
+from conftest import ROOT, flows, git_env, restored
 
 from amo import orchestration as orch
 from amo.bundle import verify_bundle
@@ -48,7 +48,7 @@ def test_retrain_runs_the_graph_promotes_and_pushes(trained_repo: dict[str, Any]
     """The retrain flow runs dvc.yaml's stages in order (one task run per arm), promotes the bundle it
     built with the override in its manifest, pushes to the remote, and leaves Markdown artifacts."""
     from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
 
     repo, result = trained_repo["repo"], trained_repo["result"]
     assert result["stages"] == orch.stage_names(repo)
@@ -61,8 +61,11 @@ def test_retrain_runs_the_graph_promotes_and_pushes(trained_repo: dict[str, Any]
     with get_client(sync_client=True) as client:
         names = {run.name for run in client.read_task_runs()}
         keys = ["amo-validation", "amo-arms", "amo-evaluation", "amo-promotion", "amo-retrain"]
+        run_id = trained_repo["flow_run_id"]  # this retrain and its subflows, not other tests' runs
         artifacts = {a.key: a.data for a in client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
+            flow_run_filter=FlowRunFilter(operator="or_", id={"any_": [run_id]},
+                                          parent_flow_run_id={"any_": [run_id]}))}
     assert {f"finetune_arm@{t}" for t in ("product_extraction", "query_rewrite")} <= names
     assert set(artifacts) == set(keys)
     assert "PROMOTED" in artifacts["amo-promotion"] and manifest["bundle_id"] in artifacts["amo-promotion"]
@@ -174,16 +177,13 @@ def test_bad_data_fails_validation_without_retry(trained_repo: dict[str, Any]) -
 
     repo = trained_repo["repo"]
     routing, params_file = repo / "data/routing/train.jsonl", repo / "params.yaml"
-    original, original_params = routing.read_text(), params_file.read_text()
-    params = yaml.safe_load(original_params)
+    original = routing.read_text()
+    params = yaml.safe_load(params_file.read_text())
     params["orchestration"]["stage_retries"] = 2
-    try:
+    with restored(repo, "data/routing/train.jsonl", "params.yaml", "metrics/validation.json", "metrics/validation"):
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         routing.write_text(original + json.dumps({"prompt": "a brand new prompt", "labels": {"ghost": 2}}) + "\n")
         state = flows().validate_data(repo=str(repo), return_state=True)
-    finally:
-        routing.write_text(original)
-        params_file.write_text(original_params)
     assert state.is_failed()
     row = f"row {original.count(chr(10)) + 1}"
     assert "stage validate failed" in state.message and "train.jsonl" in state.message and row in state.message
