@@ -11,6 +11,7 @@ from amo.config import ArmTaskParams
 from amo.data import TaskExample
 from amo.models import load_base_model, resolve_base_model
 
+pytestmark = pytest.mark.slow  # LoRA training
 TASKS = {
     "shout": ArmTaskParams(data="-", template="Shout: {input}\nOut:", steps=25, lr=1e-2, batch_size=4,
                            max_new_tokens=6, metric="exact"),

@@ -18,6 +18,7 @@ from conftest import make_tiny_repo, restored
 
 from amo.planner import NEXT_FEATURES, RERANK_FEATURES, STOP_FEATURES
 
+pytestmark = pytest.mark.slow  # real `dvc repro` of the whole graph
 
 def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

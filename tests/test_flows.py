@@ -44,6 +44,8 @@ def test_flow_steps_are_the_dvc_stages() -> None:
     assert set(orch.stage_groups(ROOT)) - {"finetune_arm"} <= set(flows().CONCERNS)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_retrain_runs_the_graph_promotes_and_pushes(trained_repo: dict[str, Any]) -> None:
     """The retrain flow runs dvc.yaml's stages in order (one task run per arm), promotes the bundle it
     built with the override in its manifest, pushes to the remote, and leaves Markdown artifacts."""
@@ -72,6 +74,8 @@ def test_retrain_runs_the_graph_promotes_and_pushes(trained_repo: dict[str, Any]
     assert "| evaluation | router.in_scope_accuracy |" in artifacts["amo-evaluation"]
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_rejected_promotion_fails_the_flow_run_with_its_reason(trained_repo: dict[str, Any]) -> None:
     """A bundle the gate rejects ends the promote flow run Failed, naming the failed check; both
     bundles were scored on the same current test data; the champion stays current."""
@@ -93,6 +97,8 @@ def test_rejected_promotion_fails_the_flow_run_with_its_reason(trained_repo: dic
     assert (repo / "registry/current.json").read_text() == current
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_second_concurrent_retrain_is_refused_and_nothing_corrupted(trained_repo: dict[str, Any]) -> None:
     """Two retrains started together on one repository: one completes, the other fails at once
     naming the lock and its holder; the bundle, registry and dvc.lock stay consistent."""
@@ -117,6 +123,8 @@ def test_second_concurrent_retrain_is_refused_and_nothing_corrupted(trained_repo
     assert "Data and pipelines are up to date" in run(repo, "dvc", "status")
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_fresh_clone_restores_the_bundle_inputs_from_the_remote(trained_repo: dict[str, Any],
                                                                 tmp_path: Path) -> None:
     """After the pushed retrain is committed, a fresh clone + `dvc pull` restores the data the
@@ -144,6 +152,8 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_arms_on_a_dask_cluster_match_the_sequential_run(trained_repo: dict[str, Any], tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """With AMO_DASK_ADDRESS set (a LocalCluster of 2 single-thread workers) the arm fan-out runs on
@@ -169,6 +179,8 @@ def test_arms_on_a_dask_cluster_match_the_sequential_run(trained_repo: dict[str,
         assert metrics[0] == metrics[1], task
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_bad_data_fails_validation_without_retry(trained_repo: dict[str, Any]) -> None:
     """A dangling agent id fails the validate flow once (no retry even with retries configured),
     with the stage's name, file, row and field in the message and in the validation artifact."""
@@ -195,6 +207,7 @@ def test_bad_data_fails_validation_without_retry(trained_repo: dict[str, Any]) -
     assert "ghost" in report[0].data and "False" in report[0].data
 
 
+@pytest.mark.integration
 def test_data_sensor_emits_one_event_per_change(prefect_api: str, tmp_path: Path) -> None:
     """The sensor flow emits `amo.data.updated` with the new hash when the data changed, and
     nothing when it did not."""

@@ -27,7 +27,7 @@ from conftest import git_env
 
 from amo import orchestration as orch
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 DEPLOYMENTS = {"retrain/nightly", "on-new-data/on-new-agent-data", "data-sensor/every-interval", "promote/manual"}
 

@@ -23,6 +23,7 @@ from tiny_bundle import build_tiny_bundle, tamper, tiny_params, variant
 from amo.config import GateParams
 from amo.registry import CURRENT, Registry, atomic_write
 
+pytestmark = pytest.mark.slow  # the bundle is built by the real stages (router, ONNX, LoRA arm, planner)
 GATE = GateParams(floors={}, tolerance=1.0)
 
 

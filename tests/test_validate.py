@@ -203,6 +203,7 @@ def test_valid_data_passes_and_counts_rows(data: Path, tmp_path: Path) -> None:
     assert all(f["expectations"] > 0 and f["failed"] == 0 for f in files.values())
 
 
+@pytest.mark.slow  # the whole matrix: one great-expectations run per broken file
 @pytest.mark.parametrize(("mutate", "file", "row", "field"),
                          [case[1:] for case in BAD_CASES], ids=[case[0] for case in BAD_CASES])
 def test_bad_data_is_refused_with_file_row_field(data: Path, mutate: Mutation, file: str,
