@@ -82,8 +82,9 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def f1s(scores: np.ndarray, margin: float, test: list[RoutingExample], ids: list[str],
-        new: set[str]) -> dict[str, float]:
-    predicted = [top_label(r) for r in route_all(scores, ids, margin)]
+        new: set[str], margins: np.ndarray | None = None) -> dict[str, float]:
+    """New- and old-agent macro F1 at `margin` (or per-agent `margins`, reported as `margin`)."""
+    predicted = [top_label(r) for r in route_all(scores, ids, margin if margins is None else margins)]
     gold = [gold_label(e) for e in test]
     return {"new_f1": round(macro_f1(predicted, gold, [i for i in ids if i in new]), 4),
             "old_f1": round(macro_f1(predicted, gold, [i for i in ids if i not in new]), 4),

@@ -52,7 +52,7 @@ from amo.benchmarking import cosine_scores, fit_classifier, tune_margin
 from amo.config import load_params
 from amo.models import Encoder, resolve_encoder
 from amo.ranker import AgentRanker
-from amo.routing import AgentIndex, choose_margin, grade_matrix
+from amo.routing import AgentIndex, agent_margins, choose_margin, grade_matrix
 
 SYSTEMS = ("amo", "cosine", "classifier")
 
@@ -108,11 +108,13 @@ def run_fold(domain: str, args: argparse.Namespace, params, agents, splits, agen
         "cosine": (cosine_scores(x_val, agent_x[old_columns]), cosine_scores(x["test"], agent_x)),
         "classifier": (classify(x_val)[:, [*old_columns, len(ids)]], classify(x["test"])),
     }
-    fold["amo"] = f1s(amo_test, margin, splits["test"], ids, new)
+    # the pipeline's rule: agents known only by their description need max(margin, 0)
+    fold["amo"] = f1s(amo_test, margin, splits["test"], ids, new, agent_margins(served, margin))
     for name, (val_scores, test_scores) in baselines.items():
         fold[name] = f1s(test_scores, tune_margin(val_scores, val, old_agents), splits["test"], ids, new)
     fold["diagnostics"] = {
         "amo_margin_0": f1s(amo_test, 0.0, splits["test"], ids, new),
+        "amo_one_margin": f1s(amo_test, margin, splits["test"], ids, new),
         "amo_baseline_threshold_rule": f1s(amo_test, tune_margin(amo_val, val, old_agents), splits["test"], ids, new),
     }
     best = min(ranker.history_, key=lambda r: r.get("val_loss", r["train_loss"]))
@@ -134,7 +136,8 @@ def run_fold(domain: str, args: argparse.Namespace, params, agents, splits, agen
             rows = np.concatenate([order[agent][:k] for agent in sorted(order)]).astype(np.int64)
             examples = [splits["train"][i] for i in rows]
             served_k = served.with_examples(examples, embeddings=x["train"][rows])
-            amo_k = f1s(ranker.score(x["test"], served_k), margin, splits["test"], ids, new)
+            amo_k = f1s(ranker.score(x["test"], served_k), margin, splits["test"], ids, new,
+                        agent_margins(served_k, margin))
             all_rows = np.concatenate([np.asarray(train_rows, np.int64), rows])
             retrained = fit_classifier(x["train"][all_rows], [splits["train"][i] for i in all_rows], ids,
                                        c=args.classifier_c, seed=args.seed)
@@ -186,7 +189,8 @@ def write(args: argparse.Namespace, argv: list[str] | None, params, folds: list[
                     "prompts; at test all 150 agents are candidates, the 15 new ones known by description only",
         "threshold_tuning": {
             "amo": f"choose_margin on the reduced val at target OOS recall {params.router.target_oos_recall} "
-                   "(the pipeline's rule); unchanged when examples are added",
+                   "(the pipeline's rule) for agents with examples, max(margin, 0) for agents known only by "
+                   "their description (amo.routing.agent_margins); unchanged when examples are added",
             "cosine, classifier": "tune_margin on the reduced val (router_clinc150.py's rule); the retrained "
                                   "classifier is re-tuned",
         },

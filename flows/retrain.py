@@ -34,7 +34,8 @@ def _settings(repo: str) -> OrchestrationParams:
 def _stage(repo: str, stage: str, retries: int | None = None) -> str:
     o = _settings(repo)
     runner = stage_task.with_options(retries=o.stage_retries if retries is None else retries,
-                                     retry_delay_seconds=o.retry_delay_seconds)
+                                     retry_delay_seconds=o.retry_delay_seconds,
+                                     timeout_seconds=o.stage_timeout_seconds)
     return runner(stage, repo)
 
 
@@ -56,6 +57,13 @@ def validate_data(repo: str = ".") -> dict[str, Any]:
     return json.loads(report.read_text())
 
 
+@flow(name="embed")
+def embed(repo: str = ".") -> None:
+    """Embed the texts the embedding store lacks (only new rows after the first run)."""
+    _stage(repo, "embed")
+    _report(repo, "amo-embed", "Embedding store", ["embed"])
+
+
 @flow(name="train-router")
 def train_router(repo: str = ".") -> None:
     _stage(repo, "train_router")
@@ -73,7 +81,8 @@ def finetune_arms(repo: str = ".", tasks: list[str] | None = None) -> list[str]:
     """One `finetune_arm@<task>` task run per arm, fanned out on the configured task runner."""
     o = _settings(repo)
     stages = orch.arm_stages(Path(repo), tasks)
-    arm = finetune_arm.with_options(retries=o.stage_retries, retry_delay_seconds=o.retry_delay_seconds)
+    arm = finetune_arm.with_options(retries=o.stage_retries, retry_delay_seconds=o.retry_delay_seconds,
+                                    timeout_seconds=o.arm_timeout_seconds)
     with arm_task_runner(o) as runner:
         futures = [runner.submit(arm, {"stage": stage, "repo": repo}) for stage in stages]
         for future in futures:
@@ -133,7 +142,7 @@ def publish_index(repo: str = ".") -> dict[str, Any] | State[Any]:
 
 # Which concern flow runs a dvc.yaml stage; a stage missing here still runs, as a plain stage task.
 CONCERNS: dict[str, Callable[[str], object]] = {
-    "validate": validate_data, "train_router": train_router, "export_router": export_router,
+    "validate": validate_data, "embed": embed, "train_router": train_router, "export_router": export_router,
     "fit_planner": fit_planner, "evaluate": evaluate, "bundle": bundle}
 
 

@@ -128,14 +128,15 @@ def restored(root: Path, *names: str) -> Iterator[None]:
         shutil.rmtree(saved, ignore_errors=True)
 
 
-def flows() -> Any:
-    """flows/retrain.py, imported the way `python flows/serve.py` imports it."""
+def flows(module: str = "retrain") -> Any:
+    """flows/retrain.py (or another module of flows/), imported the way `python flows/serve.py`
+    imports it."""
     import importlib
     import sys
 
     if str(ROOT / "flows") not in sys.path:
         sys.path.insert(0, str(ROOT / "flows"))
-    return importlib.import_module("retrain")
+    return importlib.import_module(module)
 
 
 @pytest.fixture(scope="session")

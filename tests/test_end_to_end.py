@@ -69,6 +69,32 @@ def test_repro_builds_every_artifact(repo: Path) -> None:
     assert manifest["metrics"] == metrics
 
 
+def test_repro_writes_the_plots_data_and_the_embedding_store(repo: Path) -> None:
+    """The router's loss per epoch, its val margin trade-off, the test confusion rows and each arm's
+    loss per step are written for dvc plots; the embed stage stored every text once."""
+    import csv
+
+    def rows(path: str) -> list[dict[str, str]]:
+        with open(repo / path, encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+
+    history = json.loads((repo / "artifacts/router/ranker.json").read_text())["history"]
+    loss = rows("metrics/plots/router/loss.csv")
+    assert [int(r["epoch"]) for r in loss] == [h["epoch"] for h in history]
+    sweep = rows("metrics/plots/router/margin.csv")
+    assert len(sweep) >= 2 and all(0 <= float(r["oos_recall"]) <= 1 for r in sweep)
+    oos = [float(r["oos_recall"]) for r in sweep]
+    assert oos == sorted(oos)  # a higher margin abstains on more out-of-scope prompts
+    confusion = rows("metrics/plots/confusion.csv")
+    evaluation = json.loads((repo / "metrics/evaluation.json").read_text())
+    assert len(confusion) == evaluation["router"]["prompts"] and "confusion" not in evaluation
+    for task in ("product_extraction", "query_rewrite"):
+        steps = rows(f"metrics/plots/arms/{task}.csv")
+        assert [int(r["step"]) for r in steps] == list(range(1, len(steps) + 1)) and steps
+    embed = json.loads((repo / "metrics/embed.json").read_text())
+    assert embed["stored"] == embed["texts"] == embed["embedded"] > 0
+
+
 def test_bundle_embeds_prompts_with_its_onnx_encoder(repo: Path) -> None:
     """The bundle's Brain embeds with the encoder ONNX it carries, agreeing with
     sentence-transformers to 1e-4."""

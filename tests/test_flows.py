@@ -44,6 +44,26 @@ def test_flow_steps_are_the_dvc_stages() -> None:
     assert set(orch.stage_groups(ROOT)) - {"finetune_arm"} <= set(flows().CONCERNS)
 
 
+def test_prefect_yaml_declares_the_served_deployments_with_params_yaml_schedules() -> None:
+    """prefect.yaml (for `prefect deploy` on a process pool) names the same four deployments as
+    flows/serve.py, each entrypoint a flow of flows/retrain.py, with params.yaml's cron, zone and
+    sensor interval, and a trigger Prefect accepts on amo.data.updated."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    o = yaml.safe_load((ROOT / "params.yaml").read_text())["orchestration"]
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    served = {d.name: d for d in flows("serve").deployments(ROOT)}
+    assert set(by_name) == set(served)
+    for name, deployment in by_name.items():
+        path, function = deployment["entrypoint"].split(":")
+        assert path == "flows/retrain.py" and getattr(flows(), function).name == served[name].flow_name
+    assert by_name["nightly"]["schedules"] == [{"cron": o["nightly_cron"], "timezone": o["timezone"]}]
+    assert by_name["every-interval"]["schedules"] == [{"interval": o["sensor_interval_seconds"]}]
+    trigger = DeploymentEventTrigger.model_validate(by_name["on-new-agent-data"]["triggers"][0])
+    assert trigger.expect == {orch.DATA_UPDATED}
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_retrain_runs_the_graph_promotes_and_pushes(trained_repo: dict[str, Any]) -> None:
@@ -72,6 +92,20 @@ def test_retrain_runs_the_graph_promotes_and_pushes(trained_repo: dict[str, Any]
     assert set(artifacts) == set(keys)
     assert "PROMOTED" in artifacts["amo-promotion"] and manifest["bundle_id"] in artifacts["amo-promotion"]
     assert "| evaluation | router.in_scope_accuracy |" in artifacts["amo-evaluation"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_stage_output_is_in_the_task_run_logs_line_by_line(trained_repo: dict[str, Any]) -> None:
+    """The router stage's own lines (an epoch each) reach its task run's log as they are printed."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId, TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["train_router"])))
+        logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[r.id for r in runs])))
+    lines = [log.message for log in logs]
+    assert any(line.startswith("train_router | ") and "router epoch 1/" in line for line in lines), lines[:20]
 
 
 @pytest.mark.slow

@@ -139,6 +139,18 @@ def test_stage_error_names_the_stage_and_keeps_dvc_tail(tmp_path: Path) -> None:
     assert info.value.tail and info.value.returncode != 0
 
 
+def test_stage_lines_are_passed_on_as_they_come(tmp_path: Path) -> None:
+    """run_stage hands every line the stage prints to on_line, in order, and still returns it all."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True, env=env)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  talk:\n    cmd: echo first line && echo second line\n")
+    seen: list[str] = []
+    output = orch.run_stage("talk", tmp_path, on_line=seen.append)
+    assert seen.index("first line") < seen.index("second line")
+    assert "second line" in output
+
+
 def test_reports_are_markdown_tables(tmp_path: Path) -> None:
     """The metrics report lists every number of metrics/*.json; the decision report shows the verdict."""
     (tmp_path / "arms").mkdir()

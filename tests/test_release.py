@@ -3,13 +3,15 @@
 
 import json
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from amo.bundle import MANIFEST, BundleError, file_hashes, verify_bundle, write_manifest
 from amo.config import GateParams
-from amo.registry import Registry
+from amo.registry import Decision, Registry
 
 
 def fake_bundle(root: Path, bundle_id: str, accuracy: float) -> Path:
@@ -112,19 +114,25 @@ def cli(params: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def _cli_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry: str = "registry") -> Path:
+    """A params.yaml for the CLI in `tmp_path` (the working folder: no test data there, so the
+    gate compares the manifests' metrics), its registry at `registry`."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    params = tmp_path / "params.yaml"
+    raw = {"arms": {"tasks": {"t": {"data": "d", "template": "{input}"}}},
+           "gate": {"floors": {"router.in_scope_accuracy": 0.7}, "tolerance": 0.02},
+           "registry": {"path": registry}}
+    params.write_text(yaml.safe_dump(raw))
+    return params
+
+
 def test_cli_promote_list_verify_rollback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`amo promote/bundles list/bundles verify/rollback` drive a file:// registry end to end,
     printing the gate's decision and refusing a failing or tampered candidate (exit 3 for a
     rejection, 1 for an error)."""
-    import yaml
-
-    monkeypatch.chdir(tmp_path)  # no test data here: the gate compares the manifests' metrics
-
-    params = tmp_path / "params.yaml"
-    raw = {"arms": {"tasks": {"t": {"data": "d", "template": "{input}"}}},
-           "gate": {"floors": {"router.in_scope_accuracy": 0.7}, "tolerance": 0.02},
-           "registry": {"path": f"file://{tmp_path / 'reg'}"}}
-    params.write_text(yaml.safe_dump(raw))
+    params = _cli_params(tmp_path, monkeypatch, f"file://{tmp_path / 'reg'}")
     code, out = cli(params, "promote", str(fake_bundle(tmp_path / "candidates", "first", 0.8)))
     assert code == 0 and "PROMOTED first" in out and "ok: router.in_scope_accuracy = 0.8000 >= floor 0.7" in out
     code, out = cli(params, "promote", str(fake_bundle(tmp_path / "candidates", "weak", 0.5)))
@@ -304,3 +312,271 @@ def test_gate_falls_back_to_stored_metrics_for_a_champion_it_cannot_rescore(tmp_
     assert decision.accepted and decision.measured["candidate"]["router"]["in_scope_accuracy"] == 0.79
     assert "champion old cannot be re-scored by this amo (FileNotFoundError" in decision.reasons[0]
     assert "vs champion 0.8000 (within tolerance" in "\n".join(decision.reasons)
+
+
+# -- registry safety (issue 14) ------------------------------------------------------------------
+def renamed(bundle: Path, bundle_id: str) -> Path:
+    """`bundle` with another id in its manifest and the digest recomputed (a valid seal)."""
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["bundle_id"] = bundle_id
+    write_manifest(bundle, {k: v for k, v in manifest.items() if k != "digest"})
+    return bundle
+
+
+@pytest.mark.parametrize("bad_id", ["../../../../tmp/x", "../../escaped", "a/b", ".hidden", "..", "x" * 200, ""])
+def test_bundle_id_that_is_a_path_is_refused_by_name(tmp_path: Path, bad_id: str) -> None:
+    """A manifest whose bundle id is not a plain name (a path, a dot-name, too long) is refused by
+    name, and nothing is written outside the registry nor pointed to."""
+    registry = Registry(tmp_path / "registry")
+    bundle = renamed(fake_bundle(tmp_path / "candidates", "cand", 0.9), bad_id)
+    with pytest.raises(BundleError, match="bundle id"):
+        registry.promote(bundle, GATE)
+    assert registry.pointer() is None
+    assert [p.name for p in tmp_path.iterdir()] == ["candidates"]
+    with pytest.raises(BundleError, match="bundle id"):
+        registry.rollback(to=bad_id or "..")
+
+
+def test_pointer_naming_a_path_is_refused(tmp_path: Path) -> None:
+    """A current.json naming `../x` is not followed out of the registry: it is refused by name."""
+    registry = Registry(tmp_path / "registry")
+    registry.promote(fake_bundle(tmp_path, "one", 0.8), GATE)
+    shutil.copytree(registry.bundles / "one", tmp_path / "x")
+    (registry.root / "current.json").write_text(json.dumps({"bundle_id": "../../x"}))
+    with pytest.raises(BundleError, match="bundle id '../../x'"):
+        registry.current_path()
+
+
+def test_registry_paths_stay_inside_the_registry(tmp_path: Path) -> None:
+    """Every path the registry builds from a name is checked to stay inside it."""
+    registry = Registry(tmp_path / "registry")
+    (tmp_path / "registry" / "bundles").mkdir(parents=True)
+    (tmp_path / "registry" / "bundles" / "link").symlink_to(tmp_path)
+    with pytest.raises(BundleError, match="outside the registry"):
+        registry.bundle_path("link")
+
+
+
+@pytest.mark.parametrize("store", ["local", "object store"])
+def test_corrupt_stored_copy_is_replaced_when_promoted_again(tmp_path: Path, store: str) -> None:
+    """Promoting an id already in the registry re-verifies the stored copy; a corrupt one is
+    replaced from the verified candidate, so `current` never names a corrupt bundle."""
+    if store == "local":
+        registry = Registry(tmp_path / "registry")
+    else:
+        registry = Registry(f"memory://amo-test-{tmp_path.name}/registry", cache_dir=tmp_path / "cache")
+    one = fake_bundle(tmp_path, "one", 0.8)
+    registry.promote(one, GATE)
+    registry.promote(fake_bundle(tmp_path, "two", 0.81), GATE)
+    registry.fs.pipe_file(registry._key("bundles", "one", "planner.json"), b'{"tree": "corrupt"}')
+    registry.fs.pipe_file(registry._key("bundles", "one", "stray.bin"), b"x")
+    decision = registry.promote(one, GATE)
+    assert decision.accepted and registry.current_id() == "one"
+    assert registry.verify("one")["bundle_id"] == "one"
+    assert any("stored copy failed verification" in reason for reason in decision.reasons)
+    assert [row["bundle_id"] for row in registry.list()] == ["one", "two"]
+    if store == "local":
+        assert sorted(p.name for p in registry.bundles.iterdir()) == ["one", "two"]
+
+
+# -- promotions at once, and of the current bundle -------------------------------------------------
+def _in_thread(results: dict[str, object], key: str, action: Callable[[], object]) -> threading.Thread:
+    """Run `action` in a thread, storing its result (or the exception it raised) under `key`."""
+    def run() -> None:
+        try:
+            results[key] = action()
+        except Exception as exc:  # noqa: BLE001 -- the test asserts on it
+            results[key] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _pausing_at(prefix: str, reached: threading.Event, release: threading.Event) -> Callable[[str], None]:
+    """A checkpoint hook that stops the promotion at the first step starting with `prefix`."""
+    def hook(step: str) -> None:
+        if step.startswith(prefix) and not reached.is_set():
+            reached.set()
+            release.wait(30)
+
+    return hook
+
+
+def test_promotions_at_once_are_serialised_against_the_latest_champion(tmp_path: Path) -> None:
+    """A promotion started while another is between its gate and its pointer waits for it, and is
+    gated against the bundle it promoted, not the champion both started from."""
+    root = tmp_path / "registry"
+    Registry(root).promote(fake_bundle(tmp_path, "old", 0.80), GATE)
+    reached, release, results = threading.Event(), threading.Event(), {}
+    first = _in_thread(results, "better", lambda: Registry(root, checkpoint=_pausing_at(
+        "gate decided", reached, release)).promote(fake_bundle(tmp_path, "better", 0.90), GATE))
+    assert reached.wait(30)
+    second = _in_thread(results, "close", lambda: Registry(root).promote(fake_bundle(tmp_path, "close", 0.85), GATE))
+    second.join(1.0)  # it waits for the lock while the first one is paused
+    release.set()
+    first.join(30)
+    second.join(30)
+    better, close = results["better"], results["close"]
+    assert isinstance(better, Decision) and isinstance(close, Decision), results
+    assert better.accepted and better.champion == "old"
+    assert close.champion == "better" and not close.accepted
+    registry = Registry(root)
+    assert registry.current_id() == "better"
+    assert [(e["action"], e["bundle_id"], e["previous"]) for e in registry.history()] == [
+        ("promote", "old", None), ("promote", "better", "old"), ("reject", "close", "better")]
+
+
+def test_same_bundle_promoted_twice_at_once(tmp_path: Path) -> None:
+    """The same bundle promoted twice at once is copied in once: the second promotion waits, then
+    finds it current and changes nothing; no `.partial` folder or temp file is left behind."""
+    root = tmp_path / "registry"
+    Registry(root).promote(fake_bundle(tmp_path, "old", 0.80), GATE)
+    candidate = roomy_bundle(tmp_path, "new", 0.85)
+    reached, release, results = threading.Event(), threading.Event(), {}
+    first = _in_thread(results, "first", lambda: Registry(root, checkpoint=_pausing_at(
+        "copy arms", reached, release)).promote(candidate, GATE))
+    assert reached.wait(30)
+    second = _in_thread(results, "second", lambda: Registry(root).promote(candidate, GATE))
+    second.join(1.0)
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert all(isinstance(d, Decision) and d.accepted for d in results.values()), results
+    assert [d.unchanged for d in (results["first"], results["second"])] == [False, True]
+    registry = Registry(root)
+    assert registry.current_id() == "new" and registry.verify("new")["bundle_id"] == "new"
+    assert sorted(p.name for p in registry.bundles.iterdir()) == ["new", "old"]
+    assert not [p.name for p in registry.root.iterdir() if p.name.endswith(".tmp")]
+    assert [e["action"] for e in registry.history()] == ["promote", "promote"]
+
+
+def test_promoting_the_current_bundle_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Promoting the bundle that is already current (even with --force) is a no-op that says so:
+    `current.json` and the history are untouched, and `amo promote` exits 0."""
+    registry = Registry(tmp_path / "registry")
+    one = fake_bundle(tmp_path, "one", 0.8)
+    registry.promote(one, GATE)
+    pointer, history = registry.pointer(), registry.history()
+    for force in (False, True):
+        decision = registry.promote(one, GATE, force=force)
+        assert decision.accepted and decision.unchanged
+        assert str(decision).startswith("UNCHANGED one: already the current bundle")
+    assert registry.pointer() == pointer and registry.history() == history
+    params = _cli_params(tmp_path, monkeypatch)
+    code, out = cli(params, "promote", str(one))
+    assert code == 0 and "UNCHANGED one: already the current bundle" in out
+    assert registry.history() == history
+
+
+# -- recovery from a corrupt pointer or a torn history ---------------------------------------------
+@pytest.mark.parametrize("pointer", ["{not json", '{"bundle_id": "tw', "", '{"bundle_id": "../../x"}', "[1]"])
+def test_recovery_commands_work_from_a_corrupt_pointer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       pointer: str) -> None:
+    """With current.json unreadable, `amo route` fails naming the file and the repair (exit 1, no
+    traceback), `amo bundles list` lists the bundles with a warning, and `amo rollback` works from
+    the bundle history last switched to, saying so."""
+    params = _cli_params(tmp_path, monkeypatch)
+    for name, accuracy in (("one", 0.8), ("two", 0.81)):
+        assert cli(params, "promote", str(fake_bundle(tmp_path / "candidates", name, accuracy)))[0] == 0
+    (tmp_path / "registry" / "current.json").write_text(pointer)
+    code, out = cli(params, "route", "where is my order")
+    assert code == 1 and "current.json" in out and "amo rollback --to" in out and "Traceback" not in out
+    code, out = cli(params, "bundles", "list")
+    assert code == 0 and "current.json" in out and "no bundle is marked current" in out
+    assert [line.split()[0] for line in out.splitlines() if "created" in line] == ["one", "two"]
+    code, out = cli(params, "rollback")
+    assert code == 0, out
+    assert "taking two (the bundle history last switched to) as current" in out
+    assert "current bundle is now one" in out
+    assert Registry(tmp_path / "registry").current_id() == "one"
+
+
+def test_recovery_from_a_torn_history_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torn last line in history.jsonl is skipped by name (rollback still works) and the next
+    event is appended on a line of its own, never joined to it."""
+    params = _cli_params(tmp_path, monkeypatch)
+    for name, accuracy in (("one", 0.8), ("two", 0.81)):
+        assert cli(params, "promote", str(fake_bundle(tmp_path / "candidates", name, accuracy)))[0] == 0
+    history = tmp_path / "registry" / "history.jsonl"
+    with history.open("a") as handle:
+        handle.write('{"action": "promote", "bundle_id": "thr')  # a write cut short
+    code, out = cli(params, "rollback")
+    assert code == 0, out
+    assert "skipped history.jsonl line 3" in out and "current bundle is now one" in out
+    assert cli(params, "promote", str(fake_bundle(tmp_path / "candidates", "three", 0.82)))[0] == 0
+    lines = history.read_text().splitlines()
+    assert lines[2] == '{"action": "promote", "bundle_id": "thr'
+    assert [json.loads(line)["bundle_id"] for line in lines[3:]] == ["one", "three"]
+    registry = Registry(tmp_path / "registry")
+    assert [e["bundle_id"] for e in registry.history()] == ["one", "two", "one", "three"]
+
+
+def test_rollback_skips_an_earlier_bundle_that_fails_verification(tmp_path: Path) -> None:
+    """Rollback passes over an earlier bundle that no longer verifies, naming it, to the one before."""
+    registry = Registry(tmp_path / "registry")
+    for name, accuracy in (("one", 0.8), ("two", 0.81), ("three", 0.82)):
+        registry.promote(fake_bundle(tmp_path, name, accuracy), GATE)
+    (registry.bundles / "two" / "planner.json").write_text("{}")
+    said: list[str] = []
+    assert registry.rollback(say=said.append) == "one"
+    assert any(note.startswith("skipped two:") and "checksum mismatch in planner.json" in note for note in said)
+
+
+# -- amo bundles gc -------------------------------------------------------------------------------
+def test_gc_keeps_the_current_and_the_last_n_and_removes_leftovers(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`amo bundles gc --keep 2` keeps the current bundle and the two history switched to last,
+    removes older bundles, bundles history never named, `.partial`/`.corrupt` folders and `.tmp`
+    files, prints each removal, and leaves history untouched."""
+    params = _cli_params(tmp_path, monkeypatch)
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        assert cli(params, "promote", str(fake_bundle(tmp_path / "candidates", name, 0.8 + i / 100)))[0] == 0
+    assert cli(params, "rollback", "--to", "b")[0] == 0
+    registry = Registry(tmp_path / "registry")
+    shutil.copytree(registry.bundles / "a", registry.bundles / ".e.partial")
+    shutil.copytree(registry.bundles / "a", registry.bundles / ".c.corrupt")
+    (registry.root / ".current.json.999.tmp").write_text("{")
+    shutil.copytree(fake_bundle(tmp_path / "candidates", "orphan", 0.9), registry.bundles / "orphan")
+    history = registry.history()
+    code, out = cli(params, "bundles", "gc", "--keep", "2", "--dry-run")
+    assert code == 0 and "would remove bundles/a" in out and (registry.bundles / "a").is_dir()
+    code, out = cli(params, "bundles", "gc", "--keep", "2")
+    assert code == 0, out
+    assert sorted(line for line in out.splitlines() if line.startswith("removed")) == [
+        "removed .current.json.999.tmp", "removed bundles/.c.corrupt", "removed bundles/.e.partial",
+        "removed bundles/a", "removed bundles/c", "removed bundles/orphan"]
+    assert "kept b, d" in out
+    assert sorted(p.name for p in registry.bundles.iterdir()) == ["b", "d"]
+    assert registry.current_id() == "b" and registry.history() == history
+    assert cli(params, "bundles", "gc", "--keep", "2")[1].strip() == "nothing to remove (kept b, d)"
+    code, out = cli(params, "bundles", "gc", "--keep", "0")
+    assert code != 0 and "--keep" in out
+
+
+def test_gc_never_removes_the_current_bundle(tmp_path: Path) -> None:
+    """The current bundle is kept even when it is not among the last N, and when current.json is
+    unreadable the bundle history last switched to is kept in its place."""
+    registry = Registry(tmp_path / "registry")
+    for i, name in enumerate(["a", "b", "c"]):
+        registry.promote(fake_bundle(tmp_path, name, 0.8 + i / 100), GATE)
+    registry.rollback(to="a")
+    registry.promote(fake_bundle(tmp_path, "d", 0.9), GATE)
+    (registry.root / "current.json").write_text(json.dumps({"bundle_id": "a"}))  # pointed back by hand
+    assert registry.gc(keep=1).removed == ["bundles/b", "bundles/c"]
+    assert sorted(p.name for p in registry.bundles.iterdir()) == ["a", "d"]
+    (registry.root / "current.json").write_text("{torn")
+    assert registry.gc(keep=1).removed == ["bundles/a"]
+    assert [p.name for p in registry.bundles.iterdir()] == ["d"]
+
+
+def test_gc_on_an_object_store(tmp_path: Path) -> None:
+    """On an object store gc removes older bundles and bundle folders without a manifest (uploads
+    cut short), and keeps the current one."""
+    store = Registry(f"memory://amo-gc-{tmp_path.name}/registry", cache_dir=tmp_path / "cache")
+    for i, name in enumerate(["a", "b", "c"]):
+        store.promote(fake_bundle(tmp_path, name, 0.8 + i / 100), GATE)
+    store.fs.pipe_file(store._key("bundles", "cut", "planner.json"), b"{}")
+    cleanup = store.gc(keep=1)
+    assert cleanup.removed == ["bundles/a", "bundles/b", "bundles/cut"] and cleanup.kept == ["c"]
+    assert [row["bundle_id"] for row in store.list()] == ["c"] and store.verify("c")

@@ -115,7 +115,7 @@ def test_route_plan_bundle_and_openapi(served: dict[str, Any], fresh: dict[str, 
     manifest = httpx.get(f"{url}/bundle").json()
     assert manifest == json.loads((fresh["path"] / "manifest.json").read_text())
     paths = httpx.get(f"{url}/openapi.json").json()["paths"]
-    assert {"/route", "/plan", "/invoke", "/copilot", "/healthz", "/bundle"} <= set(paths)
+    assert {"/route", "/plan", "/invoke", "/copilot", "/healthz", "/readyz", "/bundle", "/metrics"} <= set(paths)
     assert httpx.get(f"{url}/docs").status_code == 200
     health = httpx.get(f"{url}/healthz").json()
     assert health["status"] == "ok" and health["refused"] is None and health["arms_loaded"] is False
@@ -133,6 +133,8 @@ BAD_REQUESTS = [  # (what, request kwargs, status, error code, words in the mess
     ("missing prompt", {"json": {"text": "hi"}}, 422, "invalid_request", "prompt: Field required"),
     ("prompt of the wrong type", {"json": {"prompt": 7}}, 422, "invalid_request",
      "prompt: Input should be a valid string"),
+    ("lone surrogate", {"content": b'{"prompt": "\\ud800 order"}', "headers": {"content-type": "application/json"}},
+     422, "invalid_request", "prompt: Value error, a lone surrogate"),
 ]
 
 
@@ -147,6 +149,64 @@ def test_bad_http_input_gets_a_clear_4xx(served: dict[str, Any], what: str, requ
     assert error["code"] == code and words in error["message"], error
     assert httpx.get(f"{served['url']}/healthz").json()["status"] == "ok"
     assert httpx.post(f"{served['url']}/route", json={"prompt": "find red running shoes"}).status_code == 200
+
+
+def test_lone_surrogate_in_any_text_field_is_a_4xx(served: dict[str, Any]) -> None:
+    """A lone surrogate (a JSON escape that is no character) in any text field of any endpoint is a
+    422 naming the field, in the error envelope; never a 500."""
+    for endpoint, body in (("route", b'{"prompt": "\\udc80"}'), ("plan", b'{"prompt": "a\\ud800"}'),
+                           ("copilot", b'{"prompt": "\\ud800 order"}'),
+                           ("invoke", b'{"input": "\\ud800", "arm": "rewrite"}'),
+                           ("invoke", b'{"input": "hi", "arm": "\\ud800"}')):
+        response = httpx.post(f"{served['url']}/{endpoint}", content=body,
+                              headers={"content-type": "application/json"})
+        assert response.status_code == 422, (endpoint, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "invalid_request" and "lone surrogate" in error["message"], error
+
+
+def test_head_healthz_and_offline_docs(served: dict[str, Any]) -> None:
+    """HEAD /healthz is 200; /docs and /redoc load their scripts and styles from the server itself
+    (no CDN: they work offline), and each asset answers 200."""
+    import re
+
+    url = served["url"]
+    assert httpx.head(f"{url}/healthz").status_code == 200
+    for page in ("/docs", "/redoc"):
+        html = httpx.get(f"{url}{page}")
+        assert html.status_code == 200
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+        assert assets and all(asset.startswith("/") for asset in assets), assets
+        for asset in assets:
+            response = httpx.get(f"{url}{asset}")
+            assert response.status_code == 200 and len(response.content) > 1000, asset
+
+
+def test_internal_error_hides_the_exception_and_logs_it_with_a_request_id(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An unexpected failure is a 500 that says "internal error" with a request id (also in the
+    X-Request-ID header), never the exception's text; the traceback is logged with that id."""
+    from fastapi.testclient import TestClient
+
+    from amo.runtime import Runtime, create_app
+
+    class Failing:
+        bundle_id = "b"
+
+        def route_many(self, prompts: list[str]) -> list[Any]:
+            raise RuntimeError("secret detail: /srv/keys")
+
+    runtime = Runtime(Registry(tmp_path / "registry"))
+    runtime.brain = Failing()
+    with TestClient(create_app(runtime, manage_runtime=False), raise_server_exceptions=False) as client:
+        response = client.post("/route", json={"prompt": "where is my order"})
+    assert response.status_code == 500
+    assert "secret" not in response.text and "RuntimeError" not in response.text
+    request_id = response.headers["x-request-id"]
+    assert response.json()["error"] == {"code": "internal", "request_id": request_id,
+                                        "message": f"internal error (request id {request_id})"}
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert logged and logged[0].exc_info is not None and "secret detail" in str(logged[0].exc_info[1])
 
 
 def test_unknown_arm_and_unknown_path(served: dict[str, Any], fresh: dict[str, Any]) -> None:
@@ -362,3 +422,132 @@ def test_no_bundle_yet_is_a_503_until_one_is_promoted(tmp_path: Path, bundle: Pa
             time.sleep(0.1)
         response = client.post("/route", json={"prompt": "where is my order"})
         assert response.status_code == 200 and response.json()["bundle_id"] == bundle_id
+
+
+def test_arm_changed_after_the_bundle_was_verified_is_refused_by_name(tmp_path: Path, bundle: Path) -> None:
+    """An adapter replaced after the bundle was verified (arms load on first use) is re-hashed
+    when the arms load: /invoke answers 503 naming the arm and the file, and no arm is served."""
+    from fastapi.testclient import TestClient
+    from safetensors.torch import load_file, save_file
+
+    from amo.runtime import Runtime, create_app
+
+    registry = Registry(tmp_path / "registry")
+    registry.promote(variant(bundle, tmp_path / "arms", "arms"), GATE)
+    runtime = Runtime(registry, poll_seconds=60)
+    with TestClient(create_app(runtime)) as client:
+        assert client.get("/healthz").json()["bundle_id"] == runtime.brain.bundle_id
+        adapter = runtime.brain.path / "arms" / "rewrite" / "adapter_model.safetensors"
+        other = {name: tensor + 1.0 for name, tensor in load_file(adapter).items()}
+        save_file(other, tmp_path / "other_adapter.safetensors")
+        shutil.copy(tmp_path / "other_adapter.safetensors", adapter)  # another valid adapter
+        for endpoint, body in (("/invoke", {"input": "and the price?", "arm": "rewrite"}),
+                               ("/copilot", {"prompt": "refund for a broken mug"})):
+            response = client.post(endpoint, json=body)
+            if endpoint == "/copilot" and response.status_code == 200:  # the route may call no arm
+                assert response.json()["arm_outputs"] == []
+                continue
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert error["code"] == "arm_refused"
+            assert "arm 'rewrite'" in error["message"]
+            assert "checksum mismatch in arms/rewrite/adapter_model.safetensors" in error["message"]
+        assert client.get("/healthz").json()["arms_loaded"] is False
+
+
+def test_readyz_is_503_until_a_verified_bundle_is_loaded(tmp_path: Path, bundle: Path) -> None:
+    """/healthz is 200 whenever the process is up; /readyz is a JSON 503 while no verified bundle
+    is loaded (nothing promoted, or only a refused one) and 200 once one is, GET and HEAD alike."""
+    from fastapi.testclient import TestClient
+
+    from amo.runtime import Runtime, create_app
+
+    registry = Registry(tmp_path / "registry")
+    bad = variant(bundle, registry.bundles / "bad", "bad")
+    bad_id = json.loads((bad / "manifest.json").read_text())["bundle_id"]
+    bad = bad.rename(registry.bundles / bad_id)
+    tamper(bad, "byte", "router/router.onnx")
+    runtime = Runtime(registry, poll_seconds=0.1)
+    with TestClient(create_app(runtime)) as client:
+        for state in ("nothing promoted", "refused"):
+            assert client.get("/healthz").status_code == 200 and client.head("/healthz").status_code == 200
+            response = client.get("/readyz")
+            assert response.status_code == 503, state
+            assert response.json()["error"]["code"] == "not_ready" and client.head("/readyz").status_code == 503
+            if state == "nothing promoted":
+                atomic_write(registry.root / CURRENT, json.dumps({"bundle_id": bad_id}) + "\n")
+                assert wait_until(lambda: runtime.refused is not None)
+        assert bad_id in client.get("/readyz").json()["error"]["message"]
+        (registry.root / CURRENT).unlink()  # the gate would refuse to compare with a corrupt champion
+        bundle_id = registry.promote(bundle, GATE).bundle_id
+        assert wait_until(lambda: client.get("/readyz").status_code == 200)
+        assert client.get("/readyz").json() == {"status": "ready", "bundle_id": bundle_id}
+        assert client.head("/readyz").status_code == 200
+
+
+def wait_until(predicate: Any, seconds: float = 60) -> bool:
+    """Poll `predicate` every 0.1 s until it holds or `seconds` pass; whether it held."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """GET /metrics and parse the Prometheus text: {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(f"{url}/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def test_metrics_count_requests_routes_batches_and_bundles(bundle: Path, tiny_lm: Path,
+                                                           tmp_path: Path) -> None:
+    """/metrics (Prometheus text, scraped over HTTP) counts requests and their latency by endpoint
+    and status, route abstains, selected agents per route, /route batch sizes, and names the
+    served bundle, the bundles swapped in and the bundles refused."""
+    registry = Registry(tmp_path / "registry")
+    registry.promote(bundle, GATE)
+    process, url = start_server(tmp_path, tiny_lm, tmp_path / "registry")
+    try:
+        prompts = ["where is my order 1234", "tell me a joke", "price of the dyson fan"]
+        routes = [httpx.post(f"{url}/route", json={"prompt": p}).json()["route"] for p in prompts]
+        assert httpx.post(f"{url}/route", json={"prompt": " "}).status_code == 422
+        assert httpx.post(f"{url}/route", json={"prompt": "x" * 100_000}).status_code == 413
+        assert httpx.get(f"{url}/no/such/path/1").status_code == 404
+        assert httpx.request("BREW", f"{url}/route").status_code == 405
+        second = registry.promote(variant(bundle, tmp_path / "second", "second"), GATE).bundle_id
+        assert wait_for(url, lambda h: h["bundle_id"] == second)["bundle_id"] == second
+        bad = variant(bundle, registry.bundles / "bad", "bad")
+        bad_id = json.loads((bad / "manifest.json").read_text())["bundle_id"]
+        tamper(bad.rename(registry.bundles / bad_id), "byte", "router/router.onnx")
+        atomic_write(registry.root / CURRENT, json.dumps({"bundle_id": bad_id}) + "\n")
+        assert wait_for(url, lambda h: (h["refused"] or {}).get("bundle_id") == bad_id)["refused"]
+        metrics = scrape(url)
+    finally:
+        process.terminate()
+        process.wait(20)
+
+    def value(name: str, **labels: str) -> float:
+        return metrics[(name, frozenset(labels.items()))]
+
+    ok, refused = {"endpoint": "/route", "method": "POST", "status": "200"}, {"endpoint": "/route",
+                                                                              "method": "POST", "status": "422"}
+    assert value("amo_http_requests_total", **ok) == 3 and value("amo_http_requests_total", **refused) == 1
+    assert value("amo_http_request_duration_seconds_count", **ok) == 3
+    assert 0 < value("amo_http_request_duration_seconds_sum", **ok) < 30
+    assert value("amo_http_request_duration_seconds_bucket", le="+Inf", **ok) == 3
+    assert value("amo_http_requests_total", endpoint="/healthz", method="GET", status="200") >= 2
+    assert value("amo_http_requests_total", endpoint="/route", method="POST", status="413") == 1
+    assert value("amo_http_requests_total", endpoint="unmatched", method="GET", status="404") == 1
+    assert value("amo_http_requests_total", endpoint="/route", method="other", status="405") == 1
+    assert value("amo_route_abstains_total") == sum(route["abstained"] for route in routes)
+    assert value("amo_route_selected_agents_count") == 3
+    assert value("amo_route_selected_agents_sum") == sum(len(route["agents"]) for route in routes)
+    assert value("amo_route_batch_size_count") == 3 and value("amo_route_batch_size_sum") == 3
+    assert value("amo_bundle_info", bundle_id=second) == 1
+    assert value("amo_bundle_swaps_total") == 2 and value("amo_bundles_refused_total") == 1

@@ -91,7 +91,7 @@ def fit_multilabel_classifier(prompts: np.ndarray, examples: Sequence[RoutingExa
     return predict
 
 
-def route_all(scores: np.ndarray, agent_ids: Sequence[str], margin: float, max_k: int = 1) -> list[Route]:
+def route_all(scores: np.ndarray, agent_ids: Sequence[str], margin: float | np.ndarray, max_k: int = 1) -> list[Route]:
     return [select(row, agent_ids, min_k=0, max_k=max_k, margin=margin) for row in scores]
 
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from amo.bundle import RUNTIME, BundleError, verify_bundle
+from amo.bundle import RUNTIME, BundleError, file_problems, verify_bundle
 from amo.models import Encoder, resolve_base_model, resolve_encoder, sha256_file
 from amo.onnx_encoder import OnnxEncoder, has_onnx_encoder
 from amo.onnx_router import OnnxRanker
 from amo.planner import Plan, TreePlanner
-from amo.routing import AgentIndex, Route, select
+from amo.routing import AgentIndex, Route, agent_margins, select
 
 
 def _check_model(kind: str, path: Path, expected: str) -> None:
@@ -74,6 +74,7 @@ class Brain:
         self.scorer = OnnxRanker(self.path / "router")
         self.index = AgentIndex.load(self.path / "router")
         self.agent_ids = self.index.ids
+        self.margins = agent_margins(self.index, self.runtime["router"]["margin"])
         self.planner = TreePlanner.load(self.path / "planner")
         self._arms: Any = None
         self._arms_lock = threading.Lock()
@@ -93,7 +94,7 @@ class Brain:
 
     def _route(self, scores: np.ndarray) -> Route:
         r = self.runtime["router"]
-        return select(scores, self.index.ids, min_k=r["min_k"], max_k=r["max_k"], margin=r["margin"])
+        return select(scores, self.index.ids, min_k=r["min_k"], max_k=r["max_k"], margin=self.margins)
 
     def route(self, prompt: str) -> Route:
         return self._route(self._score(prompt)[1])
@@ -123,11 +124,21 @@ class Brain:
         with self._arms_lock:
             return self._load_arms()
 
+    def _verify_arms(self) -> None:
+        """Re-hash every arm's files against the manifest just before they are loaded: the
+        bundle was verified when served, but arms load later (on first use)."""
+        for name in self.runtime["arms"]:
+            problems = file_problems(self.path, self.manifest, f"arms/{name}/")
+            if problems:
+                raise BundleError(f"arm {name!r} of bundle {self.bundle_id} at {self.path} refused: "
+                                  + "; ".join(problems))
+
     def _load_arms(self) -> Any:
         if self._arms is None:
             from amo.arms import ArmServer
             from amo.models import load_base_model
 
+            self._verify_arms()
             ref = self.manifest["models"]["base_model"]
             base = resolve_base_model(ref["ref"], ref["gguf_file"])
             _check_model("base model", base.weights_file, ref["sha256"])

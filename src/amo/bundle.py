@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -27,10 +28,22 @@ from amo.routing import Classifier, read_margin
 MANIFEST = "manifest.json"
 RUNTIME = "runtime.json"
 FORMAT_VERSION = 1
+# A bundle id names a folder in the registry: a plain name, never a path ("..", "/", ".hidden").
+BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class BundleError(ValueError):
     """A bundle that is incomplete, altered, or not a bundle; the message names the file."""
+
+
+def check_bundle_id(bundle_id: object, where: str) -> str:
+    """`bundle_id` when it is a plain name (letters, digits, `.`, `_`, `-`; at most 128
+    characters; first a letter or digit), so it can never name a path; else a BundleError
+    naming `where` (the file or command it came from)."""
+    if not isinstance(bundle_id, str) or not BUNDLE_ID.fullmatch(bundle_id):
+        raise BundleError(f"{where}: bundle id {bundle_id!r} is not a plain name (letters, digits, '.', '_' "
+                          "and '-', at most 128 characters, starting with a letter or digit)")
+    return bundle_id
 
 
 def data_hash(dvc_file: Path = Path("data.dvc"), lock_file: Path = Path("dvc.lock"),
@@ -161,21 +174,30 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     for key in ("bundle_id", "files", "metrics", "models", "digest"):
         if key not in manifest:
             raise BundleError(f"{path}: manifest lacks {key!r}")
+    check_bundle_id(manifest["bundle_id"], str(path))
     if manifest["digest"] != manifest_digest(manifest):
         raise BundleError(f"bundle {manifest['bundle_id']} at {bundle} failed verification: "
                           "manifest.json was changed (its digest does not match)")
     return manifest
 
 
-def verify_bundle(bundle: Path) -> dict[str, Any]:
-    """Check every file against the manifest: none missing, none extra, none changed."""
-    manifest = read_manifest(bundle)
-    expected: dict[str, str] = manifest["files"]
-    actual = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST}
+def file_problems(bundle: Path, manifest: dict[str, Any], under: str = "") -> list[str]:
+    """What differs between the files of `bundle` (those below `under`, e.g. `arms/rewrite/`)
+    and the manifest's hashes: missing, extra and changed files, each named."""
+    expected = {name: digest for name, digest in manifest["files"].items() if name.startswith(under)}
+    folder = bundle / under if under else bundle
+    actual = {str(p.relative_to(bundle)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
     problems = [f"missing file {name}" for name in sorted(set(expected) - actual)]
     problems += [f"extra file {name}" for name in sorted(actual - set(expected))]
     problems += [f"checksum mismatch in {name}" for name in sorted(set(expected) & actual)
                  if sha256_file(bundle / name) != expected[name]]
+    return problems
+
+
+def verify_bundle(bundle: Path) -> dict[str, Any]:
+    """Check every file against the manifest: none missing, none extra, none changed."""
+    manifest = read_manifest(bundle)
+    problems = file_problems(bundle, manifest)
     if problems:
         raise BundleError(f"bundle {manifest['bundle_id']} at {bundle} failed verification: "
                           + "; ".join(problems))

@@ -56,13 +56,14 @@ def _run(action: Callable[[], Any]) -> Any:
     from amo.bundle import BundleError
     from amo.config import ConfigError
     from amo.importers import SourceError
+    from amo.locks import LockBusy
     from amo.models import ModelNotFoundError
     from amo.planner import PlannerFormatError
     from amo.routing import AgentError
 
     known: tuple[type[Exception], ...] = (ConfigError, BundleError, ModelNotFoundError,
                                           PlannerFormatError, ArmLoadError, SourceError, FileNotFoundError,
-                                          KeyError, AgentError)
+                                          KeyError, AgentError, LockBusy)
     try:
         from amo.validate import DataValidationError
 
@@ -225,13 +226,28 @@ def validate(data: Path = _required("Data folder."),
                + (f" (data docs: {docs / 'index.html'})" if docs else ""))
 
 
+_EMBEDDINGS = typer.Option(None, help="Embedding store (the embed stage's output): texts it holds are "
+                                       "not embedded again.")
+
+
+@app.command()
+def embed(data: Path = _required("Data folder."), out: Path = _required("Embedding store folder (kept between runs)."),
+          metrics: Path = _required("Metrics file to write.")) -> None:
+    """Stage: embed every text of the data once into the embedding store (only new texts on a re-run)."""
+    from amo.stages import embed as stage
+
+    _echo_json(_run(lambda: stage.run(_params().encoder, data, out, metrics)))
+
+
 @app.command("train-router")
 def train_router(data: Path = _required("Data folder."), out: Path = _required("Router folder to write."),
-                 metrics: Path = _required("Metrics file to write.")) -> None:
+                 metrics: Path = _required("Metrics file to write."), embeddings: Path | None = _EMBEDDINGS,
+                 plots: Path | None = typer.Option(None, help="Folder for the plots' data (loss.csv, margin.csv).")
+                 ) -> None:
     """Stage: fit the listwise router with its separator."""
     from amo.stages import train_router as stage
 
-    _echo_json(_run(lambda: stage.run(_params(), data, out, metrics)))
+    _echo_json(_run(lambda: stage.run(_params(), data, out, metrics, embeddings, plots)))
 
 
 @app.command("export-router")
@@ -247,32 +263,35 @@ def export_router(router: Path = _required("Router folder (train-router's output
 @app.command("finetune-arm")
 def finetune_arm(task: str = typer.Argument(..., help="A task name from params.yaml arms.tasks."),
                  out: Path = _required("Arm folder to write."),
-                 metrics: Path = _required("Metrics file to write.")) -> None:
+                 metrics: Path = _required("Metrics file to write."),
+                 plot: Path | None = typer.Option(None, help="CSV of the loss per step (for dvc plots).")) -> None:
     """Stage: fine-tune one task's LoRA arm on the shared base model."""
     from amo.stages import finetune_arm as stage
 
-    _echo_json(_run(lambda: stage.run(_params(), task, out, metrics)))
+    _echo_json(_run(lambda: stage.run(_params(), task, out, metrics, plot)))
 
 
 @app.command("fit-planner")
 def fit_planner(data: Path = _required("Data folder."), router: Path = _required("Router folder."),
                 onnx: Path = _required("Router ONNX folder."), out: Path = _required("Planner folder to write."),
-                metrics: Path = _required("Metrics file to write.")) -> None:
+                metrics: Path = _required("Metrics file to write."), embeddings: Path | None = _EMBEDDINGS) -> None:
     """Stage: fit the planner's decision trees on the traces."""
     from amo.stages import fit_planner as stage
 
-    _echo_json(_run(lambda: stage.run(_params(), data, router, onnx, out, metrics)))
+    _echo_json(_run(lambda: stage.run(_params(), data, router, onnx, out, metrics, embeddings)))
 
 
 @app.command()
 def evaluate(data: Path = _required("Data folder."), router: Path = _required("Router folder."),
              onnx: Path = _required("Router ONNX folder."), planner: Path = _required("Planner folder."),
              arms: Path = _required("Folder of the arms' metrics files."),
-             out: Path = _required("Evaluation file to write.")) -> None:
+             out: Path = _required("Evaluation file to write."), embeddings: Path | None = _EMBEDDINGS,
+             plot: Path | None = typer.Option(None, help="CSV of (actual, predicted) top agents (confusion plot).")
+             ) -> None:
     """Stage: evaluate router, planner and arms on held-out data."""
     from amo.stages import evaluate as stage
 
-    _echo_json(_run(lambda: stage.run(_params(), data, router, onnx, planner, arms, out)))
+    _echo_json(_run(lambda: stage.run(_params(), data, router, onnx, planner, arms, out, embeddings, plot)))
 
 
 @app.command()
@@ -285,6 +304,20 @@ def bundle(router: Path = _required("Router folder."), onnx: Path = _required("R
 
     manifest = _run(lambda: stage.run(_params(), _raw_params(), router, onnx, planner, arms, evaluation, out))
     typer.echo(f"bundle {manifest['bundle_id']} written to {out} ({len(manifest['files'])} files)")
+
+
+@app.command()
+def plots(out: Path = typer.Option(Path("dvc_plots"), help="Folder for index.html.")) -> None:
+    """Draw dvc.yaml's plots (router loss, margin trade-off, confusion matrix, arm losses) into one
+    self-contained HTML page that renders offline (vega inlined, fetched once from npm)."""
+    from amo.plots import PlotsError, show
+
+    try:
+        page = show(Path("."), out)
+    except PlotsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"plots written to {page}")
 
 
 # -- release ----------------------------------------------------------------------------------
@@ -313,18 +346,47 @@ def promote(bundle_dir: Path | None = typer.Argument(None, metavar="BUNDLE",
 
 @app.command()
 def rollback(to: str | None = typer.Option(None, help="Bundle id; default: the previous one.")) -> None:
-    """Point `current` back at an earlier promoted bundle."""
-    typer.echo(f"current bundle is now {_run(lambda: _registry().rollback(to))}")
+    """Point `current` back at an earlier promoted bundle (works from an unreadable current.json
+    or a torn history, naming what it skipped)."""
+    typer.echo(f"current bundle is now {_run(lambda: _registry().rollback(to, say=_warn))}")
+
+
+def _warn(note: str) -> None:
+    typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
 
 
 @bundles_app.command("list")
 def bundles_list() -> None:
     """Promoted bundles, the current one marked."""
-    for row in _run(lambda: _registry().list()):
+    registry = _registry()
+    problem = registry.read_current()[1]
+    if problem is not None:
+        _warn(f"{problem}: no bundle is marked current (repair: `amo rollback --to BUNDLE_ID`)")
+    for row in _run(registry.list):
         mark = "*" if row["current"] else " "
+        if "problem" in row:
+            typer.echo(f"{mark} {row['bundle_id']}  {row['problem']}")
+            continue
         router = row["metrics"].get("router", {})
         typer.echo(f"{mark} {row['bundle_id']}  created {row['created']}  "
                    f"router acc {router.get('in_scope_accuracy', float('nan')):.3f}")
+
+
+@bundles_app.command("gc")
+def bundles_gc(keep: int = typer.Option(3, min=1, help="Bundles to keep besides the current one: those history "
+                                                "switched to last."),
+               dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be removed.")
+               ) -> None:
+    """Remove older bundles and the leftovers of cut-short promotions; the current bundle, the
+    last KEEP and the history stay."""
+    cleanup = _run(lambda: _registry().gc(keep, dry_run, say=_warn))
+    kept = ", ".join(cleanup.kept) or "none"
+    if not cleanup.removed:
+        typer.echo(f"nothing to remove (kept {kept})")
+        return
+    for path in cleanup.removed:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {path}")
+    typer.echo(f"kept {kept}")
 
 
 @bundles_app.command("verify")

@@ -106,10 +106,16 @@ def tuned_encoder_dir(router_dir: Path) -> Path:
     return Path(router_dir) / "encoder"
 
 
-def stage_encoder(params: EncoderParams, router_dir: Path) -> Encoder:
+def stage_encoder(params: EncoderParams, router_dir: Path, store: Path | None = None) -> Any:
     """The encoder every stage from train_router on embeds with (resolved once per stage), and
-    the one the bundle serves."""
-    return Encoder(served_encoder(params, tuned_encoder_dir(router_dir)), params.batch_size)
+    the one the bundle serves; with `store` (the embed stage's output), texts it holds for this
+    encoder are read from it, the rest embedded (amo.embeddings)."""
+    encoder = Encoder(served_encoder(params, tuned_encoder_dir(router_dir)), params.batch_size)
+    if store is None:
+        return encoder
+    from amo.embeddings import CachedEncoder
+
+    return CachedEncoder(encoder, store)
 
 
 def served_encoder(params: EncoderParams, tuned: Path) -> Path:

@@ -7,19 +7,20 @@ The flows in `flows/` only wire these together; the Prefect tasks live in `amo.p
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from amo.locks import LockBusy, file_lock
 
 DATA_UPDATED = "amo.data.updated"
 STATE_DIR = ".amo"
@@ -38,7 +39,7 @@ class StageError(RuntimeError):
         super().__init__(f"stage {stage} failed (exit {returncode}); last lines:\n{self.tail}")
 
 
-class RetrainBusy(RuntimeError):
+class RetrainBusy(LockBusy):
     """Another retrain holds this repository's lock; the message says who and since when."""
 
 
@@ -98,18 +99,28 @@ def _env() -> dict[str, str]:
     return env
 
 
-def dvc(repo: Path, *args: str, label: str | None = None) -> str:
-    """Run one DVC command in `repo`; raise StageError (named `label`) with DVC's output tail."""
-    result = subprocess.run(["dvc", *args], check=False, cwd=repo, env=_env(), capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        raise StageError(label or " ".join(args), result.returncode, output)
+def dvc(repo: Path, *args: str, label: str | None = None,
+        on_line: Callable[[str], None] | None = None) -> str:
+    """Run one DVC command in `repo`, passing each output line to `on_line` as it comes (a live
+    log); raise StageError (named `label`) with DVC's output tail."""
+    with subprocess.Popen(["dvc", *args], cwd=repo, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if on_line is not None and line.strip():
+                on_line(line.rstrip("\n"))
+        returncode = process.wait()
+    output = "".join(lines)
+    if returncode != 0:
+        raise StageError(label or " ".join(args), returncode, output)
     return output
 
 
-def run_stage(stage: str, repo: Path = Path(".")) -> str:
+def run_stage(stage: str, repo: Path = Path("."), on_line: Callable[[str], None] | None = None) -> str:
     """`dvc repro --single-item STAGE`: runs it if its deps or params changed, else skips it."""
-    return dvc(repo, "repro", "--single-item", stage, label=stage)
+    return dvc(repo, "repro", "--single-item", stage, label=stage, on_line=on_line)
 
 
 def track_data(repo: Path, data_dir: str) -> str:
@@ -172,31 +183,12 @@ def retrain_lock(repo: Path, timeout: float = 0.0, owner: str = "", poll: float 
     """Hold `.amo/retrain.lock` (an fcntl lock: released by the kernel if the holder dies).
     A second retrain waits up to `timeout` seconds, then raises RetrainBusy naming the holder."""
     path = repo / STATE_DIR / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
-                    raise RetrainBusy(f"another retrain is running in {repo.resolve()} "
-                                      f"(lock {path}, held by {holder}); waited {timeout:g} s") from None
-                time.sleep(poll)
-        os.ftruncate(fd, 0)
-        record = {"pid": os.getpid(), "owner": owner,
-                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        os.pwrite(fd, json.dumps(record).encode(), 0)
-        try:
+        with file_lock(path, timeout, owner, poll):
             yield path
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    except LockBusy as exc:
+        raise RetrainBusy(f"another retrain is running in {repo.resolve()} (lock {path}, held by "
+                          f"{exc.holder}); waited {timeout:g} s", path, exc.holder) from None
 
 
 # -- new agent data ------------------------------------------------------------------------------
@@ -312,7 +304,7 @@ def validation_markdown(report_path: Path) -> str:
 def decision_markdown(decision: Any) -> str:
     """The promotion decision: verdict, each gate check, the metrics it compared next to the
     champion's, and per-agent results."""
-    verdict = "PROMOTED" if decision.accepted else "REJECTED"
+    verdict = "UNCHANGED" if decision.unchanged else "PROMOTED" if decision.accepted else "REJECTED"
     lines = [f"# Promotion: {verdict}", "", (f"candidate `{decision.bundle_id}`, "
                                             f"champion `{decision.champion or 'none'}`"), ""]
     lines += [f"- {reason}" for reason in decision.reasons] or ["- no gate checks configured"]

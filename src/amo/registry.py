@@ -17,21 +17,27 @@ new. History on an object store is rewritten whole on each event: run one promot
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amo.bundle import MANIFEST, BundleError, verify_bundle
+from amo.bundle import MANIFEST, BundleError, check_bundle_id, verify_bundle
 from amo.config import GateParams, RegistryParams
+from amo.locks import file_lock
+
+log = logging.getLogger("amo.registry")
 
 CURRENT = "current.json"
 HISTORY = "history.jsonl"
+LOCK = "registry.lock"  # held by promote, rollback and gc: one at a time per local registry
 
 Checkpoint = Callable[[str], None]
 
@@ -82,10 +88,14 @@ class Decision:
     champion: str | None = None
     # The metrics the gate compared: {"candidate": ..., "champion": ..., "same_data": bool}
     measured: dict[str, Any] = field(default_factory=dict)
+    unchanged: bool = False  # the candidate already was the current bundle: nothing was promoted
 
     def __str__(self) -> str:
-        verdict = "PROMOTED" if self.accepted else "REJECTED"
-        lines = [f"{verdict} {self.bundle_id} (champion: {self.champion or 'none'})"]
+        if self.unchanged:
+            lines = [f"UNCHANGED {self.bundle_id}: already the current bundle (nothing promoted)"]
+        else:
+            verdict = "PROMOTED" if self.accepted else "REJECTED"
+            lines = [f"{verdict} {self.bundle_id} (champion: {self.champion or 'none'})"]
         return "\n".join(lines + [f"  - {reason}" for reason in self.reasons])
 
 
@@ -161,11 +171,19 @@ def _no_regression(name: str, value: float, best: float, candidate: dict[str, An
                    f"{'not a significant regression' if noise else 'a significant regression'})")
 
 
+@dataclass
+class Cleanup:
+    """What `Registry.gc` removed (or would remove) and kept, as paths and ids."""
+
+    removed: list[str]
+    kept: list[str]
+
+
 class Registry:
     """Bundles by id, `current.json` and `history.jsonl` under a local folder or fsspec URL."""
 
     def __init__(self, root: str | Path, cache_dir: Path | None = None,
-                 checkpoint: Checkpoint = _no_checkpoint) -> None:
+                 checkpoint: Checkpoint = _no_checkpoint, lock_timeout: float = 600.0) -> None:
         from fsspec.core import url_to_fs
         from fsspec.implementations.local import LocalFileSystem
 
@@ -177,6 +195,17 @@ class Registry:
         self.bundles = self.root / "bundles"
         self.cache_dir = cache_dir
         self.checkpoint = checkpoint
+        self.lock_timeout = lock_timeout
+
+    @contextmanager
+    def _locked(self, action: str) -> Iterator[None]:
+        """Hold the registry's lock for `action` (locally; an object store has none: run one
+        promoter at a time there). A holder that dies releases it."""
+        if not self.local:
+            yield
+            return
+        with file_lock(self.root / LOCK, self.lock_timeout, owner=f"amo {action}", poll=0.05):
+            yield
 
     @classmethod
     def from_params(cls, params: RegistryParams, repo: Path = Path(".")) -> Registry:
@@ -186,8 +215,23 @@ class Registry:
 
     # -- paths and small files ----------------------------------------------------------------
     def _key(self, *parts: str) -> str:
-        """The fsspec path of a registry entry."""
+        """The fsspec path of a registry entry; a part that is not one plain name is refused."""
+        for part in parts:
+            if part in ("", ".", "..") or "/" in part or "\\" in part:
+                raise BundleError(f"registry {self.url}: {part!r} is not a plain name inside the registry")
         return "/".join([self._base, *parts])
+
+    def _inside(self, path: Path) -> Path:
+        """`path` when it resolves (symlinks followed) inside the local registry, else refused."""
+        resolved, root = path.resolve(), self.root.resolve()
+        if not resolved.is_relative_to(root):
+            raise BundleError(f"registry {self.url}: {path} resolves to {resolved}, outside the registry")
+        return path
+
+    def _bundle_dir(self, bundle_id: str, where: str = "") -> Path:
+        """The local folder of bundle `bundle_id`: a checked id, a path inside the registry."""
+        check_bundle_id(bundle_id, where or f"registry {self.url}")
+        return self._inside(self.bundles / bundle_id)
 
     def _read(self, *parts: str) -> str | None:
         key = self._key(*parts)
@@ -199,15 +243,47 @@ class Registry:
         """The raw text of `current.json` (changes on every promotion and rollback)."""
         return self._read(CURRENT)
 
-    def current_id(self) -> str | None:
+    def pointer_id(self, text: str) -> str:
+        """The bundle id a `current.json` text names; BundleError naming the file if it names none."""
+        where = self._where(CURRENT)
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise BundleError(f"{where}: unreadable ({exc})") from None
+        if not isinstance(value, dict) or "bundle_id" not in value:
+            raise BundleError(f"{where}: unreadable (no bundle_id in {text[:80]!r})")
+        return check_bundle_id(value["bundle_id"], where)
+
+    def read_current(self) -> tuple[str | None, str | None]:
+        """(the current bundle id, None); (None, why) when `current.json` is unreadable or names
+        no valid id; (None, None) when nothing was promoted yet."""
         text = self.pointer()
-        return None if text is None else json.loads(text)["bundle_id"]
+        if text is None:
+            return None, None
+        try:
+            return self.pointer_id(text), None
+        except BundleError as exc:
+            return None, str(exc)
+
+    def current_id(self) -> str | None:
+        """The current bundle id (None before the first promotion); a corrupt `current.json` is a
+        BundleError that names the file and the repair."""
+        bundle_id, problem = self.read_current()
+        if problem is not None:
+            raise BundleError(f"{problem}; repair it with `amo rollback` or `amo rollback --to BUNDLE_ID` "
+                              "(`amo bundles list` shows the bundles)")
+        return bundle_id
+
+    def _where(self, name: str) -> str:
+        """A registry file, named for error messages."""
+        return f"{self.url.rstrip('/')}/{name}"
 
     def bundle_path(self, bundle_id: str) -> Path:
         """A local folder holding bundle `bundle_id`: the registry's own copy when local, else a
         fresh download into the cache (verify it before use)."""
         if self.local:
-            return self.bundles / bundle_id
+            return self._bundle_dir(bundle_id)
+        check_bundle_id(bundle_id, f"registry {self.url}")
         if not self.fs.exists(self._key("bundles", bundle_id, MANIFEST)):
             raise BundleError(f"registry {self.url}: no bundle {bundle_id}")
         cache = self.cache_dir or Path(tempfile.gettempdir()) / "amo-registry-cache"
@@ -234,19 +310,43 @@ class Registry:
         return manifest
 
     def history(self) -> list[dict[str, Any]]:
-        text = self._read(HISTORY) or ""
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        """Every readable event of `history.jsonl`, oldest first (unreadable lines left out)."""
+        return self.read_history()[0]
+
+    def read_history(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """The readable events, and a note per line that is not one (a write cut short)."""
+        events, skipped = [], []
+        for number, line in enumerate((self._read(HISTORY) or "").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            if isinstance(event, dict) and isinstance(event.get("action"), str):
+                events.append(event)
+            else:
+                skipped.append(f"{HISTORY} line {number}: unreadable, left out ({line[:60]!r})")
+        return events, skipped
 
     def _record(self, event: dict[str, Any]) -> None:
+        """Append one event to the history, on a line of its own even after a torn last line."""
         line = json.dumps({"time": _now(), **event}, sort_keys=True) + "\n"
         if self.local:
             self.root.mkdir(parents=True, exist_ok=True)
-            with open(self.root / HISTORY, "a", encoding="utf-8") as handle:
-                handle.write(line)
+            with open(self.root / HISTORY, "a+b") as handle:
+                if handle.tell() > 0:
+                    handle.seek(-1, os.SEEK_END)
+                    if handle.read(1) != b"\n":
+                        line = "\n" + line
+                handle.write(line.encode("utf-8"))
                 handle.flush()
                 os.fsync(handle.fileno())
         else:
-            self.fs.pipe_file(self._key(HISTORY), ((self._read(HISTORY) or "") + line).encode())
+            text = self._read(HISTORY) or ""
+            if text and not text.endswith("\n"):
+                text += "\n"
+            self.fs.pipe_file(self._key(HISTORY), (text + line).encode())
         self.checkpoint("history recorded")
 
     def _point_to(self, bundle_id: str) -> None:
@@ -259,33 +359,61 @@ class Registry:
             self.checkpoint(f"{CURRENT}: written")
 
     # -- copying a bundle in ------------------------------------------------------------------
-    def _copy_in(self, candidate: Path, bundle_id: str) -> None:
-        """Copy a verified candidate to bundles/<id>, whole or not at all (as `current` sees it)."""
+    def _copy_in(self, candidate: Path, bundle_id: str) -> str | None:
+        """Copy a verified candidate to bundles/<id>, whole or not at all (as `current` sees it).
+        A copy already there is re-verified: kept when whole, else replaced from the candidate,
+        and the returned note says so (None when nothing needed saying)."""
+        note = None
         if self.local:
-            target = self.bundles / bundle_id
-            if target.exists():
-                return
-            partial = self.bundles / f".{bundle_id}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            self.bundles.mkdir(parents=True, exist_ok=True)
-
-            def copy(source: str, destination: str) -> str:
-                self.checkpoint(f"copy {Path(source).relative_to(candidate)}")
-                return shutil.copy2(source, destination)
-
-            shutil.copytree(candidate, partial, copy_function=copy)
-            verify_bundle(partial)
-            self.checkpoint("copy verified")
-            os.replace(partial, target)
-            self.checkpoint("bundle renamed into place")
-            return
+            target = self._bundle_dir(bundle_id)
+            stored = target.exists()
+        else:
+            stored = self.fs.exists(self._key("bundles", bundle_id))
+        if stored:
+            try:
+                self.verify(bundle_id)
+                return None
+            except BundleError as exc:
+                note = f"the stored copy failed verification and was replaced from the verified candidate ({exc})"
+                log.warning("registry %s: %s", self.url, note)
+        if self.local:
+            self._copy_in_local(candidate, bundle_id)
+            return note
         # Object store: manifest last, so a bundle without a manifest is known to be partial.
+        if stored:
+            self.fs.rm(self._key("bundles", bundle_id), recursive=True)
         files = sorted(p for p in candidate.rglob("*") if p.is_file() and p.name != MANIFEST)
         for path in [*files, candidate / MANIFEST]:
             self.checkpoint(f"upload {path.relative_to(candidate)}")
             self.fs.put_file(str(path), self._key("bundles", bundle_id, *path.relative_to(candidate).parts))
         self.verify(bundle_id)
         self.checkpoint("upload verified")
+        return note
+
+    def _copy_in_local(self, candidate: Path, bundle_id: str) -> None:
+        """Copy to a hidden `.partial` folder, verify, rename into place (a corrupt copy already
+        there is renamed aside first, then removed)."""
+        target = self._bundle_dir(bundle_id)
+        partial = self._inside(self.bundles / f".{bundle_id}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        self.bundles.mkdir(parents=True, exist_ok=True)
+
+        def copy(source: str, destination: str) -> str:
+            self.checkpoint(f"copy {Path(source).relative_to(candidate)}")
+            return shutil.copy2(source, destination)
+
+        shutil.copytree(candidate, partial, copy_function=copy)
+        verify_bundle(partial)
+        self.checkpoint("copy verified")
+        if target.exists():
+            corrupt = self._inside(self.bundles / f".{bundle_id}.corrupt")
+            shutil.rmtree(corrupt, ignore_errors=True)
+            os.replace(target, corrupt)
+            os.replace(partial, target)
+            shutil.rmtree(corrupt)
+        else:
+            os.replace(partial, target)
+        self.checkpoint("bundle renamed into place")
 
     # -- operations ---------------------------------------------------------------------------
     def promote(self, candidate: Path, params: GateParams, force: bool = False,
@@ -294,14 +422,34 @@ class Registry:
 
         With `assess` (a bundle folder -> its metrics on today's test data), candidate and
         champion are both scored by it, on the same data; without it, the gate compares the
-        metrics each manifest carries, and the reasons say so."""
+        metrics each manifest carries, and the reasons say so. Promotions take the registry's
+        lock and read the champion inside it; promoting the current bundle changes nothing."""
         manifest = verify_bundle(candidate)
         self.checkpoint("candidate verified")
         bundle_id = manifest["bundle_id"]
-        champion_id = self.current_id()
+        with self._locked(f"promote {bundle_id}"):
+            champion_id = self.current_id()
+            if champion_id == bundle_id:
+                return self._unchanged(Path(candidate), bundle_id)
+            return self._gate_and_switch(Path(candidate), manifest, champion_id, params, force, assess)
+
+    def _unchanged(self, candidate: Path, bundle_id: str) -> Decision:
+        """The candidate is the current bundle: nothing to promote (its stored copy is re-verified,
+        and replaced from the verified candidate if corrupt, which the history records)."""
+        reasons = [f"{bundle_id} is already the current bundle: no gate, no switch, no history entry"]
+        note = self._copy_in(candidate, bundle_id)
+        if note is not None:
+            reasons = [f"{bundle_id} is already the current bundle; {note}"]
+            self._record({"action": "repair", "bundle_id": bundle_id, "previous": bundle_id, "reasons": reasons})
+        return Decision(bundle_id, True, reasons, bundle_id, unchanged=True)
+
+    def _gate_and_switch(self, candidate: Path, manifest: dict[str, Any], champion_id: str | None,
+                         params: GateParams, force: bool, assess: Assess | None) -> Decision:
+        """Gate the verified candidate against `champion_id`; copy in and switch if it passes."""
+        bundle_id = manifest["bundle_id"]
         champion_manifest = self.verify(champion_id) if champion_id else None
         if assess is not None:
-            measured = assess(Path(candidate))
+            measured = assess(candidate)
             basis = "candidate and champion scored on the same, current test data"
             try:
                 champion = assess(self.bundle_path(champion_id)) if champion_id else None
@@ -322,36 +470,113 @@ class Registry:
                             {"candidate": measured, "champion": champion, "same_data": assess is not None})
         self.checkpoint("gate decided")
         if accepted:
-            self._copy_in(Path(candidate), bundle_id)
+            note = self._copy_in(candidate, bundle_id)
+            if note is not None:
+                reasons.append(f"note: {note}")
             self._point_to(bundle_id)
         self._record({"action": "promote" if accepted else "reject", "bundle_id": bundle_id,
                       "previous": champion_id, "reasons": reasons})
         return decision
 
-    def rollback(self, to: str | None = None) -> str:
-        """Point `current` at `to`, or at the bundle promoted before the current one."""
-        current = self.current_id()
-        if to is None:
-            promoted = [e["bundle_id"] for e in self.history() if e["action"] in ("promote", "rollback")]
-            earlier = [b for b in reversed(promoted) if b != current]
-            if not earlier:
-                raise BundleError(f"registry {self.url}: no earlier bundle to roll back to")
-            to = earlier[0]
-        self.verify(to)
-        self._point_to(to)
-        self._record({"action": "rollback", "bundle_id": to, "previous": current, "reasons": []})
-        return to
+    def rollback(self, to: str | None = None, say: Callable[[str], None] = log.warning) -> str:
+        """Point `current` at `to`, or at the latest bundle before the current one that verifies.
+        Works from an unreadable `current.json` (the bundle history last switched to is taken as
+        current) and a torn history; `say` gets a note for everything skipped or assumed."""
+        with self._locked("rollback"):
+            current, switched = self._current_and_switched(say)
+            if to is None:
+                to = self._earlier(switched, current, say)
+            self.verify(to)
+            self._point_to(to)
+            self._record({"action": "rollback", "bundle_id": to, "previous": current, "reasons": []})
+            return to
+
+    def _current_and_switched(self, say: Callable[[str], None]) -> tuple[str | None, list[Any]]:
+        """The current bundle id, and the bundle ids history switched `current` to, oldest first.
+        With an unreadable `current.json`, the bundle history last switched to is taken as
+        current; `say` gets that, and every unreadable history line."""
+        current, problem = self.read_current()
+        events, skipped = self.read_history()
+        for note in skipped:
+            say(f"skipped {note}")
+        switched = [e.get("bundle_id") for e in events if e["action"] in ("promote", "rollback", "repair")]
+        if problem is not None:
+            current = switched[-1] if switched else None
+            say(f"{problem}; taking {current or 'nothing'} (the bundle history last switched to) as current")
+        return current, switched
+
+    def _earlier(self, switched: list[Any], current: str | None, say: Callable[[str], None]) -> str:
+        """The latest bundle history switched to, other than `current`, that verifies."""
+        for bundle_id in dict.fromkeys(reversed(switched)):
+            if bundle_id == current or not isinstance(bundle_id, str):
+                continue
+            try:
+                self.verify(bundle_id)
+                return bundle_id
+            except BundleError as exc:
+                say(f"skipped {bundle_id}: {exc}")
+        raise BundleError(f"registry {self.url}: no earlier bundle to roll back to")
+
+    def gc(self, keep: int, dry_run: bool = False, say: Callable[[str], None] = log.warning) -> Cleanup:
+        """Remove stored bundles other than the current one and the `keep` that history switched
+        to last, and the leftovers of cut-short promotions (`.partial` and `.corrupt` folders,
+        `.tmp` files; on an object store, bundle folders without a manifest). History is kept
+        whole. Paths are relative to the registry."""
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1 (bundles kept besides the current one), got {keep}")
+        with self._locked("gc"):
+            current, switched = self._current_and_switched(say)
+            recent = [b for b in dict.fromkeys(reversed(switched)) if isinstance(b, str)][:keep]
+            stored = self._stored()
+            kept = sorted({b for b in (current, *recent) if b in stored})
+            doomed = sorted([f"bundles/{name}" for name in stored if name not in kept] + self._leftovers())
+            for path in [] if dry_run else doomed:
+                self._remove(path)
+            return Cleanup(doomed, kept)
+
+    def _remove(self, path: str) -> None:
+        """Delete a file or folder of the registry (relative path), never anything outside it."""
+        if not self.local:
+            self.fs.rm(self._key(*path.split("/")), recursive=True)
+            return
+        target = self._inside(self.root / path)
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+    def _folders(self) -> list[str]:
+        """The names under `bundles/`, hidden ones included."""
+        key = self._key("bundles")
+        return sorted(Path(p).name for p in self.fs.ls(key, detail=False)) if self.fs.exists(key) else []
+
+    def _stored(self) -> list[str]:
+        """The bundles stored whole (a manifest present), by folder name."""
+        return [n for n in self._folders()
+                if not n.startswith(".") and self.fs.exists(self._key("bundles", n, MANIFEST))]
+
+    def _leftovers(self) -> list[str]:
+        """What cut-short promotions left behind, relative to the registry."""
+        if not self.local:
+            return [f"bundles/{n}" for n in self._folders() if not self.fs.exists(self._key("bundles", n, MANIFEST))]
+        found = [p for p in self.bundles.glob(".*") if p.name.endswith((".partial", ".corrupt", ".tmp"))]
+        found += list(self.root.glob(".*.tmp"))
+        return sorted(str(p.relative_to(self.root)) for p in found)
 
     def list(self) -> list[dict[str, Any]]:
-        current = self.current_id()
-        key = self._key("bundles")
-        names = [Path(p).name for p in self.fs.ls(key, detail=False)] if self.fs.exists(key) else []
+        """A row per stored bundle (id, created, current, metrics; `problem` when its manifest is
+        unreadable); none is current while `current.json` is unreadable."""
+        current = self.read_current()[0]
         rows = []
-        for name in sorted(n for n in names if not n.startswith(".")):
+        for name in [n for n in self._folders() if not n.startswith(".")]:
             text = self._read("bundles", name, MANIFEST)
             if text is None:  # an upload cut short: never current, not listed
                 continue
-            manifest = json.loads(text)
-            rows.append({"bundle_id": manifest["bundle_id"], "created": manifest["created"],
-                         "current": manifest["bundle_id"] == current, "metrics": manifest["metrics"]})
+            try:
+                manifest = json.loads(text)
+                rows.append({"bundle_id": manifest["bundle_id"], "created": manifest["created"],
+                             "current": manifest["bundle_id"] == current, "metrics": manifest["metrics"]})
+            except (ValueError, KeyError, TypeError) as exc:
+                rows.append({"bundle_id": name, "created": "?", "current": name == current, "metrics": {},
+                             "problem": f"unreadable manifest ({type(exc).__name__}: {exc})"})
         return rows

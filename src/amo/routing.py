@@ -56,14 +56,25 @@ class Route:
 
 
 def select(scores: np.ndarray, agent_ids: Sequence[str], *, min_k: int = 0, max_k: int = 3,
-           margin: float = 0.0) -> Route:
-    """Agents scoring above the separator (last entry of `scores`) by `margin`, best first."""
+           margin: float | np.ndarray = 0.0) -> Route:
+    """Agents scoring above the separator (last entry of `scores`) by `margin` (one for all, or
+    one per agent: `agent_margins`), best first."""
     separator = float(scores[-1])
     order = np.argsort(-scores[:-1], kind="stable")
-    chosen = [int(i) for i in order if scores[i] > separator + margin][:max_k]
+    bar = separator + np.broadcast_to(np.asarray(margin, np.float64), scores[:-1].shape)
+    chosen = [int(i) for i in order if scores[i] > bar[i]][:max_k]
     if len(chosen) < min_k:
         chosen = [int(i) for i in order[:min_k]]
     return Route(agents=[(agent_ids[i], float(scores[i])) for i in chosen], separator=separator)
+
+
+def agent_margins(index: AgentIndex, margin: float) -> np.ndarray:
+    """The lead over the separator each agent of `index` needs: `margin` (chosen on val, where
+    every agent has examples, so calibrated for agents with history) for agents with examples;
+    at least the separator itself, max(margin, 0), for an agent known only by its description
+    (the separator was trained for that case: cross-fitting hides agents' examples)."""
+    counts = index.packed()[2]
+    return np.where(counts > 0, margin, max(margin, 0.0)).astype(np.float64)
 
 
 def rankings(scores: np.ndarray, agent_ids: Sequence[str]) -> list[list[str]]:

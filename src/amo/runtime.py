@@ -1,13 +1,16 @@
 """`amo serve`: the promoted bundle over HTTP (FastAPI + uvicorn, 127.0.0.1 by default).
 
-    POST /route  /plan  /invoke  /copilot      GET /healthz  /bundle  /docs (OpenAPI)
+    POST /route  /plan  /invoke  /copilot
+    GET  /healthz (liveness)  /readyz (a verified bundle is served)  /bundle  /metrics (Prometheus)
+         /docs  /redoc (OpenAPI, assets served locally)
 
 The runtime verifies every checksum of the current bundle before serving it. A background thread
 reads the registry's `current` pointer every `serve.poll_seconds`; when it names another bundle,
 that bundle is loaded and verified in full on the side, then one reference is swapped. A request
 takes that reference once, so in-flight requests finish on the Brain they started with. A bundle
 that fails verification is refused (logged, shown by /healthz) and the old one keeps serving.
-Errors are JSON: {"error": {"code": ..., "message": ...}}.
+Arms are re-hashed when they load (first /invoke or /copilot). Errors are JSON:
+{"error": {"code": ..., "message": ...}}; a 500 carries only a request id, its traceback is logged.
 """
 
 from __future__ import annotations
@@ -18,20 +21,18 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
+from amo.asgi import ASGIApp, Message, Receive, Scope, Send
+from amo.bundle import BundleError
 from amo.registry import Registry
 
 log = logging.getLogger("amo.runtime")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Runtime:
@@ -45,6 +46,8 @@ class Runtime:
         self.brain: Any = None  # swapped whole; readers take it once per request
         self.refused: dict[str, Any] | None = None
         self.loaded_at: str | None = None
+        self.swaps = 0  # bundles swapped in, the first one included (for /metrics)
+        self.refusals = 0  # bundles refused, or unreadable pointers
         self._pointer: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -61,9 +64,10 @@ class Runtime:
             return False
         self._pointer = pointer
         try:
-            bundle_id = str(json.loads(pointer)["bundle_id"])
-        except (ValueError, KeyError, TypeError) as exc:
+            bundle_id = self.registry.pointer_id(pointer)
+        except BundleError as exc:
             self.refused = {"bundle_id": None, "error": f"unreadable current pointer: {exc}", "time": _now()}
+            self.refusals += 1
             log.error("unreadable current pointer %r: %s", pointer[:200], exc)
             return False
         if self.brain is not None and bundle_id == self.brain.bundle_id:
@@ -73,10 +77,12 @@ class Runtime:
             brain = self._load(self.registry.bundle_path(bundle_id))
         except Exception as exc:  # noqa: BLE001 -- any load failure refuses the bundle
             self.refused = {"bundle_id": bundle_id, "error": str(exc), "time": _now()}
+            self.refusals += 1
             log.error("refused bundle %s, still serving %s: %s", bundle_id,
                       self.brain.bundle_id if self.brain else "nothing", exc)
             return False
         self.brain, self.refused, self.loaded_at = brain, None, _now()
+        self.swaps += 1
         log.info("serving bundle %s", brain.bundle_id)
         return True
 
@@ -123,8 +129,9 @@ class RouteBatcher:
     `max_batch`) and answers them with one encoder batch. Under load, requests that arrive
     while a batch runs form the next one; a lone request is routed at once, without waiting."""
 
-    def __init__(self, max_batch: int = 32) -> None:
+    def __init__(self, max_batch: int = 32, on_batch: Callable[[int], None] | None = None) -> None:
         self.max_batch = max_batch
+        self.on_batch = on_batch or (lambda size: None)  # told each batch's size (for /metrics)
         self._queue: queue.Queue[tuple[Any, str, asyncio.AbstractEventLoop, asyncio.Future[Any]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -171,6 +178,7 @@ class RouteBatcher:
                     loop.call_soon_threadsafe(_settle, future, outcome)
             self.batches += 1
             self.routed += len(items)
+            self.on_batch(len(items))
 
 
 def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
@@ -182,13 +190,27 @@ def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
         future.set_result(outcome)
 
 
+def unicode_text(value: str) -> str:
+    """`value` when it is valid Unicode: JSON can escape a lone surrogate (`\\ud800`), which no
+    tokenizer or UTF-8 encoder accepts (it failed a whole /route batch with a 500)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"a lone surrogate {value[exc.start]!r} at character {exc.start} is not "
+                         "text (send valid UTF-8)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(unicode_text)]
+
+
 class PromptIn(BaseModel):
-    prompt: str = Field(..., description="The user's prompt (at most data.max_prompt_chars characters).")
+    prompt: Text = Field(..., description="The user's prompt (at most data.max_prompt_chars characters).")
 
 
 class InvokeIn(BaseModel):
-    input: str = Field(..., description="Text for the arm (or the base model).")
-    arm: str | None = Field(None, description="Arm name; null: the base model.")
+    input: Text = Field(..., description="Text for the arm (or the base model).")
+    arm: Text | None = Field(None, description="Arm name; null: the base model.")
     max_new_tokens: int | None = Field(None, ge=1, le=512)
 
 
@@ -257,14 +279,18 @@ def _replay(first: Message, receive: Receive) -> Receive:
 def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: int = 65536,
                manage_runtime: bool = True, max_batch: int = 32) -> Any:
     """The FastAPI app over `runtime`; with manage_runtime it starts and stops the poller."""
-    from contextlib import asynccontextmanager
+    from contextlib import asynccontextmanager, contextmanager
 
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
+    from fastapi_offline import FastAPIOffline
     from starlette.exceptions import HTTPException
 
-    batcher = RouteBatcher(max_batch)
+    from amo.runtime_metrics import RequestMetrics, RuntimeMetrics
+
+    metrics = RuntimeMetrics(runtime)
+    batcher = RouteBatcher(max_batch, metrics.batch_size.observe)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
@@ -276,8 +302,9 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
         if manage_runtime:
             runtime.stop()
 
-    app = FastAPI(title="amo runtime", version="1", lifespan=lifespan,
-                  description="Route, plan and answer prompts with the promoted bundle.")
+    # /docs and /redoc with their scripts served from the package, not a CDN: they work offline.
+    app = FastAPIOffline(title="amo runtime", version="1", lifespan=lifespan,
+                         description="Route, plan and answer prompts with the promoted bundle.")
 
     def text(value: str, name: str) -> str:
         if not value.strip():
@@ -287,12 +314,22 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
                                                     f"is {max_prompt_chars} (params.yaml data.max_prompt_chars)")
         return value
 
-    def brain() -> Any:
+    def brain(code: str = "no_bundle") -> Any:
+        """The Brain being served, or a 503 `code` saying why there is none."""
         current = runtime.brain
         if current is None:
             why = f": bundle {runtime.refused['bundle_id']} was refused" if runtime.refused else ""
-            raise ApiError(503, "no_bundle", f"no verified bundle is being served{why}")
+            raise ApiError(503, code, f"no verified bundle is being served{why}")
         return current
+
+    @contextmanager
+    def refused_arms() -> Iterator[None]:
+        """An arm whose files no longer match the manifest: 503 naming the arm and the file."""
+        try:
+            yield
+        except BundleError as exc:
+            log.error("%s", exc)
+            raise ApiError(503, "arm_refused", str(exc)) from None
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -313,20 +350,27 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
                             exc.status_code)
 
     @app.exception_handler(Exception)
-    async def internal(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("request failed")
-        return JSONResponse({"error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}}, 500)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # The exception's text may name files or data: it goes to the log, under an id the
+        # client can quote, never into the response.
+        request_id = uuid.uuid4().hex[:16]
+        log.error("request %s (%s %s) failed", request_id, request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": {"code": "internal", "request_id": request_id,
+                                       "message": f"internal error (request id {request_id})"}}, 500,
+                            headers={"x-request-id": request_id})
 
     @app.post("/route", summary="Which agents answer the prompt (or abstain), best first")
     async def route(body: PromptIn) -> dict[str, Any]:
         current = brain()
         result = await batcher.route(current, text(body.prompt, "prompt"))
+        metrics.observe_route(result)
         return {"bundle_id": current.bundle_id, "route": result.to_dict()}
 
     @app.post("/plan", summary="The ordered agent path for the prompt, with its decision rules")
     def plan(body: PromptIn) -> dict[str, Any]:
         current = brain()
         route_, plan_ = current.plan(text(body.prompt, "prompt"))
+        metrics.observe_route(route_)
         return {"bundle_id": current.bundle_id, "route": route_.to_dict(),
                 "plan": {"path": plan_.path, "abstained": plan_.abstained, "rules": plan_.rules,
                          "choice": plan_.choice}}
@@ -338,7 +382,7 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
         if body.arm is not None and body.arm not in current.runtime["arms"]:
             raise ApiError(422, "unknown_arm", f"unknown arm {body.arm!r}; this bundle's arms: "
                                                + ", ".join(current.runtime["arms"]))
-        with runtime.arm_lock:
+        with runtime.arm_lock, refused_arms():
             output = current.invoke([(body.arm, value)], body.max_new_tokens)[0]
         return {"bundle_id": current.bundle_id, "arm": body.arm, "output": output}
 
@@ -346,19 +390,33 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
     def copilot(body: PromptIn) -> dict[str, Any]:
         current = brain()
         prompt = text(body.prompt, "prompt")
-        with runtime.arm_lock:
+        with runtime.arm_lock, refused_arms():
             answer = current.copilot(prompt)
+        metrics.observe_route(answer.route)
         return {"bundle_id": current.bundle_id, **answer.to_dict()}
 
-    @app.get("/healthz", summary="Which bundle is served, and any refused one")
+    @app.api_route("/healthz", methods=["GET", "HEAD"],
+                   summary="Liveness (200 while the process is up): which bundle is served, any refused one")
     def healthz() -> dict[str, Any]:
         return {**runtime.health(), "route_batches": batcher.batches, "routed": batcher.routed}
+
+    @app.api_route("/readyz", methods=["GET", "HEAD"],
+                   summary="Readiness: 200 once a verified bundle is served, 503 while none is")
+    def readyz() -> dict[str, Any]:
+        return {"status": "ready", "bundle_id": brain("not_ready").bundle_id}
 
     @app.get("/bundle", summary="The served bundle's manifest")
     def bundle() -> dict[str, Any]:
         return brain().manifest
 
+    @app.get("/metrics", summary="Prometheus metrics: requests, latency, routes, batches, bundles",
+             response_class=Response, response_model=None)
+    def prometheus() -> Any:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s too
     return app
 
 

@@ -1,7 +1,7 @@
 """Stage `fit_planner`: the planner's decision trees, fitted on the training traces with the
 router's scores as features.
 
-    amo fit-planner --data data --router artifacts/router --onnx artifacts/router_onnx --out artifacts/planner --metrics metrics/fit_planner.json
+    amo fit-planner --data data --embeddings artifacts/embeddings --router artifacts/router --onnx artifacts/router_onnx --out artifacts/planner --metrics metrics/fit_planner.json
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ def fit(params: PlannerParams, traces: list[contracts.Trace], router: RouterView
                        router.index.ids)
 
 
-def run(params: Params, data: Path, router_dir: Path, onnx_dir: Path, out: Path, metrics: Path) -> dict[str, Any]:
+def run(params: Params, data: Path, router_dir: Path, onnx_dir: Path, out: Path, metrics: Path,
+        embeddings: Path | None = None) -> dict[str, Any]:
     traces = contracts.read_traces(data / "traces" / "train.jsonl")
-    planner = fit(params.planner, traces, RouterView.load(params.encoder, router_dir, onnx_dir))
+    planner = fit(params.planner, traces, RouterView.load(params.encoder, router_dir, onnx_dir, embeddings))
     planner.save(out)
     result = {"train_traces": len(traces), "stop_tree_nodes": len(planner.stop_tree_["left"]),
               "next_tree_nodes": len(planner.next_tree_["left"]),

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from amo.config import EncoderParams
 from amo.encoder_tuning import stage_encoder
-from amo.models import Encoder
 from amo.onnx_router import OnnxRanker
 from amo.routing import AgentIndex
 
@@ -18,12 +18,12 @@ from amo.routing import AgentIndex
 @dataclass
 class RouterView:
     index: AgentIndex
-    encoder: Encoder
+    encoder: Any  # models.Encoder, or embeddings.CachedEncoder over the embedding store
     scorer: OnnxRanker
 
     @classmethod
-    def load(cls, params: EncoderParams, router_dir: Path, onnx_dir: Path) -> RouterView:
-        return cls(AgentIndex.load(router_dir), stage_encoder(params, router_dir), OnnxRanker(onnx_dir))
+    def load(cls, params: EncoderParams, router_dir: Path, onnx_dir: Path, embeddings: Path | None = None) -> RouterView:
+        return cls(AgentIndex.load(router_dir), stage_encoder(params, router_dir, embeddings), OnnxRanker(onnx_dir))
 
     def __call__(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Prompt embeddings (N, D) and the router's scores (N, A + 1): one per agent of the

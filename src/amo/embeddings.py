@@ -1,0 +1,202 @@
+"""The embedding store: every text embedded once per encoder.
+
+Embeddings are kept by (text, encoder): a text's key is `routing.prompt_key` (8 bytes of its
+sha256), an encoder's identity is a hash of its files, so a tuned or changed encoder misses
+exactly its own entries. The store is a folder per encoder identity of immutable safetensors
+shards (`keys` (N, 8) uint8, `vectors` (N, D) float32), each named by the hash of its keys and
+written to a temporary name then renamed: a reader lists only whole shards, a torn write is never
+read, two writers of the same texts write the same shard. The `embed` stage is the one writer in
+the pipeline (after validation, before every stage that embeds); the stages read it through
+`CachedEncoder`, which embeds what the store misses in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amo.routing import prompt_key
+
+log = logging.getLogger("amo")
+SUFFIX = ".safetensors"
+KEY_BYTES = 8
+_IDENTITIES: dict[tuple[str, float, int], str] = {}
+
+
+def encoder_identity(path: Path) -> str:
+    """16 hex digits naming an encoder by the content of its folder (names and bytes of every
+    file), cached per process by the folder's newest modification."""
+    path = Path(path).resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    stamp = (str(path), max((p.stat().st_mtime for p in files), default=0.0), len(files))
+    if stamp not in _IDENTITIES:
+        digest = hashlib.sha256()
+        for p in files:
+            digest.update(p.relative_to(path).as_posix().encode() + b"\0")
+            with open(p, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        _IDENTITIES[stamp] = digest.hexdigest()[:16]
+    return _IDENTITIES[stamp]
+
+
+def text_keys(texts: Sequence[str]) -> np.ndarray:
+    """(N, 8) uint8 keys of texts."""
+    return np.frombuffer(b"".join(prompt_key(t) for t in texts), np.uint8).reshape(len(texts), KEY_BYTES)
+
+
+class EmbeddingStore:
+    """The embeddings one encoder (by identity) made, under `root/<identity>/`."""
+
+    def __init__(self, root: Path, identity: str) -> None:
+        self.folder = Path(root) / identity
+        self.identity = identity
+        self._forget()
+
+    def _forget(self) -> None:
+        self._rows: dict[bytes, tuple[int, int]] = {}
+        self._shards: list[np.ndarray] = []
+        self._loaded: set[str] = set()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read shards written since the last look (a shard removed meanwhile is skipped)."""
+        from safetensors.numpy import load_file
+
+        if not self.folder.is_dir():
+            return
+        for shard in sorted(self.folder.glob(f"*{SUFFIX}")):
+            if shard.name in self._loaded:
+                continue
+            try:
+                tensors = load_file(str(shard))
+            except FileNotFoundError:  # compacted away since the listing
+                continue
+            except Exception as exc:  # a damaged shard costs a re-embedding, never a wrong vector
+                log.warning("embedding store: skipping unreadable shard %s (%s)", shard, exc)
+                self._loaded.add(shard.name)
+                continue
+            keys, vectors = tensors["keys"], tensors["vectors"]
+            number = len(self._shards)
+            self._shards.append(vectors)
+            for row, key in enumerate(keys):
+                self._rows.setdefault(key.tobytes(), (number, row))
+            self._loaded.add(shard.name)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def shards(self) -> int:
+        return len(self._loaded)
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """(vectors of the found keys or None, boolean mask of found keys)."""
+        where = [self._rows.get(k.tobytes()) for k in keys]
+        found = np.array([w is not None for w in where], bool)
+        if not found.any():
+            return None, found
+        return np.stack([self._shards[s][r] for s, r in (w for w in where if w is not None)]), found
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> Path | None:
+        """Write the (key, vector) pairs the store lacks as one new shard; its path, or None."""
+        from safetensors.numpy import save_file
+
+        keys = np.ascontiguousarray(keys, np.uint8)
+        fresh = [i for i, k in enumerate(keys) if k.tobytes() not in self._rows]
+        _, first = np.unique(keys[fresh], axis=0, return_index=True) if fresh else (None, np.zeros(0, int))
+        chosen = np.array(fresh, int)[np.sort(first)] if fresh else np.zeros(0, int)
+        if not len(chosen):
+            return None
+        keys_out = np.ascontiguousarray(keys[chosen])
+        vectors_out = np.ascontiguousarray(vectors[chosen], np.float32)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(keys_out.tobytes()).hexdigest()[:20] + SUFFIX
+        fd, tmp = tempfile.mkstemp(prefix=".shard-", dir=self.folder)
+        os.close(fd)
+        try:
+            save_file({"keys": keys_out, "vectors": vectors_out}, tmp, metadata={"encoder": self.identity})
+            os.replace(tmp, self.folder / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.refresh()
+        return self.folder / name
+
+
+    def compact(self) -> int:
+        """Merge every shard into one (keys sorted: the same entries give the same bytes), then
+        remove the old ones; readers that listed them skip what is gone. The shards merged."""
+        from safetensors.numpy import load_file
+
+        self.refresh()
+        old = sorted(self.folder.glob(f"*{SUFFIX}"))
+        if len(old) < 2:
+            return 0
+        parts = [load_file(str(p)) for p in old]
+        keys = np.concatenate([t["keys"] for t in parts])
+        vectors = np.concatenate([t["vectors"] for t in parts])
+        _, first = np.unique(keys, axis=0, return_index=True)  # sorted by key
+        merged = EmbeddingStore(self.folder.parent / f".{self.identity}.compact", self.identity)
+        written = merged.add(keys[first], vectors[first])
+        assert written is not None
+        os.replace(written, self.folder / written.name)
+        written.parent.rmdir()
+        for path in old:
+            if path.name != written.name:
+                path.unlink(missing_ok=True)
+        self._forget()
+        return len(old)
+
+
+class CachedEncoder:
+    """An encoder that takes what the store holds and embeds only the rest (writing it back when
+    `write` is on). Drop-in for models.Encoder: `encode(texts)`, `path`, `dim`."""
+
+    def __init__(self, encoder: Any, root: Path, write: bool = False) -> None:
+        self.encoder = encoder
+        self.path = encoder.path
+        self.batch_size = getattr(encoder, "batch_size", 64)
+        self.store = EmbeddingStore(root, encoder_identity(encoder.path))
+        self.write = write
+        self.embedded = 0  # texts this process had to embed (store misses)
+        self.reused = 0
+
+    @property
+    def dim(self) -> int:
+        return int(self.encoder.dim)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return self.encoder.encode(texts)
+        keys = text_keys(texts)
+        found_vectors, found = self.store.lookup(keys)
+        missing = np.flatnonzero(~found)
+        self.reused += int(found.sum())
+        if not len(missing):
+            assert found_vectors is not None
+            return found_vectors
+        unique = list(dict.fromkeys(texts[i] for i in missing))
+        start = time.perf_counter()
+        fresh = self.encoder.encode(unique)
+        self.embedded += len(unique)
+        if len(unique) > 1000:
+            log.info("embedded %d new texts in %.1fs (%d from the store)", len(unique),
+                     time.perf_counter() - start, int(found.sum()))
+        if self.write:
+            self.store.add(text_keys(unique), fresh)
+        by_text = dict(zip(unique, fresh))
+        out = np.empty((len(texts), fresh.shape[1]), np.float32)
+        if found_vectors is not None:
+            out[found] = found_vectors
+        for i in missing:
+            out[i] = by_text[texts[i]]
+        return out
