@@ -343,7 +343,7 @@ def test_pointer_naming_a_path_is_refused(tmp_path: Path) -> None:
     registry.promote(fake_bundle(tmp_path, "one", 0.8), GATE)
     shutil.copytree(registry.bundles / "one", tmp_path / "x")
     (registry.root / "current.json").write_text(json.dumps({"bundle_id": "../../x"}))
-    with pytest.raises(BundleError, match="bundle id '../../x'"):
+    with pytest.raises(BundleError, match=r"bundle id '../../x'"):
         registry.current_path()
 
 
