@@ -139,6 +139,7 @@ def test_stage_error_names_the_stage_and_keeps_dvc_tail(tmp_path: Path) -> None:
     assert info.value.tail and info.value.returncode != 0
 
 
+@pytest.mark.slow  # real `dvc repro` in a new repository
 def test_stage_lines_are_passed_on_as_they_come(tmp_path: Path) -> None:
     """run_stage hands every line the stage prints to on_line, in order, and still returns it all."""
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
