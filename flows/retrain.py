@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -107,7 +108,7 @@ def bundle(repo: str = ".") -> None:
     _stage(repo, "bundle")
 
 
-def _decided(decision: Any, markdown: str, key: str) -> Any:
+def _decided(decision: Any, markdown: str, key: str) -> dict[str, Any] | State[Any]:
     """The promotion decision as an artifact, and as the run's result: a rejection ends the run
     Failed with the gate's reasons, so it never passes for a success."""
     create_markdown_artifact(markdown, key=key, description="promotion decision")
@@ -121,7 +122,7 @@ def _decided(decision: Any, markdown: str, key: str) -> Any:
 
 
 @flow(name="promote")
-def promote(repo: str = ".", bundle: str | None = None, force: bool = False) -> Any:
+def promote(repo: str = ".", bundle: str | None = None, force: bool = False) -> dict[str, Any] | State[Any]:
     """Gate a candidate bundle (default: the bundle stage's output) against the floors and the
     champion, both scored on the current test data."""
     decision, markdown = orch.promote_bundle(Path(repo), Path(bundle) if bundle else None, force=force)
@@ -129,7 +130,7 @@ def promote(repo: str = ".", bundle: str | None = None, force: bool = False) -> 
 
 
 @flow(name="publish-index")
-def publish_index(repo: str = ".") -> Any:
+def publish_index(repo: str = ".") -> dict[str, Any] | State[Any]:
     """The cheap path: the champion with the data's agents in its index (no retraining),
     measured and promoted through the gate."""
     decision, markdown = orch.publish_index(Path(repo))
@@ -140,14 +141,15 @@ def publish_index(repo: str = ".") -> Any:
 
 
 # Which concern flow runs a dvc.yaml stage; a stage missing here still runs, as a plain stage task.
-CONCERNS = {"validate": validate_data, "embed": embed, "train_router": train_router, "export_router": export_router,
-            "fit_planner": fit_planner, "evaluate": evaluate, "bundle": bundle}
+CONCERNS: dict[str, Callable[[str], object]] = {
+    "validate": validate_data, "embed": embed, "train_router": train_router, "export_router": export_router,
+    "fit_planner": fit_planner, "evaluate": evaluate, "bundle": bundle}
 
 
 @flow(name="retrain")
 def retrain(repo: str = ".", tasks: list[str] | None = None, promote_bundle: bool = True,
             overrides: list[str] | None = None, data_hash: str | None = None,
-            push: bool | None = None) -> dict[str, Any]:
+            push: bool | None = None) -> dict[str, Any] | State[Any]:
     """The whole pipeline in dvc.yaml's order, one retrain per repository at a time.
 
     tasks: arms to fine-tune (default all); overrides: `key=value` as for `dvc exp run -S`, kept in

@@ -39,6 +39,7 @@ def test_template_inlines_the_scripts_and_leaves_the_cdn_out(tmp_path: Path) -> 
     assert page.count("</script>") == 3 and "<\\/script>" in page
 
 
+@pytest.mark.slow  # real `dvc plots show` in a new repository
 def test_dvc_plots_show_draws_the_four_plots_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the project's plot definitions and stage-shaped CSVs, the page has four vega plots
     and loads nothing from the network."""

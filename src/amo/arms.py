@@ -240,7 +240,7 @@ def read_arm_meta(directory: Path) -> dict[str, Any]:
 
         with safe_open(str(directory / "adapter_model.safetensors"), "pt") as handle:
             list(handle.keys())
-    except Exception as exc:  # a corrupt file surfaces as many exception types
+    except Exception as exc:  # noqa: BLE001 - a corrupt file surfaces as many exception types
         raise ArmLoadError(f"arm {directory.name!r}: unreadable file in {directory}: {exc}") from None
     return meta
 
@@ -298,7 +298,7 @@ class ArmServer:
             model = PeftModel.from_pretrained(base_model, str(arm_dirs[names[0]]), adapter_name=names[0])
             for name in names[1:]:
                 model.load_adapter(str(arm_dirs[name]), adapter_name=name)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - peft and safetensors fail in many types; one error names the arms
             raise ArmLoadError(f"could not load arms {names}: {exc}") from None
         model.eval()
         self.model = model

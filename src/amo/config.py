@@ -6,6 +6,7 @@ refuses a bad value with its dotted key and the value (`router.epochs must be > 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -174,7 +175,8 @@ class PlannerParams(_Section):
     neighbours: int = Field(0, ge=0)  # nearest training prompts whose paths vote (features); 0: none
     candidates: int = Field(10, ge=1)  # router's top agents scored by the next tree at each step
     folds: int = Field(5, ge=2)  # cross-fitting of the transition counts used as training features
-    rerank_neighbours: int = Field(5, ge=0)  # nearest training prompts whose paths compete with the decoded one; 0: none
+    # nearest training prompts whose paths compete with the decoded one; 0: none
+    rerank_neighbours: int = Field(5, ge=0)
     rerank_max_depth: int = Field(3, ge=1)  # the rerank tree that picks among the candidate paths
     rerank_min_samples_leaf: int = Field(20, ge=1)
     # The plan follows the router: its top agent, left out by the trees, is put in when the
@@ -263,7 +265,7 @@ class Params(_Section):
     orchestration: OrchestrationParams = OrchestrationParams()
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")

@@ -321,7 +321,7 @@ def metrics_markdown(metrics_dir: Path, title: str, names: list[str] | None = No
     """A table of every number in metrics/*.json (or the named files, e.g. `arms/x`)."""
     files = ([metrics_dir / f"{n}.json" for n in names] if names is not None
              else sorted(metrics_dir.rglob("*.json")))
-    rows = []
+    rows: list[tuple[str, str, Any]] = []
     for path in files:
         if not path.is_file():
             rows.append((path.relative_to(metrics_dir).as_posix(), "(missing)", ""))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
 from typing import Any
 
 from prefect import get_run_logger, task

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class ScoringModel(nn.Module):
         self.kind = kind
         self.separator = nn.Parameter(torch.zeros(dim))
         self.prompt_proj = nn.Linear(dim, proj_dim)
-        self.agent_proj = None if kind == "siamese" else nn.Linear(dim, proj_dim)
+        self.agent_proj: nn.Linear | None = None if kind == "siamese" else nn.Linear(dim, proj_dim)
         self.cosine_scale = nn.Parameter(torch.tensor(10.0))
         self.mlp = nn.Sequential(
             nn.Linear(4 * proj_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1),
@@ -56,7 +56,7 @@ class ScoringModel(nn.Module):
             return p @ d.t() + self.cosine_scale * cosine
         # The first layer over [p, d, p*d, |p-d|], split by block: the p and d blocks are
         # computed once per prompt and once per candidate instead of once per pair.
-        first, rest = self.mlp[0], self.mlp[1:]
+        first, rest = cast(nn.Linear, self.mlp[0]), self.mlp[1:]
         w_p, w_d, w_pd, w_abs = first.weight.chunk(4, dim=1)
         pairs_p, pairs_d = p.unsqueeze(1), d.unsqueeze(0)  # (B, 1, k), (1, C+1, k)
         hidden = ((p @ w_p.t()).unsqueeze(1) + (d @ w_d.t() + first.bias).unsqueeze(0)
