@@ -150,9 +150,9 @@ def test_retrain_slot_is_a_prefect_global_concurrency_limit(prefect_api: str, tm
     repo.mkdir()
     with orch.retrain_slot(repo, timeout=0) as held:
         assert held == "Prefect global concurrency limit amo-retrain-shop-copy"
-        with pytest.raises(orch.RetrainBusy, match="'amo-retrain-shop-copy' \\(1 slot\\) is taken"):
-            with orch.retrain_slot(repo, timeout=0):
-                pytest.fail("two retrains held the slot")
+        with (pytest.raises(orch.RetrainBusy, match="'amo-retrain-shop-copy' \\(1 slot\\) is taken"),
+              orch.retrain_slot(repo, timeout=0)):
+            pytest.fail("two retrains held the slot")
     with orch.retrain_slot(repo, timeout=0):
         pass
     with get_client(sync_client=True) as client:
