@@ -72,13 +72,18 @@ def listwise_loss(scores: torch.Tensor, grades: torch.Tensor,
     over candidates d' of lower grade. The separator has grade 0.5, so it is a "less relevant"
     rival of every relevant agent and must itself beat every irrelevant one.
     scores, grades: (B, C); returns the mean over active terms, each weighted by its row's
-    weight when `row_weights` (B,) is given.
+    weight when `row_weights` (B,) is given. O(B x C) memory: with candidates sorted by grade,
+    the rivals of d are a prefix, whose log-sum-exp is a running one (a catalogue of 4,076
+    agents no longer needs a (B, C, C) tensor).
     """
-    lower = grades.unsqueeze(1) < grades.unsqueeze(2)  # (B, d, d'): d' less relevant than d
-    rivals = scores.unsqueeze(1).expand_as(lower).masked_fill(~lower, float("-inf"))
-    pool = torch.cat([scores.unsqueeze(2), rivals], dim=2)  # (B, C, 1 + C)
-    terms = torch.logsumexp(pool, dim=2) - scores  # (B, C), -log P(d)
-    active = (grades > 0) & lower.any(dim=2)
+    order = torch.argsort(grades, dim=1, stable=True)
+    ranked = torch.gather(grades, 1, order).contiguous()  # (B, C) grades ascending
+    prefix = torch.logcumsumexp(torch.gather(scores, 1, order), dim=1)  # (B, C)
+    below = torch.searchsorted(ranked, grades.contiguous())  # (B, C): rivals of strictly lower grade
+    has_rival = below > 0
+    rivals = torch.gather(prefix, 1, (below - 1).clamp(min=0)).masked_fill(~has_rival, float("-inf"))
+    terms = torch.logaddexp(scores, rivals) - scores  # (B, C), -log P(d)
+    active = (grades > 0) & has_rival
     if row_weights is None:
         return terms[active].sum() / active.sum().clamp(min=1)
     weights = row_weights.unsqueeze(1).expand_as(terms)[active]
