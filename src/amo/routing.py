@@ -61,7 +61,8 @@ def select(scores: np.ndarray, agent_ids: Sequence[str], *, min_k: int = 0, max_
     one per agent: `agent_margins`), best first."""
     separator = float(scores[-1])
     order = np.argsort(-scores[:-1], kind="stable")
-    bar = separator + np.broadcast_to(np.asarray(margin, np.float64), scores[:-1].shape)
+    # The bar in the scores' own precision (float32): a lead equal to the margin abstains.
+    bar = (separator + np.broadcast_to(np.asarray(margin, np.float64), scores[:-1].shape)).astype(scores.dtype)
     chosen = [int(i) for i in order if scores[i] > bar[i]][:max_k]
     if len(chosen) < min_k:
         chosen = [int(i) for i in order[:min_k]]
