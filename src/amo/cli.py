@@ -22,14 +22,16 @@ app.add_typer(data_app, name="data")
 app.add_typer(agents_app, name="agents")
 app.add_typer(bundles_app, name="bundles")
 
-_state: dict[str, Path] = {"params": Path("params.yaml")}
+_state: dict[str, Path | None] = {"params": Path("params.yaml"), "given": None}
 REJECTED_EXIT = 3  # exit status when the promotion gate rejects a bundle (errors exit 1)
 
 
 @app.callback()
-def main(params: Path = typer.Option(Path("params.yaml"), "--params", "-p", help="Params file."),
+def main(params: Path | None = typer.Option(None, "--params", "-p", help="Params file; default "
+                                            "params.yaml (the runtime and registry commands also run "
+                                            "without one: see `amo serve --help`)."),
          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    _state["params"] = params
+    _state["params"], _state["given"] = params or Path("params.yaml"), params
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "great_expectations", "sentence_transformers", "transformers"):
@@ -40,14 +42,26 @@ def main(params: Path = typer.Option(Path("params.yaml"), "--params", "-p", help
         os.environ.setdefault(key, value)
 
 
+def _params_file() -> Path:
+    return _state["params"] or Path("params.yaml")
+
+
 def _params() -> Any:
     from amo.config import load_params
 
-    return load_params(_state["params"])
+    return load_params(_params_file())
 
 
 def _raw_params() -> dict[str, Any]:
-    return yaml.safe_load(_state["params"].read_text(encoding="utf-8"))
+    return yaml.safe_load(_params_file().read_text(encoding="utf-8"))
+
+
+def _settings(**options: Any) -> Any:
+    """The runtime settings (amo.settings): options given here, then AMO_ variables, then the
+    params file when there is one."""
+    from amo.settings import load_settings
+
+    return _run(lambda: load_settings(_state["given"], **options))
 
 
 def _run(action: Callable[[], Any]) -> Any:
@@ -158,7 +172,7 @@ def agents_publish() -> None:
     and promote it through the gate. Exits 3 when the gate rejects it."""
     from amo.orchestration import publish_index
 
-    decision, markdown = _run(lambda: publish_index(Path("."), _state["params"]))
+    decision, markdown = _run(lambda: publish_index(Path("."), _params_file()))
     if decision is None:
         typer.echo(markdown)
         return
@@ -303,9 +317,8 @@ def bundle(router: Path = _required("Router folder."), onnx: Path = _required("R
 
 # -- release ----------------------------------------------------------------------------------
 def _registry() -> Any:
-    from amo.registry import Registry
-
-    return Registry.from_params(_params().registry)
+    """The registry AMO_REGISTRY names, else params.yaml's registry.path (no params file needed)."""
+    return _settings().open_registry()
 
 
 @app.command()
@@ -317,7 +330,8 @@ def promote(bundle_dir: Path | None = typer.Argument(None, metavar="BUNDLE",
     data); switch `current` if it passes. Exits 3 when the gate rejects it."""
     from amo.orchestration import promote_bundle
 
-    decision, markdown = _run(lambda: promote_bundle(Path("."), bundle_dir, force, _state["params"]))
+    decision, markdown = _run(lambda: promote_bundle(Path("."), bundle_dir, force, _params_file(),
+                                                     registry=_registry()))
     typer.echo(str(decision))
     if report is not None:
         report.write_text(markdown, encoding="utf-8")
@@ -381,20 +395,21 @@ def bundles_verify(bundle_id: str = typer.Argument(..., help="A bundle id, or a 
 
 
 @app.command()
-def serve(host: str | None = typer.Option(None, help="Default: params.yaml serve.host (127.0.0.1)."),
-          port: int | None = typer.Option(None, help="Default: params.yaml serve.port."),
-          poll_seconds: float | None = typer.Option(None, help="Default: serve.poll_seconds.")) -> None:
-    """Serve the promoted bundle over HTTP; a newly promoted bundle is verified, then swapped in."""
+def serve(host: str | None = typer.Option(None, help="Default: AMO_HOST, serve.host (127.0.0.1)."),
+          port: int | None = typer.Option(None, help="Default: AMO_PORT, serve.port (8000)."),
+          poll_seconds: float | None = typer.Option(None, help="Default: AMO_POLL_SECONDS, serve.poll_seconds."),
+          workers: int | None = typer.Option(None, help="Default: AMO_WORKERS, serve.workers (1).")) -> None:
+    """Serve the promoted bundle over HTTP; a newly promoted bundle is verified, then swapped in.
+
+    Every setting of params.yaml's serve section is also an AMO_ variable (AMO_REGISTRY,
+    AMO_ARMS, AMO_MAX_NEW_TOKENS, AMO_GENERATION_QUEUE, ...; README "Release and runtime"), so
+    it runs from any folder; params.yaml, when present, gives the defaults."""
     from amo.runtime import serve as run_server
 
-    params = _params()
-    s = params.serve
-    typer.echo(f"amo runtime on http://{host or s.host}:{port or s.port} (docs: /docs), "
-               f"registry {params.registry.path}", err=True)
-    run_server(_registry(), host or s.host, port or s.port,
-               poll_seconds=poll_seconds or s.poll_seconds,
-               max_prompt_chars=params.data.max_prompt_chars, max_body_bytes=s.max_body_bytes,
-               max_batch=s.max_batch)
+    settings = _settings(host=host, port=port, poll_seconds=poll_seconds, workers=workers)
+    typer.echo(f"amo runtime on http://{settings.host}:{settings.port} (docs: /docs), registry "
+               f"{settings.registry}, {settings.workers} worker(s), arms {settings.arms}", err=True)
+    run_server(settings)
 
 
 # -- serving from the promoted bundle -------------------------------------------------------

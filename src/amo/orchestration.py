@@ -316,11 +316,12 @@ def decision_markdown(decision: Any) -> str:
 
 
 def promote_bundle(repo: Path, bundle_dir: Path | None = None, force: bool = False,
-                   params_file: Path | None = None) -> tuple[Any, str]:
+                   params_file: Path | None = None, registry: Any = None) -> tuple[Any, str]:
     """The one front door for promotion (`amo promote` and the promote flow): gate a bundle
     (default: the bundle stage's output in dvc.yaml) against the floors and the champion, both
     scored on the repository's current test data when it has test splits, and promote it into
-    the registry; the decision and its Markdown report."""
+    the registry (default: params.yaml's; `amo promote` passes the one AMO_REGISTRY names);
+    the decision and its Markdown report."""
     from functools import partial
 
     from amo.assessment import assess_bundle
@@ -329,7 +330,7 @@ def promote_bundle(repo: Path, bundle_dir: Path | None = None, force: bool = Fal
     from amo.registry import Registry
 
     params = load_params(params_file or repo / "params.yaml")
-    registry = Registry.from_params(params.registry, repo)
+    registry = registry or Registry.from_params(params.registry, repo)
     if bundle_dir is None:
         bundle_dir = stage_output("bundle", repo)
     elif not bundle_dir.is_absolute():
