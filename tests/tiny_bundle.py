@@ -89,8 +89,9 @@ def tiny_params(tiny_lm: Path) -> dict[str, Any]:
     }
 
 
-def build_tiny_bundle(workdir: Path, tiny_lm: Path) -> Path:
-    """Run the real stages on tiny data in `workdir`; return the bundle folder."""
+def build_tiny_bundle(workdir: Path, tiny_lm: Path, base_model: dict[str, Any] | None = None) -> Path:
+    """Run the real stages on tiny data in `workdir`; return the bundle folder (its arm on
+    `tiny_lm`, or on the `base_model` params section given, e.g. the packaged SmolLM2)."""
     from amo.config import parse_params
     from amo.stages import (
         bundle,
@@ -104,6 +105,8 @@ def build_tiny_bundle(workdir: Path, tiny_lm: Path) -> Path:
 
     workdir.mkdir(parents=True, exist_ok=True)
     raw = tiny_params(tiny_lm)
+    if base_model is not None:
+        raw["base_model"] = base_model
     (workdir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     params = parse_params(raw)
     previous = Path.cwd()

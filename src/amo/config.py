@@ -225,6 +225,8 @@ class ServeParams(_Section):
     request_timeout_seconds: float = Field(120.0, gt=0.0)
     # /invoke and /copilot requests admitted at once (the running one included); more get 429.
     generation_queue: int = Field(8, ge=1)
+    # torch threads generation uses; 0: every core but one, which routing keeps (at least 1).
+    generation_threads: int = Field(0, ge=0)
     # uvicorn worker processes; each loads the bundle, and its own base LM when arms load.
     workers: int = Field(1, ge=1)
 
