@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from tiny_bundle import build_tiny_bundle, tamper, tiny_params, variant
+from tiny_bundle import build_tiny_bundle, ec_keys, tamper, tiny_params, variant
 
 from amo.config import GateParams
 from amo.registry import CURRENT, Registry, atomic_write
@@ -876,3 +876,59 @@ def test_every_documented_error_status_is_produced_in_the_envelope(tmp_path: Pat
 
 def runtime_generation_idle(url: str) -> bool:
     return httpx.get(f"{url}/healthz").json()["generation_admitted"] == 0
+
+
+def test_amo_bundle_signs_with_amo_signing_key_and_the_runtime_serves_it(
+        bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`amo bundle` with AMO_SIGNING_KEY writes a signed bundle (the manifest names the signer;
+    manifest.sig beside it is not an extra file); a registry and runtime with the matching verify
+    key promote and serve it, and refuse the unsigned bundle built from the same stages."""
+    from typer.testing import CliRunner
+
+    from amo.bundle import BundleError
+    from amo.cli import app
+    from amo.runtime import Runtime
+
+    private, public = ec_keys(tmp_path / "keys", "release")
+    workdir = bundle.parent.parent
+    monkeypatch.chdir(workdir)
+    result = CliRunner().invoke(app, [
+        "--params", "params.yaml", "bundle", "--router", "artifacts/router", "--onnx", "artifacts/router_onnx",
+        "--planner", "artifacts/planner", "--arms", "artifacts/arms", "--evaluation", "metrics/evaluation.json",
+        "--out", str(tmp_path / "signed")], env={"AMO_SIGNING_KEY": str(private)})
+    assert result.exit_code == 0 and ", signed by sha256:" in result.output, result.output
+    manifest = json.loads((tmp_path / "signed" / "manifest.json").read_text())
+    assert manifest["signing"]["scheme"] == "model-signing/elliptic-key"
+    assert json.loads((bundle / "manifest.json").read_text())["signing"] is None
+    registry = Registry(tmp_path / "registry", verify_key=public)
+    with pytest.raises(BundleError, match="is unsigned"):
+        registry.promote(bundle, GATE)
+    assert registry.promote(tmp_path / "signed", GATE).accepted
+    runtime = Runtime(registry)
+    assert runtime.refresh() and runtime.brain.manifest["signing"] == manifest["signing"]
+    assert runtime.brain.route("where is my order 1234").separator is not None
+
+
+def test_generation_thread_leaves_routing_a_core() -> None:
+    """The generation thread runs torch on serve.generation_threads threads, by default on every
+    core but one (at least one)."""
+    import asyncio
+
+    import torch
+
+    from amo.runtime import GenerationPool
+
+    def threads_seen(setting: int) -> int:
+        pool = GenerationPool(limit=1, timeout=60, threads=setting)
+        pool.start()
+        try:
+            return int(asyncio.run(pool.run(torch.get_num_threads)))
+        finally:
+            pool.stop()
+
+    before = torch.get_num_threads()
+    try:
+        assert threads_seen(3) == 3
+        assert threads_seen(0) == max(1, (os.cpu_count() or 1) - 1)
+    finally:
+        torch.set_num_threads(before)

@@ -306,13 +306,16 @@ def evaluate(data: Path = _required("Data folder."), router: Path = _required("R
 @app.command()
 def bundle(router: Path = _required("Router folder."), onnx: Path = _required("Router ONNX folder."),
            planner: Path = _required("Planner folder."), arms: Path = _required("Arms folder."),
-           evaluation: Path = _required("Evaluation file."), out: Path = _required("Bundle folder to write.")
-           ) -> None:
-    """Stage: assemble the bundle and its manifest."""
+           evaluation: Path = _required("Evaluation file."), out: Path = _required("Bundle folder to write."),
+           sign_key: Path | None = typer.Option(None, envvar="AMO_SIGNING_KEY", help="A PEM elliptic-curve "
+                                                "private key: sign the manifest (amo.signing).")) -> None:
+    """Stage: assemble the bundle and its manifest (signed with --sign-key / AMO_SIGNING_KEY)."""
     from amo.stages import bundle as stage
 
-    manifest = _run(lambda: stage.run(_params(), _raw_params(), router, onnx, planner, arms, evaluation, out))
-    typer.echo(f"bundle {manifest['bundle_id']} written to {out} ({len(manifest['files'])} files)")
+    manifest = _run(lambda: stage.run(_params(), _raw_params(), router, onnx, planner, arms, evaluation, out,
+                                      sign_key))
+    signed = f"signed by {manifest['signing']['key'][:19]}…" if manifest["signing"] else "unsigned"
+    typer.echo(f"bundle {manifest['bundle_id']} written to {out} ({len(manifest['files'])} files, {signed})")
 
 
 # -- release ----------------------------------------------------------------------------------
@@ -330,8 +333,7 @@ def promote(bundle_dir: Path | None = typer.Argument(None, metavar="BUNDLE",
     data); switch `current` if it passes. Exits 3 when the gate rejects it."""
     from amo.orchestration import promote_bundle
 
-    decision, markdown = _run(lambda: promote_bundle(Path("."), bundle_dir, force, _params_file(),
-                                                     registry=_registry()))
+    decision, markdown = _run(lambda: promote_bundle(Path("."), bundle_dir, force, _params_file()))
     typer.echo(str(decision))
     if report is not None:
         report.write_text(markdown, encoding="utf-8")
@@ -389,9 +391,18 @@ def bundles_verify(bundle_id: str = typer.Argument(..., help="A bundle id, or a 
     """Check every file of a bundle against its manifest."""
     from amo.bundle import verify_bundle
 
-    folder = Path(bundle_id)
-    manifest = _run(lambda: verify_bundle(folder) if folder.is_dir() else _registry().verify(bundle_id))
-    typer.echo(f"bundle {manifest['bundle_id']}: {len(manifest['files'])} files verified")
+    folder, registry = Path(bundle_id), _registry()
+
+    def check() -> Any:
+        if not folder.is_dir():
+            return registry.verify(bundle_id)
+        manifest = verify_bundle(folder)
+        registry.check_signed(folder)
+        return manifest
+
+    manifest = _run(check)
+    signature = ", signature verified" if registry.verify_key else ""
+    typer.echo(f"bundle {manifest['bundle_id']}: {len(manifest['files'])} files verified{signature}")
 
 
 @app.command()
@@ -416,7 +427,13 @@ def serve(host: str | None = typer.Option(None, help="Default: AMO_HOST, serve.h
 def _brain(bundle_dir: Path | None) -> Any:
     from amo.brain import Brain
 
-    return _run(lambda: Brain(bundle_dir or _registry().current_path()))
+    def load() -> Any:
+        registry = _registry()
+        path = bundle_dir or registry.current_path()
+        registry.check_signed(path)
+        return Brain(path)
+
+    return _run(load)
 
 
 BUNDLE_OPTION = typer.Option(None, "--bundle", help="Bundle folder; default: the promoted one.")

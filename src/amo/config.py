@@ -199,6 +199,9 @@ class RegistryParams(_Section):
     path: str = "registry"
     # Where the runtime downloads bundles from a non-local registry before verifying them.
     cache_dir: str = "build/registry-cache"
+    # A PEM public key: promotion, rollback and the runtime then refuse bundles not signed with
+    # its private key (amo.signing); none: signed and unsigned bundles are both accepted.
+    verify_key: str | None = None
 
 
 class ServeParams(_Section):

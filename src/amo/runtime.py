@@ -15,7 +15,8 @@ response carries in X-Request-ID.
 
 The runtime verifies every checksum of the current bundle before serving it. A background thread
 reads the registry's `current` pointer every `serve.poll_seconds`; when it names another bundle,
-that bundle is loaded and verified in full on the side, then one reference is swapped. A request
+that bundle is loaded and verified in full (and its signature checked when a verify key is
+configured, amo.signing) on the side, then one reference is swapped. A request
 takes that reference once, so in-flight requests finish on the Brain they started with. A bundle
 that fails verification is refused (logged, shown by /healthz) and the old one keeps serving.
 Arms are re-hashed when they load (first /invoke or /copilot, or with the bundle when serve.arms
@@ -91,7 +92,9 @@ class Runtime:
             self.refused = None  # pointed back at the bundle being served
             return False
         try:
-            brain = self._load(self.registry.bundle_path(bundle_id))
+            path = self.registry.bundle_path(bundle_id)
+            self.registry.check_signed(path)  # with a verify key: unsigned or other-key bundles refused
+            brain = self._load(path)
         except Exception as exc:  # noqa: BLE001 -- any load failure refuses the bundle
             self.refused = {"bundle_id": bundle_id, "error": str(exc), "time": _now()}
             self.refusals += 1

@@ -4,7 +4,7 @@ registry commands, from any folder:
     AMO_REGISTRY=s3://bucket/amo AMO_PORT=8080 AMO_WORKERS=2 amo serve
 
 Each field of `params.yaml: serve` is also AMO_<NAME> (AMO_PORT, AMO_ARMS, AMO_MAX_NEW_TOKENS...),
-plus AMO_REGISTRY and AMO_CACHE_DIR (`registry.path`, `registry.cache_dir`), AMO_MAX_PROMPT_CHARS
+plus AMO_REGISTRY, AMO_CACHE_DIR and AMO_VERIFY_KEY (`registry.path`, `.cache_dir`, `.verify_key`), AMO_MAX_PROMPT_CHARS
 (`data.max_prompt_chars`) and AMO_PARAMS (the params file). Precedence: command-line options,
 then the environment, then the params file (AMO_PARAMS, else ./params.yaml when there is one;
 only its data, registry and serve sections are read), then the built-in defaults.
@@ -42,6 +42,8 @@ class RuntimeSettings(ServeParams, BaseSettings):
                           "file:// or any fsspec URL (s3://bucket/amo).")
     cache_dir: str = Field(RegistryParams.model_construct().cache_dir, description="Where bundles of a non-local "
                            "registry are downloaded and verified.")
+    verify_key: str | None = Field(RegistryParams.model_construct().verify_key, description="A PEM public "
+                                   "key: bundles not signed with its private key are refused (amo.signing).")
     max_prompt_chars: int = Field(DataParams.model_construct().max_prompt_chars, ge=1)
     params: Path | None = Field(None, description="The params file read for defaults; default "
                                 "./params.yaml when it exists, none otherwise.")
@@ -54,9 +56,10 @@ class RuntimeSettings(ServeParams, BaseSettings):
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, ParamsFileSource(settings_cls)
 
-    def open_registry(self) -> Registry:
-        """The registry these settings name."""
-        return Registry.from_params(RegistryParams(path=self.registry, cache_dir=self.cache_dir))
+    def open_registry(self, repo: Path = Path(".")) -> Registry:
+        """The registry these settings name (relative paths from `repo`)."""
+        return Registry.from_params(RegistryParams(path=self.registry, cache_dir=self.cache_dir,
+                                                   verify_key=self.verify_key), repo)
 
     def environment(self) -> dict[str, str]:
         """These settings as AMO_ variables, for worker processes to read back whole."""
@@ -85,7 +88,7 @@ class ParamsFileSource(PydanticBaseSettingsSource):
         parse_sections(raw, ("data", "registry", "serve"), str(path))  # bad keys named by the file's key
         values = dict(raw.get("serve") or {})
         registry, data = raw.get("registry") or {}, raw.get("data") or {}
-        for key, name in (("path", "registry"), ("cache_dir", "cache_dir")):
+        for key, name in (("path", "registry"), ("cache_dir", "cache_dir"), ("verify_key", "verify_key")):
             if key in registry:
                 values[name] = registry[key]
         if "max_prompt_chars" in data:
