@@ -144,6 +144,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             server.terminate()
             server.wait(30)
+    failed = [i for i in invokes if i["status"] != 200]
+    if failed:  # a 504 leaves the generation running into the next "alone" phase: no valid figure
+        raise SystemExit(f"{len(failed)} of {len(invokes)} generations did not answer 200: {failed}")
     result = {"alone": summary(alone), "during_generation": summary(during), "invokes": invokes}
     result["p99_ratio"] = round(result["during_generation"]["p99_ms"] / result["alone"]["p99_ms"], 2)
     result["target_p99_ratio"] = 1.5

@@ -658,3 +658,28 @@ def test_cli_and_runtime_verify_signatures_from_amo_verify_key(tmp_path: Path,
     (registry.root / "current.json").write_text(json.dumps({"bundle_id": "unsigned"}))
     assert not runtime.refresh() and runtime.brain.bundle_id == "signed"
     assert runtime.refused["bundle_id"] == "unsigned" and "is unsigned" in runtime.refused["error"]
+
+
+def test_registry_commands_run_from_a_folder_without_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With only AMO_REGISTRY set, in a folder with no params.yaml, `amo bundles list`,
+    `amo bundles gc` and `amo rollback` work on that registry (none needs the training params)."""
+    from typer.testing import CliRunner
+
+    from amo.cli import app
+
+    registry = Registry(tmp_path / "registry")
+    for i, name in enumerate(["a", "b", "c"]):
+        registry.promote(fake_bundle(tmp_path / "candidates", name, 0.8 + i / 100), GATE)
+    (tmp_path / "bare").mkdir()
+    monkeypatch.chdir(tmp_path / "bare")
+    monkeypatch.delenv("AMO_PARAMS", raising=False)
+    monkeypatch.setenv("AMO_REGISTRY", str(tmp_path / "registry"))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["bundles", "list"])
+    assert listed.exit_code == 0 and [line[:3] for line in listed.output.splitlines()] == ["  a", "  b", "* c"]
+    rolled = runner.invoke(app, ["rollback"])
+    assert rolled.exit_code == 0 and "current bundle is now b" in rolled.output
+    cleaned = runner.invoke(app, ["bundles", "gc", "--keep", "2"])
+    assert cleaned.exit_code == 0 and "removed bundles/a" in cleaned.output, cleaned.output
+    assert sorted(p.name for p in registry.bundles.iterdir()) == ["b", "c"]
+    assert list((tmp_path / "bare").iterdir()) == []
