@@ -1,4 +1,5 @@
-# The two entry points of the README: `make demo` (install + the whole loop) and `make test`.
+# The two entry points of the README: `make demo` (install + the whole loop) and `make test`;
+# for the inner loop, `make test-fast` (no pipeline runs, servers or training) and `make lint`.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -14,7 +15,7 @@ export GX_ANALYTICS_ENABLED := false
 
 DEMO_PROMPT ?= Find me red Nike running shoes in size 10 under 120 dollars and compare them with the Adidas Ultraboost
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 install: $(VENV)/.installed
 
 # torch comes from the CPU wheel on this machine's disk (an unpinned torch pulls CUDA builds);
@@ -38,8 +39,14 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The markers are declared in pyproject.toml; `make test` and CI run everything.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+# ruff's rules and mypy's files are in pyproject.toml.
 lint: install
-	$(BIN)/ruff check src flows tests
+	$(BIN)/ruff check src flows tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf artifacts build metrics registry .dvcstore

@@ -271,7 +271,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        arms = make_random_arms(scratch / "arms", 8, args.seed) if not {"memory", "throughput"} <= set(args.skip) else []
+        needs_arms = not {"memory", "throughput"} <= set(args.skip)
+        arms = make_random_arms(scratch / "arms", 8, args.seed) if needs_arms else []
         if "memory" not in args.skip:
             memory = {"base": memory_in_subprocess("base", [])}
             for k in (1, 4, 8):

@@ -254,7 +254,8 @@ def main() -> None:
     systems: dict[str, Callable[[int], list[str]]] = {
         "amo": lambda i: planner.plan_scores(test_prompts[i], e_test[i], ids, s_test[i], explain=False).path,
         "router_order": lambda i: [a for a, _ in select(s_test[i], ids, min_k=min_k, max_k=args.max_path_len).agents],
-        "nearest_neighbour": lambda i: train_paths[int(np.argmax(unit_train @ (e_test[i] / np.linalg.norm(e_test[i]))))],
+        "nearest_neighbour":
+            lambda i: train_paths[int(np.argmax(unit_train @ (e_test[i] / np.linalg.norm(e_test[i]))))],
         "most_frequent": lambda i: frequent,
     }
     results: dict[str, Any] = {}
@@ -289,7 +290,8 @@ def main() -> None:
         "latency": {"what": "ms per plan, features given (embedding + router scores); encoder and router excluded",
                     "threads": 1, "machine": "2 cores, shared with other jobs",
                     "amo_p50_ms_with_rules": round(p50_explained, 4)},
-        "router": {"settings": settings, "fit_seconds": round(router_seconds, 1), "early_stopping_on_val": val is not None,
+        "router": {"settings": settings, "fit_seconds": round(router_seconds, 1),
+                   "early_stopping_on_val": val is not None,
                    "routing_train": len(data.routing["train"]), "routing_val": len(data.routing["val"])},
         "planner": {"params": planner.to_dict()["params"], "fit_seconds": round(fit_seconds, 2),
                     "selection": {"inner_validation": f"{args.inner_folds}-fold cross-validation on the "

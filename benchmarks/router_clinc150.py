@@ -152,7 +152,8 @@ def encoder_label(tuning: dict | None) -> str:
     return f"all-MiniLM-L6-v2 fine-tuned on the train split ({loss}), the same tuned encoder for every system"
 
 
-def encoder_path(args: argparse.Namespace, agents: list[Agent], train: list[RoutingExample]) -> tuple[Path, dict | None]:
+def encoder_path(args: argparse.Namespace, agents: list[Agent],
+                 train: list[RoutingExample]) -> tuple[Path, dict | None]:
     """--encoder as given, or tuned on the train split with --finetune-encoder (and its manifest)."""
     if not args.finetune_encoder:
         return resolve_encoder(args.encoder), None
@@ -207,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
         tuned = evaluate_system(val_scores, test_scores, splits, agents)
         separator_only = evaluate_system(val_scores, test_scores, splits, agents, tuned=False)
         best = min(router.history_, key=lambda r: r["val_loss"])
-        scorers[spec] = {"scorer": scorer, "proj_dim": proj_dim, "train_seconds": round(seconds, 1), "epochs": args.epochs,
+        scorers[spec] = {"scorer": scorer, "proj_dim": proj_dim, "train_seconds": round(seconds, 1),
+                         "epochs": args.epochs,
                            "seconds_per_epoch": round(seconds / args.epochs, 2),
                            "best_epoch": best["epoch"], "val_loss": round(best["val_loss"], 4),
                            "parameters": sum(p.numel() for p in router.model_.parameters()),

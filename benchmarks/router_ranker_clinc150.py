@@ -152,12 +152,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"amo margin (choose_margin on val, target OOS recall {p.target_oos_recall}): {chosen:.4f}; "
           f"fit {fit_seconds:.0f} s, {len(ranker.history_)} epochs (best {best['epoch']})")
     for name, metrics in result["systems"].items():
-        print(f"{name:14s} " + "  ".join(f"{k}={metrics[k]:.4f}" for k in REPORTED) + f"  margin={metrics['margin']:.4f}")
+        print(f"{name:14s} " + "  ".join(f"{k}={metrics[k]:.4f}" for k in REPORTED)
+              + f"  margin={metrics['margin']:.4f}")
     d = result["diagnostics"]["amo_baseline_threshold_rule"]
     print("diagnostic: amo with the baselines' rule " + "  ".join(f"{k}={d[k]:.4f}" for k in REPORTED))
     for name in test_scores_of:
-        print(f"{name:14s} ceilings " + "  ".join(f"{k}={v:.4f}" for k, v in result["diagnostics"]["ceilings"][name].items()
-                                                  if k != "how"))
+        ceilings = result["diagnostics"]["ceilings"][name]
+        print(f"{name:14s} ceilings " + "  ".join(f"{k}={v:.4f}" for k, v in ceilings.items() if k != "how"))
     print(f"wrote {args.out} ({result['seconds']} s)")
     return result
 

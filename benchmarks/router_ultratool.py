@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
                val=(x["val"], grade_matrix(splits["val"], ids)))
     train_seconds = time.perf_counter() - start
     systems = {}
-    for name, (test_scores, metrics) in compare_multilabel(router, x, splits, agents, agent_x,
+    for name, (_, metrics) in compare_multilabel(router, x, splits, agents, agent_x,
                                                            args.classifier_c, args.max_k).items():
         systems[name] = {k: round(metrics[k], 4) for k in (*KEYS, "margin")}
         print(f"{name:11s} " + "  ".join(f"{k}={systems[name][k]:.3f}" for k in KEYS), flush=True)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -33,7 +34,8 @@ def _settings(repo: str) -> OrchestrationParams:
 def _stage(repo: str, stage: str, retries: int | None = None) -> str:
     o = _settings(repo)
     runner = stage_task.with_options(retries=o.stage_retries if retries is None else retries,
-                                     retry_delay_seconds=o.retry_delay_seconds)
+                                     retry_delay_seconds=o.retry_delay_seconds,
+                                     timeout_seconds=o.stage_timeout_seconds)
     return runner(stage, repo)
 
 
@@ -55,6 +57,13 @@ def validate_data(repo: str = ".") -> dict[str, Any]:
     return json.loads(report.read_text())
 
 
+@flow(name="embed")
+def embed(repo: str = ".") -> None:
+    """Embed the texts the embedding store lacks (only new rows after the first run)."""
+    _stage(repo, "embed")
+    _report(repo, "amo-embed", "Embedding store", ["embed"])
+
+
 @flow(name="train-router")
 def train_router(repo: str = ".") -> None:
     _stage(repo, "train_router")
@@ -72,7 +81,8 @@ def finetune_arms(repo: str = ".", tasks: list[str] | None = None) -> list[str]:
     """One `finetune_arm@<task>` task run per arm, fanned out on the configured task runner."""
     o = _settings(repo)
     stages = orch.arm_stages(Path(repo), tasks)
-    arm = finetune_arm.with_options(retries=o.stage_retries, retry_delay_seconds=o.retry_delay_seconds)
+    arm = finetune_arm.with_options(retries=o.stage_retries, retry_delay_seconds=o.retry_delay_seconds,
+                                    timeout_seconds=o.arm_timeout_seconds)
     with arm_task_runner(o) as runner:
         futures = [runner.submit(arm, {"stage": stage, "repo": repo}) for stage in stages]
         for future in futures:
@@ -98,7 +108,7 @@ def bundle(repo: str = ".") -> None:
     _stage(repo, "bundle")
 
 
-def _decided(decision: Any, markdown: str, key: str) -> Any:
+def _decided(decision: Any, markdown: str, key: str) -> dict[str, Any] | State[Any]:
     """The promotion decision as an artifact, and as the run's result: a rejection ends the run
     Failed with the gate's reasons, so it never passes for a success."""
     create_markdown_artifact(markdown, key=key, description="promotion decision")
@@ -112,7 +122,7 @@ def _decided(decision: Any, markdown: str, key: str) -> Any:
 
 
 @flow(name="promote")
-def promote(repo: str = ".", bundle: str | None = None, force: bool = False) -> Any:
+def promote(repo: str = ".", bundle: str | None = None, force: bool = False) -> dict[str, Any] | State[Any]:
     """Gate a candidate bundle (default: the bundle stage's output) against the floors and the
     champion, both scored on the current test data."""
     decision, markdown = orch.promote_bundle(Path(repo), Path(bundle) if bundle else None, force=force)
@@ -120,7 +130,7 @@ def promote(repo: str = ".", bundle: str | None = None, force: bool = False) -> 
 
 
 @flow(name="publish-index")
-def publish_index(repo: str = ".") -> Any:
+def publish_index(repo: str = ".") -> dict[str, Any] | State[Any]:
     """The cheap path: the champion with the data's agents in its index (no retraining),
     measured and promoted through the gate."""
     decision, markdown = orch.publish_index(Path(repo))
@@ -131,14 +141,15 @@ def publish_index(repo: str = ".") -> Any:
 
 
 # Which concern flow runs a dvc.yaml stage; a stage missing here still runs, as a plain stage task.
-CONCERNS = {"validate": validate_data, "train_router": train_router, "export_router": export_router,
-            "fit_planner": fit_planner, "evaluate": evaluate, "bundle": bundle}
+CONCERNS: dict[str, Callable[[str], object]] = {
+    "validate": validate_data, "embed": embed, "train_router": train_router, "export_router": export_router,
+    "fit_planner": fit_planner, "evaluate": evaluate, "bundle": bundle}
 
 
 @flow(name="retrain")
 def retrain(repo: str = ".", tasks: list[str] | None = None, promote_bundle: bool = True,
             overrides: list[str] | None = None, data_hash: str | None = None,
-            push: bool | None = None) -> dict[str, Any]:
+            push: bool | None = None) -> dict[str, Any] | State[Any]:
     """The whole pipeline in dvc.yaml's order, one retrain per repository at a time.
 
     tasks: arms to fine-tune (default all); overrides: `key=value` as for `dvc exp run -S`, kept in
@@ -146,7 +157,8 @@ def retrain(repo: str = ".", tasks: list[str] | None = None, promote_bundle: boo
     announced; push: `dvc push` afterwards (default params.yaml orchestration.push)."""
     root, log = Path(repo), get_run_logger()
     o = _settings(repo)
-    with orch.retrain_lock(root, o.lock_timeout_seconds, owner=f"flow run {flow_run.get_id()}"):
+    with orch.retrain_slot(root, o.lock_timeout_seconds, owner=f"flow run {flow_run.get_id()}") as slot:
+        log.info("one retrain at a time: holding the %s", slot)
         changed = orch.apply_overrides(root, overrides or [])
         if changed:
             log.info("params overrides applied to params.yaml: %s", changed)
@@ -155,8 +167,6 @@ def retrain(repo: str = ".", tasks: list[str] | None = None, promote_bundle: boo
         trained_on = orch.data_fingerprint(root / data_dir)
         if data_hash and data_hash != trained_on:
             log.warning("event announced data %s; training on the data now present, %s", data_hash, trained_on)
-        if (root / f"{data_dir}.dvc").is_file():
-            log.info("data version %s", orch.track_data(root, data_dir))
         ran = []
         for group, stages in orch.stage_groups(root).items():
             if group == "finetune_arm":
@@ -167,6 +177,10 @@ def retrain(repo: str = ".", tasks: list[str] | None = None, promote_bundle: boo
             else:
                 _stage(repo, group)
             ran += stages
+            if group == "validate" and (root / f"{data_dir}.dvc").is_file():
+                # Only data that passed validation is versioned: a refused row never reaches
+                # data.dvc, so `dvc checkout` cannot bring it back over the user's fix.
+                log.info("data version %s", orch.track_data(root, data_dir))
         promotion = promote(repo, return_state=True) if promote_bundle else None
         pushed = o.push if push is None else push
         if pushed:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +57,7 @@ def prefect_api() -> str:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=400):
         yield PREFECT_API_URL.value()
 
 
@@ -72,7 +76,6 @@ def git_env() -> dict[str, str]:
 def make_tiny_repo(repo: Path, tiny_lm: Path) -> Path:
     """A git repository holding a copy of the project with tiny params (tiny base LM, few steps)
     and the demo data written; nothing trained yet."""
-    import shutil
     import subprocess
 
     for item in TINY_REPO_FILES:
@@ -96,14 +99,44 @@ def make_tiny_repo(repo: Path, tiny_lm: Path) -> Path:
     return repo
 
 
-def flows() -> Any:
-    """flows/retrain.py, imported the way `python flows/serve.py` imports it."""
+@contextmanager
+def restored(root: Path, *names: str) -> Iterator[None]:
+    """Put the files and folders `names` (relative to `root`) back as they were, on exit: a test
+    that breaks a shared repository's data or params leaves it as it found it, including the
+    outputs of the stage it made fail (DVC deletes a stage's outputs before running it)."""
+    saved = Path(tempfile.mkdtemp(prefix="restored-"))
+    try:
+        for name in names:
+            source = root / name
+            if source.is_dir():
+                shutil.copytree(source, saved / name, symlinks=True)
+            elif source.exists():
+                (saved / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, saved / name)
+        yield
+    finally:
+        for name in names:
+            target, copy = root / name, saved / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            if copy.is_dir():
+                shutil.copytree(copy, target, symlinks=True)
+            elif copy.exists():
+                shutil.copy2(copy, target)
+        shutil.rmtree(saved, ignore_errors=True)
+
+
+def flows(module: str = "retrain") -> Any:
+    """flows/retrain.py (or another module of flows/), imported the way `python flows/serve.py`
+    imports it."""
     import importlib
     import sys
 
     if str(ROOT / "flows") not in sys.path:
         sys.path.insert(0, str(ROOT / "flows"))
-    return importlib.import_module("retrain")
+    return importlib.import_module(module)
 
 
 @pytest.fixture(scope="session")

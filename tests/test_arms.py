@@ -11,6 +11,7 @@ from amo.config import ArmTaskParams
 from amo.data import TaskExample
 from amo.models import load_base_model, resolve_base_model
 
+pytestmark = pytest.mark.slow  # LoRA training
 TASKS = {
     "shout": ArmTaskParams(data="-", template="Shout: {input}\nOut:", steps=25, lr=1e-2, batch_size=4,
                            max_new_tokens=6, metric="exact"),
@@ -90,7 +91,7 @@ def test_missing_or_corrupt_adapter_is_refused(tiny_lm: Path, arm_dirs: dict[str
         weights.unlink()
     else:
         weights.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(ArmLoadError, match="adapter_model.safetensors|shout"):
+    with pytest.raises(ArmLoadError, match=r"adapter_model.safetensors|shout"):
         ArmServer(*base(tiny_lm), {"shout": broken})
 
 

@@ -11,6 +11,7 @@ import yaml
 from conftest import ROOT
 from test_end_to_end import run
 
+pytestmark = pytest.mark.slow  # real `dvc repro` with LoRA training
 ARM_STAGES = {"finetune_arm@product_extraction", "finetune_arm@query_rewrite"}
 
 

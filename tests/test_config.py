@@ -7,6 +7,8 @@ import yaml
 
 from amo.config import ConfigError, load_params, parse_params
 
+PROJECT = Path(__file__).resolve().parents[1]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,3 +53,27 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("router: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_config_defaults_are_params_yaml() -> None:
+    """params.yaml is the one source of every number: each typed field's default equals the
+    value params.yaml sets, and params.yaml sets every field."""
+    from pydantic import BaseModel
+
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+
+    def differences(model: BaseModel, data: dict, prefix: str = "") -> list[str]:
+        found = []
+        for name, field in type(model).model_fields.items():
+            key = f"{prefix}{name}"
+            if name not in data:
+                found.append(f"{key}: not in params.yaml")
+                continue
+            value = getattr(model, name)
+            if isinstance(value, BaseModel) and isinstance(data[name], dict):
+                found += differences(value, data[name], key + ".")
+            elif not field.is_required() and field.default_factory is None and field.default != data[name]:
+                found.append(f"{key}: params.yaml {data[name]!r}, config default {field.default!r}")
+        return found
+
+    assert differences(load_params(PROJECT / "params.yaml"), raw) == []

@@ -79,7 +79,8 @@ def test_wording_overlaps_across_agents_and_out_of_scope(demo) -> None:
     for word in ("order", "price", "return", "licence"):
         owners = {label for r in records if word in r["prompt"].lower() for label in (r["labels"] or {"oos": 1})}
         assert len(owners) >= 3 and "oos" in owners, (word, owners)
-    negated = [r for r in records if "not asking about" in r["prompt"].lower() or "this isn't about" in r["prompt"].lower()]
+    negated = [r for r in records
+               if "not asking about" in r["prompt"].lower() or "this isn't about" in r["prompt"].lower()]
     assert negated and all(len(r["labels"]) == 1 for r in negated)
 
 
@@ -93,7 +94,8 @@ def test_traces_chain_asks_in_path_order(demo) -> None:
 
 
 def test_query_rewrite_needs_the_history(demo) -> None:
-    """Rewrites resolve references from the history: several question forms, and the rewrite names what the history named."""
+    """Rewrites resolve references from the history: several question forms, and the rewrite names what the
+    history named."""
     out, _ = demo
     examples = rows(out / "tasks/query_rewrite/train.jsonl")
     questions = {r["input"].split("Question: ")[1] for r in examples}

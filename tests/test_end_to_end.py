@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_tiny_repo
+from conftest import make_tiny_repo, restored
 
 from amo.planner import NEXT_FEATURES, RERANK_FEATURES, STOP_FEATURES
 
+pytestmark = pytest.mark.slow  # real `dvc repro` of the whole graph
 
 def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -35,6 +36,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory, tiny_lm: Path) -> Path:
     repo = make_tiny_repo(tmp_path_factory.mktemp("repo"), tiny_lm)
     run(repo, "dvc", "repro")
     return repo
+
+
+@pytest.fixture(scope="module")
+def promoted(repo: Path) -> str:
+    """`amo promote build/bundle` run once in `repo`; the promoted bundle's id."""
+    run(repo, "amo", "promote", "build/bundle")
+    return json.loads((repo / "build/bundle/manifest.json").read_text())["bundle_id"]
 
 
 def test_demo_data_matches_data_dvc(repo: Path) -> None:
@@ -61,6 +69,32 @@ def test_repro_builds_every_artifact(repo: Path) -> None:
     assert manifest["metrics"] == metrics
 
 
+def test_repro_writes_the_plots_data_and_the_embedding_store(repo: Path) -> None:
+    """The router's loss per epoch, its val margin trade-off, the test confusion rows and each arm's
+    loss per step are written for dvc plots; the embed stage stored every text once."""
+    import csv
+
+    def rows(path: str) -> list[dict[str, str]]:
+        with open(repo / path, encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+
+    history = json.loads((repo / "artifacts/router/ranker.json").read_text())["history"]
+    loss = rows("metrics/plots/router/loss.csv")
+    assert [int(r["epoch"]) for r in loss] == [h["epoch"] for h in history]
+    sweep = rows("metrics/plots/router/margin.csv")
+    assert len(sweep) >= 2 and all(0 <= float(r["oos_recall"]) <= 1 for r in sweep)
+    oos = [float(r["oos_recall"]) for r in sweep]
+    assert oos == sorted(oos)  # a higher margin abstains on more out-of-scope prompts
+    confusion = rows("metrics/plots/confusion.csv")
+    evaluation = json.loads((repo / "metrics/evaluation.json").read_text())
+    assert len(confusion) == evaluation["router"]["prompts"] and "confusion" not in evaluation
+    for task in ("product_extraction", "query_rewrite"):
+        steps = rows(f"metrics/plots/arms/{task}.csv")
+        assert [int(r["step"]) for r in steps] == list(range(1, len(steps) + 1)) and steps
+    embed = json.loads((repo / "metrics/embed.json").read_text())
+    assert embed["stored"] == embed["texts"] == embed["embedded"] > 0
+
+
 def test_bundle_embeds_prompts_with_its_onnx_encoder(repo: Path) -> None:
     """The bundle's Brain embeds with the encoder ONNX it carries, agreeing with
     sentence-transformers to 1e-4."""
@@ -84,51 +118,46 @@ def test_second_repro_runs_nothing(repo: Path) -> None:
     assert run(repo, "dvc", "status", "--json").stdout.strip() in ("{}", "")
 
 
-def test_promote_then_route_plan_and_copilot(repo: Path) -> None:
+def test_promote_then_route_plan_and_copilot(repo: Path, promoted: str) -> None:
     """The promoted bundle answers route, plan and copilot; current.json names it."""
-    run(repo, "amo", "promote", "build/bundle")
-    bundle_id = json.loads((repo / "build/bundle/manifest.json").read_text())["bundle_id"]
+    bundle_id = promoted
     assert json.loads((repo / "registry/current.json").read_text())["bundle_id"] == bundle_id
     route = json.loads(run(repo, "amo", "route", "--json", "where is my order 88812?").stdout)
     assert set(route) == {"agents", "separator", "abstained"}
     explain = run(repo, "amo", "plan", "--explain", "where is my order 88812?").stdout
     assert explain.startswith("plan: ") and "step 1:" in explain
     tests = [line.strip() for line in explain.splitlines() if " <= " in line or " > " in line]
-    assert tests and all(t.split(" = ")[0] in STOP_FEATURES + NEXT_FEATURES + RERANK_FEATURES or t.startswith("prompt_pc")
-                         for t in tests)
+    features = STOP_FEATURES + NEXT_FEATURES + RERANK_FEATURES
+    assert tests and all(t.split(" = ")[0] in features or t.startswith("prompt_pc") for t in tests)
     answer = json.loads(run(repo, "amo", "copilot", "--json", "find red nike shoes under $90").stdout)
     assert answer["bundle_id"] == bundle_id
     assert {step["arm"] for step in answer["arm_outputs"]} <= {"product_extraction", "query_rewrite"}
 
 
-def test_bad_data_stops_the_run_and_keeps_the_champion(repo: Path) -> None:
+def test_bad_data_stops_the_run_and_keeps_the_champion(repo: Path, promoted: str) -> None:
     """A dangling agent id fails `dvc repro` at validate, naming file, row and field; the
     promoted bundle is untouched."""
-    current = (repo / "registry/current.json").read_text() if (repo / "registry/current.json").exists() else None
+    current = (repo / "registry/current.json").read_text()
     routing = repo / "data/routing/train.jsonl"
     original = routing.read_text()
-    try:
+    with restored(repo, "data/routing/train.jsonl", "metrics/validation.json", "metrics/validation"):
         routing.write_text(original + json.dumps({"prompt": "a brand new prompt", "labels": {"ghost": 2}}) + "\n")
         result = run(repo, "dvc", "repro", check=False)
-        assert result.returncode != 0
-        output = result.stdout + result.stderr
-        assert "train.jsonl" in output and f"row {original.count(chr(10)) + 1}" in output and "ghost" in output
-        assert "Running stage 'train_router'" not in output
-        if current is not None:
-            assert (repo / "registry/current.json").read_text() == current
-    finally:
-        routing.write_text(original)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "train.jsonl" in output and f"row {original.count(chr(10)) + 1}" in output and "ghost" in output
+    assert "Running stage 'train_router'" not in output
+    assert (repo / "registry/current.json").read_text() == current
 
 
-def test_invoke_runs_the_named_arm_of_the_promoted_bundle(repo: Path, tiny_lm: Path) -> None:
+def test_invoke_runs_the_named_arm_of_the_promoted_bundle(repo: Path, promoted: str, tiny_lm: Path) -> None:
     """`amo invoke --arm NAME INPUT` answers with that arm of the promoted bundle (the same text as
     an ArmServer over the bundle's arms); an unknown arm fails naming the known ones."""
     from amo.arms import ArmServer
     from amo.models import load_base_model, resolve_base_model
 
-    registry = json.loads((repo / "registry/current.json").read_text())
     bundle = next(p for p in (repo / "registry").rglob("manifest.json")
-                  if json.loads(p.read_text())["bundle_id"] == registry["bundle_id"]).parent
+                  if json.loads(p.read_text())["bundle_id"] == promoted).parent
     text = "where is my order 88812?"
     answer = run(repo, "amo", "invoke", "--arm", "query_rewrite", "--max-new-tokens", "4", text).stdout.strip()
     server = ArmServer(*load_base_model(resolve_base_model(str(tiny_lm), None)),

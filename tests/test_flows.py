@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, flows, git_env
+from conftest import ROOT, flows, git_env, restored
 
 from amo import orchestration as orch
 from amo.bundle import verify_bundle
@@ -44,11 +44,33 @@ def test_flow_steps_are_the_dvc_stages() -> None:
     assert set(orch.stage_groups(ROOT)) - {"finetune_arm"} <= set(flows().CONCERNS)
 
 
+def test_prefect_yaml_declares_the_served_deployments_with_params_yaml_schedules() -> None:
+    """prefect.yaml (for `prefect deploy` on a process pool) names the same four deployments as
+    flows/serve.py, each entrypoint a flow of flows/retrain.py, with params.yaml's cron, zone and
+    sensor interval, and a trigger Prefect accepts on amo.data.updated."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    o = yaml.safe_load((ROOT / "params.yaml").read_text())["orchestration"]
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    served = {d.name: d for d in flows("serve").deployments(ROOT)}
+    assert set(by_name) == set(served)
+    for name, deployment in by_name.items():
+        path, function = deployment["entrypoint"].split(":")
+        assert path == "flows/retrain.py" and getattr(flows(), function).name == served[name].flow_name
+    assert by_name["nightly"]["schedules"] == [{"cron": o["nightly_cron"], "timezone": o["timezone"]}]
+    assert by_name["every-interval"]["schedules"] == [{"interval": o["sensor_interval_seconds"]}]
+    trigger = DeploymentEventTrigger.model_validate(by_name["on-new-agent-data"]["triggers"][0])
+    assert trigger.expect == {orch.DATA_UPDATED}
+
+
+@pytest.mark.slow
+@pytest.mark.integration
 def test_retrain_runs_the_graph_promotes_and_pushes(trained_repo: dict[str, Any]) -> None:
     """The retrain flow runs dvc.yaml's stages in order (one task run per arm), promotes the bundle it
     built with the override in its manifest, pushes to the remote, and leaves Markdown artifacts."""
     from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
 
     repo, result = trained_repo["repo"], trained_repo["result"]
     assert result["stages"] == orch.stage_names(repo)
@@ -61,18 +83,47 @@ def test_retrain_runs_the_graph_promotes_and_pushes(trained_repo: dict[str, Any]
     with get_client(sync_client=True) as client:
         names = {run.name for run in client.read_task_runs()}
         keys = ["amo-validation", "amo-arms", "amo-evaluation", "amo-promotion", "amo-retrain"]
+        run_id = trained_repo["flow_run_id"]  # this retrain and its subflows, not other tests' runs
         artifacts = {a.key: a.data for a in client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
+            flow_run_filter=FlowRunFilter(operator="or_", id={"any_": [run_id]},
+                                          parent_flow_run_id={"any_": [run_id]}))}
     assert {f"finetune_arm@{t}" for t in ("product_extraction", "query_rewrite")} <= names
     assert set(artifacts) == set(keys)
     assert "PROMOTED" in artifacts["amo-promotion"] and manifest["bundle_id"] in artifacts["amo-promotion"]
     assert "| evaluation | router.in_scope_accuracy |" in artifacts["amo-evaluation"]
 
 
-def test_rejected_promotion_fails_the_flow_run_with_its_reason(trained_repo: dict[str, Any]) -> None:
+@pytest.mark.slow
+@pytest.mark.integration
+def test_stage_output_is_in_the_task_run_logs_line_by_line(trained_repo: dict[str, Any]) -> None:
+    """The router stage's own lines (an epoch each) reach its task run's log as they are printed."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId, TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["train_router"])))
+        logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[r.id for r in runs])))
+    lines = [log.message for log in logs]
+    assert any(line.startswith("train_router | ") and "router epoch 1/" in line for line in lines), lines[:20]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_rejected_promotion_fails_the_flow_run_with_its_reason(trained_repo: dict[str, Any],
+                                                               tmp_path: Path) -> None:
     """A bundle the gate rejects ends the promote flow run Failed, naming the failed check; both
     bundles were scored on the same current test data; the champion stays current."""
+    from amo.bundle import new_bundle_id, read_manifest, write_manifest
+
     repo = trained_repo["repo"]
+    # The retrain promoted build/bundle (promoting the current bundle again is a no-op): the
+    # candidate is the same files under a later id, so the gate runs.
+    candidate = tmp_path / "candidate"
+    shutil.copytree(repo / "build/bundle", candidate)
+    manifest = {k: v for k, v in read_manifest(candidate).items() if k != "digest"}
+    created = "2099-01-01T00:00:00Z"
+    write_manifest(candidate, {**manifest, "created": created, "bundle_id": new_bundle_id(created, manifest["files"])})
     params_file = repo / "params.yaml"
     original = params_file.read_text()
     raw = yaml.safe_load(original)
@@ -80,7 +131,7 @@ def test_rejected_promotion_fails_the_flow_run_with_its_reason(trained_repo: dic
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     current = (repo / "registry/current.json").read_text()
     try:
-        state = flows().promote(repo=str(repo), return_state=True)
+        state = flows().promote(repo=str(repo), bundle=str(candidate), return_state=True)
     finally:
         params_file.write_text(original)
     assert state.is_failed(), state
@@ -90,9 +141,12 @@ def test_rejected_promotion_fails_the_flow_run_with_its_reason(trained_repo: dic
     assert (repo / "registry/current.json").read_text() == current
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_second_concurrent_retrain_is_refused_and_nothing_corrupted(trained_repo: dict[str, Any]) -> None:
-    """Two retrains started together on one repository: one completes, the other fails at once
-    naming the lock and its holder; the bundle, registry and dvc.lock stay consistent."""
+    """Two retrains started together on one repository: one completes, the other is refused by
+    the Prefect global concurrency limit, named in its message; the bundle, registry and dvc.lock
+    stay consistent."""
     repo = trained_repo["repo"]
     states: dict[str, Any] = {}
 
@@ -107,13 +161,16 @@ def test_second_concurrent_retrain_is_refused_and_nothing_corrupted(trained_repo
     completed = [s for s in states.values() if s.is_completed()]
     failed = [s for s in states.values() if s.is_failed()]
     assert len(completed) == 1 and len(failed) == 1, [s.message for s in states.values()]
-    assert "another retrain is running" in failed[0].message and "retrain.lock" in failed[0].message
+    assert "another retrain is running" in failed[0].message
+    assert orch.concurrency_limit_name(repo) in failed[0].message  # a Prefect server runs: its limit
     verify_bundle(repo / "build/bundle")
     current = json.loads((repo / "registry/current.json").read_text())["bundle_id"]
     verify_bundle(repo / "registry/bundles" / current)
     assert "Data and pipelines are up to date" in run(repo, "dvc", "status")
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_fresh_clone_restores_the_bundle_inputs_from_the_remote(trained_repo: dict[str, Any],
                                                                 tmp_path: Path) -> None:
     """After the pushed retrain is committed, a fresh clone + `dvc pull` restores the data the
@@ -141,6 +198,8 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_arms_on_a_dask_cluster_match_the_sequential_run(trained_repo: dict[str, Any], tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """With AMO_DASK_ADDRESS set (a LocalCluster of 2 single-thread workers) the arm fan-out runs on
@@ -166,6 +225,8 @@ def test_arms_on_a_dask_cluster_match_the_sequential_run(trained_repo: dict[str,
         assert metrics[0] == metrics[1], task
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_bad_data_fails_validation_without_retry(trained_repo: dict[str, Any]) -> None:
     """A dangling agent id fails the validate flow once (no retry even with retries configured),
     with the stage's name, file, row and field in the message and in the validation artifact."""
@@ -174,16 +235,13 @@ def test_bad_data_fails_validation_without_retry(trained_repo: dict[str, Any]) -
 
     repo = trained_repo["repo"]
     routing, params_file = repo / "data/routing/train.jsonl", repo / "params.yaml"
-    original, original_params = routing.read_text(), params_file.read_text()
-    params = yaml.safe_load(original_params)
+    original = routing.read_text()
+    params = yaml.safe_load(params_file.read_text())
     params["orchestration"]["stage_retries"] = 2
-    try:
+    with restored(repo, "data/routing/train.jsonl", "params.yaml", "metrics/validation.json", "metrics/validation"):
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         routing.write_text(original + json.dumps({"prompt": "a brand new prompt", "labels": {"ghost": 2}}) + "\n")
         state = flows().validate_data(repo=str(repo), return_state=True)
-    finally:
-        routing.write_text(original)
-        params_file.write_text(original_params)
     assert state.is_failed()
     row = f"row {original.count(chr(10)) + 1}"
     assert "stage validate failed" in state.message and "train.jsonl" in state.message and row in state.message
@@ -195,6 +253,23 @@ def test_bad_data_fails_validation_without_retry(trained_repo: dict[str, Any]) -
     assert "ghost" in report[0].data and "False" in report[0].data
 
 
+@pytest.mark.slow
+@pytest.mark.integration
+def test_refused_data_never_moves_data_dvc(trained_repo: dict[str, Any]) -> None:
+    """A retrain whose validation refuses the data fails there and leaves data.dvc as it was."""
+    repo = trained_repo["repo"]
+    routing, pointer = repo / "data/routing/train.jsonl", repo / "data.dvc"
+    original, before = routing.read_text(), pointer.read_text()
+    try:
+        routing.write_text(original + json.dumps({"prompt": "one more new prompt", "labels": {"ghost": 2}}) + "\n")
+        state = flows().retrain(repo=str(repo), push=False, promote_bundle=False, return_state=True)
+    finally:
+        routing.write_text(original)
+    assert state.is_failed() and "validate" in state.message
+    assert pointer.read_text() == before
+
+
+@pytest.mark.integration
 def test_data_sensor_emits_one_event_per_change(prefect_api: str, tmp_path: Path) -> None:
     """The sensor flow emits `amo.data.updated` with the new hash when the data changed, and
     nothing when it did not."""

@@ -3,6 +3,8 @@ test rows show it is a few flipped rows (paired sign test), which the reason the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from amo.config import GateParams
 from amo.registry import gate, sign_test
 
@@ -42,3 +44,33 @@ def test_a_real_regression_fails_and_stored_metrics_without_rows_stay_strict() -
     stored = {"router": {"oos_recall": 0.6}}
     ok, reason = gate(stored, {"router": {"oos_recall": 0.7}}, PARAMS)[-1]
     assert not ok and reason.endswith("(beyond tolerance 0.02)")
+
+
+def test_the_same_files_on_the_same_test_data_are_scored_once(tmp_path, monkeypatch) -> None:
+    """The cheap path measures its bundle and the gate then scores it again: the second time is
+    taken from the first (same files, same test bytes), with the arms read from the manifest as
+    it is now; changed test data is scored afresh."""
+    import json
+
+    from amo import assessment
+
+    bundle, data = tmp_path / "bundle", tmp_path / "data"
+    bundle.mkdir()
+    for split in ("routing", "traces"):
+        (data / split).mkdir(parents=True)
+        (data / split / "test.jsonl").write_text('{"prompt": "x"}\n')
+
+    def manifest(arms: dict) -> None:
+        body = {"bundle_id": "20260101T000000Z-0123456789", "files": {"router/a": "00"}, "metrics": {"arms": arms}}
+        (bundle / "manifest.json").write_text(json.dumps(body))
+
+    calls: list[Path] = []
+    monkeypatch.setattr(assessment, "_score", lambda b, d: calls.append(b) or {"router": {"oos_recall": 0.5}})
+    manifest({})
+    first = assessment.assess_bundle(bundle, data)
+    manifest({"t": {"arm": {"f1": 1.0}}})  # what `measure` rewrites
+    second = assessment.assess_bundle(bundle, data)
+    assert len(calls) == 1 and second["router"] == first["router"] and second["arms"] == {"t": {"arm": {"f1": 1.0}}}
+    (data / "routing" / "test.jsonl").write_text('{"prompt": "y"}\n')
+    assessment.assess_bundle(bundle, data)
+    assert len(calls) == 2

@@ -28,7 +28,7 @@ def test_wrong_source_is_refused_with_the_path(tmp_path: Path) -> None:
     (tmp_path / "file.json").write_text("{}")
     with pytest.raises(SourceError, match="expected the data set's folder"):
         require(tmp_path / "file.json", "x.json")
-    with pytest.raises(SourceError, match="missing .*x.json"):
+    with pytest.raises(SourceError, match=r"missing .*x.json"):
         require(tmp_path, "x.json")
     with pytest.raises(SourceError, match="unknown data set 'nope'"):
         import_dataset("nope", tmp_path, tmp_path / "out")

@@ -86,7 +86,7 @@ def test_snips_refuses_a_wrong_folder_and_bad_rows(tmp_path: Path) -> None:
         load("snips", write_snips(tmp_path / "a", train=[("a b", "O O"), ("a b c", "O O")]), 1)
     with pytest.raises(SourceError, match=r"row 1: not a BIO tag: 'X-city'"):
         load("snips", write_snips(tmp_path / "b", train=[("paris", "X-city")]), 1)
-    with pytest.raises(SourceError, match="missing .*test"):
+    with pytest.raises(SourceError, match=r"missing .*test"):
         load("snips", write_snips(tmp_path / "c") / "train", 1)
 
 
@@ -117,10 +117,10 @@ def test_canard_split_is_seeded_and_keeps_dialogues_and_sections_on_one_side(tmp
 
 def test_canard_refuses_wrong_files(tmp_path: Path) -> None:
     """A folder without dev.json, invalid JSON and a record missing a field are named."""
-    with pytest.raises(SourceError, match="missing .*dev.json"):
+    with pytest.raises(SourceError, match=r"missing .*dev.json"):
         load("canard", tmp_path, 1)
     (tmp_path / "dev.json").write_text("{not json")
-    with pytest.raises(SourceError, match="dev.json: not valid JSON"):
+    with pytest.raises(SourceError, match=r"dev.json: not valid JSON"):
         load("canard", tmp_path, 1)
     (tmp_path / "dev.json").write_text(json.dumps([canard_record("C_a_0", 1, "q?", "q?", ["t", "s"]),
                                                    {"History": [], "Question": "q?"}]))

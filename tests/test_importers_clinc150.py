@@ -59,5 +59,5 @@ def test_wrong_format_is_refused_naming_file_and_row(tmp_path: Path) -> None:
     missing = {k: v for k, v in dict(bad_intent, train=[]).items() if k != "oos_test"}
     with pytest.raises(SourceError, match="missing split 'oos_test'"):
         load("clinc150", write_source(tmp_path / "c", missing))
-    with pytest.raises(SourceError, match="missing .*data_full.json"):
+    with pytest.raises(SourceError, match=r"missing .*data_full.json"):
         load("clinc150", tmp_path)

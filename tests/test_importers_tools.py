@@ -245,9 +245,9 @@ def test_wrong_folders_and_malformed_lines_are_refused_naming_the_file(
         tmp_path: Path, ultratool_dir: Path, seal_dir: Path) -> None:
     """A folder of the other data set, a non-JSON line, a missing field and an unknown tool are
     refused with SourceError naming the file and row."""
-    with pytest.raises(SourceError, match="missing .*test.jsonl"):
+    with pytest.raises(SourceError, match=r"missing .*test.jsonl"):
         ultratool.load(seal_dir, seed=13)
-    with pytest.raises(SourceError, match="missing .*tool.jsonl"):
+    with pytest.raises(SourceError, match=r"missing .*tool.jsonl"):
         seal_tools.load(ultratool_dir, seed=13)
     with pytest.raises(SourceError, match="no such file"):
         ultratool.load(tmp_path / "nowhere", seed=13)

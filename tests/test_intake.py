@@ -108,6 +108,30 @@ def test_bad_rows_are_refused_by_file_row_and_field_and_nothing_is_written(data_
     assert not list(data_dir.parent.glob(".intake-*"))
 
 
+def test_two_adds_of_the_same_rows_at_once_add_them_once(data_dir: Path, tmp_path: Path) -> None:
+    """Two `amo data add` of overlapping rows at the same time: one adds them, the other waits
+    for it and is refused (its prompts are now in the data), so no prompt lands twice."""
+    import threading
+
+    outcomes: list[str] = []
+
+    def add(name: str) -> None:
+        try:
+            add_rows(DataParams(), data_dir, _write(tmp_path / f"{name}.jsonl", _rows(10)))
+            outcomes.append("added")
+        except DataValidationError as exc:
+            outcomes.append("refused: leakage" if "leakage" in str(exc) else f"refused: {exc}")
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["added", "refused: leakage"]
+    assert sum(_count(data_dir / "routing" / f"{s}.jsonl", NEW) for s in ("train", "val", "test")) == 10
+    validate_data(data_dir, tasks=[])
+
+
 def test_cli_data_add_prints_the_split_and_refuses_no_input(data_dir: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """`amo data add --routing F --data D` prints the per-agent split; without a file it exits 2."""

@@ -20,6 +20,7 @@ from conftest import git_env
 from amo.brain import Brain
 from amo.bundle import verify_bundle
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # a retrain flow, then `amo serve`
 AMO = str(Path(sys.executable).parent / "amo")
 GIFT = "sells and redeems store gift cards: buy a gift card, check a gift card balance, send an e-gift card"
 GIFT_PROMPTS = ["I want to buy a gift card for my sister", "what is the balance on my gift card",

@@ -43,6 +43,7 @@ def encoders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Encoder, OnnxEnc
     return Encoder(model_dir), OnnxEncoder(out, batch_size=4)
 
 
+@pytest.mark.slow  # exports the real encoder to ONNX
 def test_onnx_encoder_matches_sentence_transformers(encoders) -> None:
     """Batched and one at a time, with padding and truncation, embeddings agree within 1e-4."""
     torch_encoder, onnx_encoder = encoders
@@ -57,6 +58,7 @@ def test_onnx_encoder_matches_sentence_transformers(encoders) -> None:
     assert onnx_encoder.encode([]).shape == (0, 384)
 
 
+@pytest.mark.slow  # exports the real encoder to ONNX
 def test_onnx_route_path_matches_torch_route_path(encoders, tmp_path: Path) -> None:
     """Router scores from ONNX encoder + ONNX scorer equal sentence-transformers + torch scorer
     within 1e-4 on real prompts and descriptions."""
@@ -76,7 +78,7 @@ def test_missing_encoder_files_are_named(tmp_path: Path) -> None:
     """A folder without the exported files is refused, naming what is missing."""
     (tmp_path / ENCODER_FILES[0]).write_bytes(b"")
     assert not has_onnx_encoder(tmp_path)
-    with pytest.raises(FileNotFoundError, match="missing encoder_tokenizer.json, encoder.json"):
+    with pytest.raises(FileNotFoundError, match=r"missing encoder_tokenizer.json, encoder.json"):
         OnnxEncoder(tmp_path)
 
 

@@ -105,7 +105,7 @@ def test_bad_override_is_refused_and_params_untouched(tmp_path: Path, override: 
     """An override that makes params.yaml invalid, or names no key, is refused; the file is byte-identical."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     original = (tmp_path / "params.yaml").read_bytes()
-    with pytest.raises(ValueError, match="params override .* refused"):
+    with pytest.raises(ValueError, match=r"params override .* refused"):
         orch.apply_overrides(tmp_path, [override])
     assert (tmp_path / "params.yaml").read_bytes() == original
 
@@ -139,6 +139,40 @@ def test_stage_error_names_the_stage_and_keeps_dvc_tail(tmp_path: Path) -> None:
     assert info.value.tail and info.value.returncode != 0
 
 
+@pytest.mark.integration  # a real Prefect server
+def test_retrain_slot_is_a_prefect_global_concurrency_limit(prefect_api: str, tmp_path: Path) -> None:
+    """With a Prefect server, one retrain per repository holds the global concurrency limit
+    amo-retrain-<repo> (one slot, created on first use): a second is refused naming it, and the
+    slot is free again once the first ends."""
+    from prefect import get_client
+
+    repo = tmp_path / "shop copy"
+    repo.mkdir()
+    with orch.retrain_slot(repo, timeout=0) as held:
+        assert held == "Prefect global concurrency limit amo-retrain-shop-copy"
+        with (pytest.raises(orch.RetrainBusy, match="'amo-retrain-shop-copy' \\(1 slot\\) is taken"),
+              orch.retrain_slot(repo, timeout=0)):
+            pytest.fail("two retrains held the slot")
+    with orch.retrain_slot(repo, timeout=0):
+        pass
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name("amo-retrain-shop-copy").limit == 1
+    assert not (repo / ".amo").exists()  # no file lock when the server decides
+
+
+@pytest.mark.slow  # real `dvc repro` in a new repository
+def test_stage_lines_are_passed_on_as_they_come(tmp_path: Path) -> None:
+    """run_stage hands every line the stage prints to on_line, in order, and still returns it all."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True, env=env)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  talk:\n    cmd: echo first line && echo second line\n")
+    seen: list[str] = []
+    output = orch.run_stage("talk", tmp_path, on_line=seen.append)
+    assert seen.index("first line") < seen.index("second line")
+    assert "second line" in output
+
+
 def test_reports_are_markdown_tables(tmp_path: Path) -> None:
     """The metrics report lists every number of metrics/*.json; the decision report shows the verdict."""
     (tmp_path / "arms").mkdir()
@@ -161,9 +195,9 @@ def test_orchestration_config_refuses_bad_zone_and_cron() -> None:
     """A timezone that is not an IANA name, or a cron without five fields, is refused by key."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert load_params(ROOT / "params.yaml").orchestration.timezone
-    with pytest.raises(ConfigError, match="orchestration.timezone"):
+    with pytest.raises(ConfigError, match=r"orchestration.timezone"):
         parse_params({**raw, "orchestration": {"timezone": "Mars/Olympus"}})
-    with pytest.raises(ConfigError, match="orchestration.nightly_cron"):
+    with pytest.raises(ConfigError, match=r"orchestration.nightly_cron"):
         parse_params({**raw, "orchestration": {"nightly_cron": "every night"}})
 
 

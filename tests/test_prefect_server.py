@@ -27,7 +27,7 @@ from conftest import git_env
 
 from amo import orchestration as orch
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 DEPLOYMENTS = {"retrain/nightly", "on-new-data/on-new-agent-data", "data-sensor/every-interval", "promote/manual"}
 
@@ -113,7 +113,7 @@ def wait_for_deployments(server: dict[str, Any], serving: subprocess.Popen[bytes
     """Wait until the serving process registered the four deployments; the on-new-agent-data one."""
     deadline = time.monotonic() + timeout
     names: set[str] = set()
-    while not DEPLOYMENTS <= names:
+    while not names >= DEPLOYMENTS:
         if serving.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"deployments not served (exit {serving.poll()}); have {sorted(names)}")
         time.sleep(1)

@@ -101,7 +101,7 @@ def test_registry_by_file_url_and_object_store(tmp_path: Path) -> None:
     assert store.rollback() == "one" and store.current_id() == "one"
     assert [e["action"] for e in store.history()] == ["promote", "promote", "rollback"]
     store.fs.pipe_file("amo-test/registry/bundles/two/planner.json", b'{"tree": [1]}')
-    with pytest.raises(BundleError, match="checksum mismatch in planner.json"):
+    with pytest.raises(BundleError, match=r"checksum mismatch in planner.json"):
         store.rollback(to="two")
     assert store.current_id() == "one"
 
@@ -273,9 +273,9 @@ def test_changed_manifest_is_refused(tmp_path: Path) -> None:
     manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["metrics"]["router"]["in_scope_accuracy"] = 0.99
     (bundle / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="manifest.json was changed"):
+    with pytest.raises(BundleError, match=r"manifest.json was changed"):
         verify_bundle(bundle)
-    with pytest.raises(BundleError, match="manifest.json was changed"):
+    with pytest.raises(BundleError, match=r"manifest.json was changed"):
         Registry(tmp_path / "registry").promote(bundle, GATE)
 
 
@@ -344,7 +344,7 @@ def test_pointer_naming_a_path_is_refused(tmp_path: Path) -> None:
     registry.promote(fake_bundle(tmp_path, "one", 0.8), GATE)
     shutil.copytree(registry.bundles / "one", tmp_path / "x")
     (registry.root / "current.json").write_text(json.dumps({"bundle_id": "../../x"}))
-    with pytest.raises(BundleError, match="bundle id '../../x'"):
+    with pytest.raises(BundleError, match=r"bundle id '../../x'"):
         registry.current_path()
 
 

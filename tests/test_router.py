@@ -138,3 +138,32 @@ def test_bilinear_scorers_learn_and_export(scorer: str, tmp_path: Path) -> None:
     assert loaded.config_.scorer == scorer
     onnx = OnnxScorer(export_router(loaded, tmp_path / "router.onnx"))
     np.testing.assert_allclose(onnx.score(x, agents[:4]), router.score(x, agents[:4]), atol=1e-4)
+
+
+def _pairwise_listwise_loss(scores: torch.Tensor, grades: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The loss written out over every (d, d') pair, as the paper states it: the reference."""
+    lower = grades.unsqueeze(1) < grades.unsqueeze(2)
+    rivals = scores.unsqueeze(1).expand_as(lower).masked_fill(~lower, float("-inf"))
+    terms = torch.logsumexp(torch.cat([scores.unsqueeze(2), rivals], dim=2), dim=2) - scores
+    active = (grades > 0) & lower.any(dim=2)
+    w = weights.unsqueeze(1).expand_as(terms)[active]
+    return (terms[active] * w).sum() / w.sum()
+
+
+def test_listwise_loss_matches_the_pairwise_definition_in_value_and_gradient() -> None:
+    """The O(B x C) loss equals the pairwise one on graded rows with ties, out-of-scope rows
+    (only the separator relevant-ish) and row weights, in value and in gradient."""
+    from amo.router import listwise_loss
+
+    generator = torch.Generator().manual_seed(0)
+    grades = torch.randint(0, 3, (16, 40), generator=generator).float()
+    grades[:, -1] = 0.5
+    grades[:4, :-1] = 0.0  # out of scope: the separator must beat every agent
+    weights = torch.rand(16, generator=generator) + 0.5
+    scores = torch.randn(16, 40, generator=generator, requires_grad=True)
+    mine = listwise_loss(scores, grades, weights)
+    (mine_grad,) = torch.autograd.grad(mine, scores)
+    reference = _pairwise_listwise_loss(scores, grades, weights)
+    (reference_grad,) = torch.autograd.grad(reference, scores)
+    assert torch.allclose(mine, reference, atol=1e-6)
+    assert torch.allclose(mine_grad, reference_grad, atol=1e-7)

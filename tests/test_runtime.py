@@ -24,6 +24,7 @@ from tiny_bundle import build_tiny_bundle, ec_keys, tamper, tiny_params, variant
 from amo.config import GateParams
 from amo.registry import CURRENT, Registry, atomic_write
 
+pytestmark = pytest.mark.slow  # the bundle is built by the real stages (router, ONNX, LoRA arm, planner)
 GATE = GateParams(floors={}, tolerance=1.0)
 
 
@@ -71,6 +72,7 @@ def served(bundle: Path, tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory
     registry = Registry(workdir / "registry")
     first = registry.promote(bundle, GATE).bundle_id
     process, url = start_server(workdir, tiny_lm, workdir / "registry")
+    assert httpx.get(f"{url}/healthz").json()["bundle_id"] == first  # what was current at start
     yield {"url": url, "registry": registry, "first": first, "workdir": workdir, "bundle": bundle}
     process.terminate()
     try:
@@ -88,19 +90,31 @@ def wait_for(url: str, predicate: Any, seconds: float = 60) -> dict[str, Any]:
         time.sleep(0.1)
 
 
-def test_route_plan_bundle_and_openapi(served: dict[str, Any]) -> None:
+@pytest.fixture()
+def fresh(served: dict[str, Any], request: pytest.FixtureRequest) -> dict[str, Any]:
+    """A variant of the bundle promoted for this test alone and served, its arms not loaded yet:
+    no test sees what an earlier one promoted or loaded on the shared server."""
+    name = request.node.name
+    path = variant(served["bundle"], served["workdir"] / "variants" / name, name)
+    bundle_id = served["registry"].promote(path, GATE).bundle_id
+    health = wait_for(served["url"], lambda h: h["bundle_id"] == bundle_id)
+    assert health["bundle_id"] == bundle_id and health["refused"] is None, health
+    return {"bundle_id": bundle_id, "path": path}
+
+
+def test_route_plan_bundle_and_openapi(served: dict[str, Any], fresh: dict[str, Any]) -> None:
     """The served bundle answers /route and /plan, /bundle is its manifest, /docs and the
     OpenAPI schema list every endpoint; arms are not loaded by routing."""
     url = served["url"]
     route = httpx.post(f"{url}/route", json={"prompt": "where is my order 1234"})
     assert route.status_code == 200
     body = route.json()
-    assert body["bundle_id"] == served["first"] and set(body["route"]) == {"agents", "separator", "abstained"}
+    assert body["bundle_id"] == fresh["bundle_id"] and set(body["route"]) == {"agents", "separator", "abstained"}
     plan = httpx.post(f"{url}/plan", json={"prompt": "refund for a broken mug"}).json()
     assert set(plan["plan"]) == {"path", "abstained", "rules", "choice"}
     assert set(plan["plan"]["path"]) <= {"order_status", "returns_refunds", "product_search", "price_lookup"}
     manifest = httpx.get(f"{url}/bundle").json()
-    assert manifest == json.loads((served["bundle"] / "manifest.json").read_text())
+    assert manifest == json.loads((fresh["path"] / "manifest.json").read_text())
     paths = httpx.get(f"{url}/openapi.json").json()["paths"]
     assert {"/route", "/plan", "/invoke", "/copilot", "/healthz", "/readyz", "/bundle", "/metrics"} <= set(paths)
     assert httpx.get(f"{url}/docs").status_code == 200
@@ -118,7 +132,8 @@ BAD_REQUESTS = [  # (what, request kwargs, status, error code, words in the mess
     ("prompt over max_prompt_chars", {"json": {"prompt": "y" * 5000}}, 422, "prompt_too_long",
      "5000 characters; the limit is 4000"),
     ("missing prompt", {"json": {"text": "hi"}}, 422, "invalid_request", "prompt: Field required"),
-    ("prompt of the wrong type", {"json": {"prompt": 7}}, 422, "invalid_request", "prompt: Input should be a valid string"),
+    ("prompt of the wrong type", {"json": {"prompt": 7}}, 422, "invalid_request",
+     "prompt: Input should be a valid string"),
     ("lone surrogate", {"content": b'{"prompt": "\\ud800 order"}', "headers": {"content-type": "application/json"}},
      422, "invalid_request", "prompt: Value error, a lone surrogate"),
 ]
@@ -195,7 +210,7 @@ def test_internal_error_hides_the_exception_and_logs_it_with_a_request_id(
     assert logged and logged[0].exc_info is not None and "secret detail" in str(logged[0].exc_info[1])
 
 
-def test_unknown_arm_and_unknown_path(served: dict[str, Any]) -> None:
+def test_unknown_arm_and_unknown_path(served: dict[str, Any], fresh: dict[str, Any]) -> None:
     """An unknown arm is a 422 naming the bundle's arms (without loading the base model); an
     unknown path is a JSON 404."""
     response = httpx.post(f"{served['url']}/invoke", json={"input": "hi", "arm": "ghost"})
@@ -207,7 +222,7 @@ def test_unknown_arm_and_unknown_path(served: dict[str, Any]) -> None:
     assert httpx.get(f"{served['url']}/healthz").json()["arms_loaded"] is False
 
 
-def test_invoke_and_copilot_load_arms_once(served: dict[str, Any]) -> None:
+def test_invoke_and_copilot_load_arms_once(served: dict[str, Any], fresh: dict[str, Any]) -> None:
     """The first /invoke loads the arms; /invoke and /copilot answer with the served bundle."""
     url = served["url"]
     invoked = httpx.post(f"{url}/invoke", json={"input": "and the price?", "arm": "rewrite",
@@ -216,12 +231,12 @@ def test_invoke_and_copilot_load_arms_once(served: dict[str, Any]) -> None:
     assert isinstance(invoked.json()["output"], str) and invoked.json()["arm"] == "rewrite"
     assert httpx.get(f"{url}/healthz").json()["arms_loaded"] is True
     answer = httpx.post(f"{url}/copilot", json={"prompt": "refund for a broken mug"}, timeout=120).json()
-    assert answer["bundle_id"] == served["first"]
+    assert answer["bundle_id"] == fresh["bundle_id"]
     assert {"route", "plan", "arm_outputs"} <= set(answer)
     assert all(step["arm"] == "rewrite" for step in answer["arm_outputs"])
 
 
-def test_promotion_is_swapped_in_under_load(served: dict[str, Any]) -> None:
+def test_promotion_is_swapped_in_under_load(served: dict[str, Any], fresh: dict[str, Any]) -> None:
     """/route and /plan requests running while a new bundle is promoted all succeed; later ones
     see the new bundle."""
     url, registry = served["url"], served["registry"]
@@ -249,8 +264,8 @@ def test_promotion_is_swapped_in_under_load(served: dict[str, Any]) -> None:
     assert health["bundle_id"] == new_id
     assert results and all(status == 200 for status, _ in results)
     served_ids = [bundle_id for _, bundle_id in results]
-    assert served_ids[0] == served["first"] and served_ids[-1] == new_id
-    assert set(served_ids) == {served["first"], new_id}
+    assert served_ids[0] == fresh["bundle_id"] and served_ids[-1] == new_id
+    assert set(served_ids) == {fresh["bundle_id"], new_id}
 
 
 @pytest.mark.parametrize("kind", ["byte", "missing", "extra"])
@@ -270,6 +285,9 @@ def test_tampered_bundle_in_the_registry_is_refused(served: dict[str, Any], kind
     assert health["bundle_id"] == before and health["status"] == "ok"
     response = httpx.post(f"{url}/route", json={"prompt": "where is my order 1234"})
     assert response.status_code == 200 and response.json()["bundle_id"] == before
+    # Point `current` back at the served bundle (the runtime clears `refused`), then drop the bad one.
+    atomic_write(registry.root / CURRENT, json.dumps({"bundle_id": before, "since": "restored"}) + "\n")
+    assert wait_for(url, lambda h: h["refused"] is None)["refused"] is None
     shutil.rmtree(bad)
 
 

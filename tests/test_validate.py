@@ -167,8 +167,8 @@ BAD_CASES: list[tuple[str, Mutation, str, int | None, str | None]] = [
      "routing/train.jsonl", 2, "prompt"),
     ("one_mb_prompt", lambda d: edit(d, "routing/test.jsonl", 1, prompt="q" * 1_000_000),
      "routing/test.jsonl", 1, "prompt"),
-    ("infinity_grade", lambda d: set_line(d, "routing/train.jsonl", 2,
-                                          '{"prompt": "Where is my order 1234?", "labels": {"order_status": Infinity}}'),
+    ("infinity_grade", lambda d: set_line(
+        d, "routing/train.jsonl", 2, '{"prompt": "Where is my order 1234?", "labels": {"order_status": Infinity}}'),
      "routing/train.jsonl", 2, "labels.order_status"),
     ("path_not_a_list", lambda d: edit(d, "traces/train.jsonl", 3, path="returns"),
      "traces/train.jsonl", 3, "path"),
@@ -203,6 +203,7 @@ def test_valid_data_passes_and_counts_rows(data: Path, tmp_path: Path) -> None:
     assert all(f["expectations"] > 0 and f["failed"] == 0 for f in files.values())
 
 
+@pytest.mark.slow  # the whole matrix: one great-expectations run per broken file
 @pytest.mark.parametrize(("mutate", "file", "row", "field"),
                          [case[1:] for case in BAD_CASES], ids=[case[0] for case in BAD_CASES])
 def test_bad_data_is_refused_with_file_row_field(data: Path, mutate: Mutation, file: str,
@@ -258,7 +259,7 @@ def test_tasks_argument_selects_task_folders(data: Path) -> None:
     write_jsonl(data / "tasks" / "broken" / "train.jsonl", [{"input": "x"}])
     report = validate_data(data, tasks=["rewrite"])
     assert not any("broken" in name for name in report["files"])
-    with pytest.raises(DataValidationError, match="data/tasks/nope/train.jsonl: file missing"):
+    with pytest.raises(DataValidationError, match=r"data/tasks/nope/train.jsonl: file missing"):
         validate_data(data, tasks=["rewrite", "nope"])
 
 

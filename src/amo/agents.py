@@ -17,8 +17,8 @@ from amo.validate import AGENT_ID_PATTERN
 def add_agent(params: DataParams, agent: contracts.Agent, agents_file: Path | None,
               index_dir: Path | None, encoder: Any) -> dict[str, Any]:
     """Append `agent` to the agents file and/or the router's agent index (embedding only its
-    description with `encoder`), so it is routable without retraining. Refuses a bad id, a description outside params.yaml's bounds,
-    or an id already present, before writing anything."""
+    description with `encoder`), so it is routable without retraining. Refuses a bad id, a
+    description outside params.yaml's bounds, or an id already present, before writing anything."""
     if not re.fullmatch(AGENT_ID_PATTERN.strip("^$"), agent.id):
         raise AgentError(f"agent id {agent.id!r} must match {AGENT_ID_PATTERN}")
     if not params.min_description_chars <= len(agent.description.strip()) <= params.max_description_chars:

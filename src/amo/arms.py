@@ -10,7 +10,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ class TrainResult:
     final_loss: float
     seconds: float
     resumed_from: int = 0
+    losses: list[float] = field(default_factory=list)  # per step, from step 1 (kept across resumes)
 
 
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
@@ -165,12 +166,13 @@ def train_arm(base_model: Any, tokenizer: Any, name: str, task: ArmTaskParams,
     encoded = [encode_example(tokenizer, task.template.format(input=e.input), e.output, task.max_length)
                for e in examples]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=task.lr)
-    first, loss_value, order = 1, float("nan"), []
+    first, loss_value, order, losses = 1, float("nan"), [], []
     key = _run_key(name, task, encoded, base_model) if checkpoint is not None else ""
     if checkpoint is not None:
         state = _load_checkpoint(checkpoint, model, name, optimizer, key, log)
         if state is not None:
             first, loss_value, order = state["step"] + 1, state["loss"], state["order"]
+            losses = list(state.get("losses", []))
             version, internal, gauss = state["rng"]
             rng.setstate((version, tuple(internal), gauss))
             log(f"arm {name}: resuming from step {state['step']}/{task.steps} ({checkpoint})")
@@ -188,6 +190,7 @@ def train_arm(base_model: Any, tokenizer: Any, name: str, task: ArmTaskParams,
         loss.backward()
         optimizer.step()
         loss_value = loss.item()
+        losses.append(round(loss_value, 6))
         if step % every == 0 or step == task.steps:
             elapsed = time.perf_counter() - start
             left = elapsed / (step - first + 1) * (task.steps - step)
@@ -195,12 +198,12 @@ def train_arm(base_model: Any, tokenizer: Any, name: str, task: ArmTaskParams,
                 f"elapsed {elapsed:.0f}s left ~{left:.0f}s")
         if checkpoint is not None and (step % task.checkpoint_every == 0 and step < task.steps):
             _save_checkpoint(checkpoint, model, name, optimizer,
-                             {"run_key": key, "step": step, "loss": loss_value, "order": order,
+                             {"run_key": key, "step": step, "loss": loss_value, "order": order, "losses": losses,
                               "rng": list(rng.getstate())})
         if on_step is not None:
             on_step(step)
     model.eval()
-    return model, TrainResult(task.steps, loss_value, time.perf_counter() - start, first - 1)
+    return model, TrainResult(task.steps, loss_value, time.perf_counter() - start, first - 1, losses)
 
 
 def clear_checkpoint(checkpoint: Path) -> None:
@@ -237,7 +240,7 @@ def read_arm_meta(directory: Path) -> dict[str, Any]:
 
         with safe_open(str(directory / "adapter_model.safetensors"), "pt") as handle:
             list(handle.keys())
-    except Exception as exc:  # a corrupt file surfaces as many exception types
+    except Exception as exc:  # noqa: BLE001 - a corrupt file surfaces as many exception types
         raise ArmLoadError(f"arm {directory.name!r}: unreadable file in {directory}: {exc}") from None
     return meta
 
@@ -295,7 +298,7 @@ class ArmServer:
             model = PeftModel.from_pretrained(base_model, str(arm_dirs[names[0]]), adapter_name=names[0])
             for name in names[1:]:
                 model.load_adapter(str(arm_dirs[name]), adapter_name=name)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - peft and safetensors fail in many types; one error names the arms
             raise ArmLoadError(f"could not load arms {names}: {exc}") from None
         model.eval()
         self.model = model

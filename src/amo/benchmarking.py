@@ -53,7 +53,7 @@ def fit_classifier(prompts: np.ndarray, examples: Sequence[RoutingExample], agen
     from sklearn.linear_model import LogisticRegression
 
     rows = [i for i, e in enumerate(examples) if e.labels]
-    targets = [max(examples[i].labels, key=examples[i].labels.get) for i in rows]
+    targets = [max(examples[i].labels, key=examples[i].labels.__getitem__) for i in rows]
     model = LogisticRegression(C=c, max_iter=1000, random_state=seed).fit(prompts[rows], targets)
     column = {agent_id: i for i, agent_id in enumerate(agent_ids)}
     known = np.array([column[label] for label in model.classes_])
@@ -100,7 +100,7 @@ def top_label(route: Route) -> str:
 
 
 def gold_label(example: RoutingExample) -> str:
-    return max(example.labels, key=example.labels.get) if example.labels else OOS_LABEL
+    return max(example.labels, key=example.labels.__getitem__) if example.labels else OOS_LABEL
 
 
 def macro_f1(predicted: Sequence[str], gold: Sequence[str], labels: Sequence[str]) -> float:

@@ -255,11 +255,13 @@ def embed(data: Path = _required("Data folder."), out: Path = _required("Embeddi
 
 @app.command("train-router")
 def train_router(data: Path = _required("Data folder."), out: Path = _required("Router folder to write."),
-                 metrics: Path = _required("Metrics file to write."), embeddings: Path | None = _EMBEDDINGS) -> None:
+                 metrics: Path = _required("Metrics file to write."), embeddings: Path | None = _EMBEDDINGS,
+                 plots: Path | None = typer.Option(None, help="Folder for the plots' data (loss.csv, margin.csv).")
+                 ) -> None:
     """Stage: fit the listwise router with its separator."""
     from amo.stages import train_router as stage
 
-    _echo_json(_run(lambda: stage.run(_params(), data, out, metrics, embeddings)))
+    _echo_json(_run(lambda: stage.run(_params(), data, out, metrics, embeddings, plots)))
 
 
 @app.command("export-router")
@@ -275,11 +277,12 @@ def export_router(router: Path = _required("Router folder (train-router's output
 @app.command("finetune-arm")
 def finetune_arm(task: str = typer.Argument(..., help="A task name from params.yaml arms.tasks."),
                  out: Path = _required("Arm folder to write."),
-                 metrics: Path = _required("Metrics file to write.")) -> None:
+                 metrics: Path = _required("Metrics file to write."),
+                 plot: Path | None = typer.Option(None, help="CSV of the loss per step (for dvc plots).")) -> None:
     """Stage: fine-tune one task's LoRA arm on the shared base model."""
     from amo.stages import finetune_arm as stage
 
-    _echo_json(_run(lambda: stage.run(_params(), task, out, metrics)))
+    _echo_json(_run(lambda: stage.run(_params(), task, out, metrics, plot)))
 
 
 @app.command("fit-planner")
@@ -296,11 +299,13 @@ def fit_planner(data: Path = _required("Data folder."), router: Path = _required
 def evaluate(data: Path = _required("Data folder."), router: Path = _required("Router folder."),
              onnx: Path = _required("Router ONNX folder."), planner: Path = _required("Planner folder."),
              arms: Path = _required("Folder of the arms' metrics files."),
-             out: Path = _required("Evaluation file to write."), embeddings: Path | None = _EMBEDDINGS) -> None:
+             out: Path = _required("Evaluation file to write."), embeddings: Path | None = _EMBEDDINGS,
+             plot: Path | None = typer.Option(None, help="CSV of (actual, predicted) top agents (confusion plot).")
+             ) -> None:
     """Stage: evaluate router, planner and arms on held-out data."""
     from amo.stages import evaluate as stage
 
-    _echo_json(_run(lambda: stage.run(_params(), data, router, onnx, planner, arms, out, embeddings)))
+    _echo_json(_run(lambda: stage.run(_params(), data, router, onnx, planner, arms, out, embeddings, plot)))
 
 
 @app.command()
@@ -316,6 +321,20 @@ def bundle(router: Path = _required("Router folder."), onnx: Path = _required("R
                                       sign_key))
     signed = f"signed by {manifest['signing']['key'][:19]}…" if manifest["signing"] else "unsigned"
     typer.echo(f"bundle {manifest['bundle_id']} written to {out} ({len(manifest['files'])} files, {signed})")
+
+
+@app.command()
+def plots(out: Path = typer.Option(Path("dvc_plots"), help="Folder for index.html.")) -> None:
+    """Draw dvc.yaml's plots (router loss, margin trade-off, confusion matrix, arm losses) into one
+    self-contained HTML page that renders offline (vega inlined, fetched once from npm)."""
+    from amo.plots import PlotsError, show
+
+    try:
+        page = show(Path("."), out)
+    except PlotsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"plots written to {page}")
 
 
 # -- release ----------------------------------------------------------------------------------

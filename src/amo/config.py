@@ -6,6 +6,7 @@ refuses a bad value with its dotted key and the value (`router.epochs must be > 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +42,7 @@ class DataParams(_Section):
 
 
 class FinetuneParams(_Section):
-    # Off by default: measured on CLINC150 in README "Fine-tuning the encoder".
+    # Off by default: measured on CLINC150 in docs/router.md "Fine-tuning the encoder".
     enabled: bool = False
     epochs: float = Field(1.0, gt=0.0)
     lr: float = Field(2e-5, gt=0.0)
@@ -164,17 +165,18 @@ class ArmsParams(_Section):
 
 class PlannerParams(_Section):
     seed: int = 0
-    pca_dims: int = Field(16, ge=0)  # 0: no prompt-embedding features in the stop tree
+    pca_dims: int = Field(0, ge=0)  # 0: no prompt-embedding features in the stop tree
     max_depth: int = Field(12, ge=1)
     min_samples_leaf: int = Field(2, ge=1)
     max_path_len: int = Field(4, ge=1)
     next_max_depth: int = Field(8, ge=1)  # the next-agent tree; max_depth is the stop tree's
     next_min_samples_leaf: int = Field(10, ge=1)
     min_next: float = Field(0.05, ge=0.0, le=1.0)  # stop when no candidate's P(next) reaches this
-    neighbours: int = Field(10, ge=0)  # nearest training prompts whose paths vote (features); 0: none
+    neighbours: int = Field(0, ge=0)  # nearest training prompts whose paths vote (features); 0: none
     candidates: int = Field(10, ge=1)  # router's top agents scored by the next tree at each step
     folds: int = Field(5, ge=2)  # cross-fitting of the transition counts used as training features
-    rerank_neighbours: int = Field(5, ge=0)  # nearest training prompts whose paths compete with the decoded one; 0: none
+    # nearest training prompts whose paths compete with the decoded one; 0: none
+    rerank_neighbours: int = Field(5, ge=0)
     rerank_max_depth: int = Field(3, ge=1)  # the rerank tree that picks among the candidate paths
     rerank_min_samples_leaf: int = Field(20, ge=1)
     # The plan follows the router: its top agent, left out by the trees, is put in when the
@@ -235,7 +237,7 @@ class ServeParams(_Section):
 
 
 class OrchestrationParams(_Section):
-    """How Prefect runs the pipeline (flows/, see README "Orchestration with Prefect")."""
+    """How Prefect runs the pipeline (flows/, see docs/orchestration.md)."""
 
     nightly_cron: str = "0 2 * * *"
     timezone: str = "UTC"  # IANA name; the nightly schedule is read in this zone
@@ -243,6 +245,8 @@ class OrchestrationParams(_Section):
     lock_timeout_seconds: float = Field(0.0, ge=0.0)  # a second retrain waits this long, then fails
     stage_retries: int = Field(1, ge=0)  # per stage task; validation failures are never retried
     retry_delay_seconds: float = Field(10.0, ge=0.0)
+    stage_timeout_seconds: float = Field(3600.0, gt=0.0)  # a stage task running longer fails (then retries)
+    arm_timeout_seconds: float = Field(7200.0, gt=0.0)  # the same for one arm's fine-tune
     push: bool = True  # `dvc push` after a completed retrain
     # DVC remote to push to: None (the default of .dvc/config), a remote name, or a URL
     # (s3://bucket/amo, gs://..., file:///srv/amo, needs dvc-s3 / dvc-gs for the clouds).
@@ -283,7 +287,7 @@ class Params(_Section):
     orchestration: OrchestrationParams = OrchestrationParams()
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")

@@ -67,6 +67,17 @@ def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """A plot's data for `dvc plots` (CSV, floats rounded to 6 places: a re-run writes the same bytes)."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([round(v, 6) if isinstance(v, float) else v for v in row] for row in rows)
+
+
 def read_agents(path: Path) -> list[Agent]:
     return [Agent.from_record(r) for r in iter_jsonl(path)]
 

@@ -327,7 +327,8 @@ def _vary(rng: random.Random, text: str) -> str:
 
 
 def _unique(rng: random.Random, make, count: int, seen: set[str]) -> list:
-    out, tries = [], 0
+    out: list = []
+    tries = 0
     while len(out) < count and tries < count * 50:
         tries += 1
         item = make()
@@ -479,7 +480,7 @@ def _rewrite(rng: random.Random) -> tuple[str, str]:
                              "It got a new version this year.", "Sure, here it is."])]
         if rng.random() < 0.4:  # an older exchange about something else comes first
             other = f"the {rng.choice([b for b in BRANDS if b not in (brand, brand2)])} {rng.choice(PRODUCTS)}"
-            turns = [f"Earlier I looked at {other}.", "Okay."] + turns
+            turns = [f"Earlier I looked at {other}.", "Okay.", *turns]
         question, rewrite = rng.choice(ITEM_QUESTIONS)
         fill["ref"] = rng.choice(PRONOUNS)
     question = question.format(**fill)
@@ -492,7 +493,7 @@ def _split(records: list, fractions: list[float]) -> list[list]:
     for size in cuts[:-1]:
         out.append(records[start:start + size])
         start += size
-    return out + [records[start:]]
+    return [*out, records[start:]]
 
 
 def write_demo_data(out_dir: Path, seed: int = 13) -> dict[str, int]:

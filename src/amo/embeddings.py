@@ -84,7 +84,14 @@ class EmbeddingStore:
                 log.warning("embedding store: skipping unreadable shard %s (%s)", shard, exc)
                 self._loaded.add(shard.name)
                 continue
-            keys, vectors = tensors["keys"], tensors["vectors"]
+            keys, vectors = tensors.get("keys"), tensors.get("vectors")
+            dims = {v.shape[1] for v in self._shards}
+            if (keys is None or vectors is None or keys.ndim != 2 or keys.shape[1] != KEY_BYTES
+                    or vectors.ndim != 2 or len(keys) != len(vectors) or (dims and vectors.shape[1] not in dims)):
+                log.warning("embedding store: skipping shard %s (not (N, %d) keys with (N, D) vectors of "
+                            "the store's width)", shard, KEY_BYTES)
+                self._loaded.add(shard.name)
+                continue
             number = len(self._shards)
             self._shards.append(vectors)
             for row, key in enumerate(keys):

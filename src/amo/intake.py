@@ -21,10 +21,12 @@ from typing import Any
 
 from amo import data as contracts
 from amo.config import DataParams
+from amo.locks import file_lock
 from amo.routing import prompt_key
 from amo.validate import DataValidationError, validate_data
 
 OUT_OF_SCOPE = "(out of scope)"
+LOCK_WAIT_SECONDS = 60.0
 SPLITS = {"routing": ("train", "val", "test"), "traces": ("train", "test")}
 
 
@@ -121,7 +123,14 @@ def add_rows(params: DataParams, data_dir: Path, routing: Path | None = None,
     for path in incoming.values():
         if not path.is_file():
             raise FileNotFoundError(f"{path}: file not found")
-    _check(data_dir, params, incoming)
+    # Two adds at once would each pass the check against the old data, then both append.
+    with file_lock(data_dir.resolve().parent / ".amo" / "intake.lock", timeout=LOCK_WAIT_SECONDS,
+                   owner=f"amo data add (pid {os.getpid()})"):
+        _check(data_dir, params, incoming)
+        return _add(data_dir, params, incoming)
+
+
+def _add(data_dir: Path, params: DataParams, incoming: dict[str, Path]) -> dict[str, Any]:
     report: dict[str, Any] = {}
     for kind, path in incoming.items():
         rows = list(contracts.iter_jsonl(path))  # _check parsed every line

@@ -39,9 +39,9 @@ def file_lock(path: Path, timeout: float = 0.0, owner: str = "", poll: float = 0
                                    path, holder) from None
                 time.sleep(poll)
         os.ftruncate(fd, 0)
-        holder = {"pid": os.getpid(), "owner": owner,
+        record = {"pid": os.getpid(), "owner": owner,
                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
         try:
             yield path
         finally:

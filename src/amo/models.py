@@ -36,7 +36,7 @@ def package_dir(module: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(f"package {module!r} is not installed (pip install it)")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def resolve_encoder(ref: str) -> Path:
@@ -165,7 +165,10 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_embedding_dimension())
+        dim = self.model.get_embedding_dimension()
+        if dim is None:
+            raise ValueError(f"encoder {self.path}: its modules do not name an embedding dimension")
+        return int(dim)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         import numpy as np

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -99,18 +100,28 @@ def _env() -> dict[str, str]:
     return env
 
 
-def dvc(repo: Path, *args: str, label: str | None = None) -> str:
-    """Run one DVC command in `repo`; raise StageError (named `label`) with DVC's output tail."""
-    result = subprocess.run(["dvc", *args], check=False, cwd=repo, env=_env(), capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        raise StageError(label or " ".join(args), result.returncode, output)
+def dvc(repo: Path, *args: str, label: str | None = None,
+        on_line: Callable[[str], None] | None = None) -> str:
+    """Run one DVC command in `repo`, passing each output line to `on_line` as it comes (a live
+    log); raise StageError (named `label`) with DVC's output tail."""
+    with subprocess.Popen(["dvc", *args], cwd=repo, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if on_line is not None and line.strip():
+                on_line(line.rstrip("\n"))
+        returncode = process.wait()
+    output = "".join(lines)
+    if returncode != 0:
+        raise StageError(label or " ".join(args), returncode, output)
     return output
 
 
-def run_stage(stage: str, repo: Path = Path(".")) -> str:
+def run_stage(stage: str, repo: Path = Path("."), on_line: Callable[[str], None] | None = None) -> str:
     """`dvc repro --single-item STAGE`: runs it if its deps or params changed, else skips it."""
-    return dvc(repo, "repro", "--single-item", stage, label=stage)
+    return dvc(repo, "repro", "--single-item", stage, label=stage, on_line=on_line)
 
 
 def track_data(repo: Path, data_dir: str) -> str:
@@ -179,6 +190,52 @@ def retrain_lock(repo: Path, timeout: float = 0.0, owner: str = "", poll: float 
     except LockBusy as exc:
         raise RetrainBusy(f"another retrain is running in {repo.resolve()} (lock {path}, held by "
                           f"{exc.holder}); waited {timeout:g} s", path, exc.holder) from None
+
+
+def concurrency_limit_name(repo: Path) -> str:
+    """The Prefect global concurrency limit that lets one retrain of `repo` run at a time."""
+    return "amo-retrain-" + re.sub(r"[^A-Za-z0-9_-]", "-", repo.resolve().name)
+
+
+def _ensure_limit(name: str) -> None:
+    """Create the global concurrency limit `name` with one slot, unless it exists."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with suppress(ObjectAlreadyExists):  # another retrain created it meanwhile
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+
+
+@contextmanager
+def retrain_slot(repo: Path, timeout: float = 0.0, owner: str = "") -> Iterator[str]:
+    """One retrain of `repo` at a time. With a Prefect server (PREFECT_API_URL), its global
+    concurrency limit `amo-retrain-<repo>` (one slot, created on first use): it holds across
+    machines and work pools. Without one, the file lock (`retrain_lock`). A second retrain waits
+    up to `timeout` seconds, then raises RetrainBusy naming the limit or the lock. Yields what
+    holds the slot."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        with retrain_lock(repo, timeout, owner) as path:
+            yield f"file lock {path}"
+        return
+    from prefect.concurrency.sync import concurrency
+
+    name = concurrency_limit_name(repo)
+    _ensure_limit(name)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=max(timeout, 1.0), strict=True))
+        except TimeoutError:
+            raise RetrainBusy(f"another retrain is running in {repo.resolve()}: the Prefect global concurrency "
+                              f"limit {name!r} (1 slot) is taken; waited {max(timeout, 1.0):g} s",
+                              Path(name), "another flow run") from None
+        yield f"Prefect global concurrency limit {name}"
 
 
 # -- new agent data ------------------------------------------------------------------------------
@@ -262,7 +319,7 @@ def metrics_markdown(metrics_dir: Path, title: str, names: list[str] | None = No
     """A table of every number in metrics/*.json (or the named files, e.g. `arms/x`)."""
     files = ([metrics_dir / f"{n}.json" for n in names] if names is not None
              else sorted(metrics_dir.rglob("*.json")))
-    rows = []
+    rows: list[tuple[str, str, Any]] = []
     for path in files:
         if not path.is_file():
             rows.append((path.relative_to(metrics_dir).as_posix(), "(missing)", ""))

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -54,6 +54,16 @@ NO_MENTION = 2.0  # mention position of an agent whose name the prompt does not 
 LOG_FLOOR = 1e-3  # probabilities below this count as this in a path's log-probability
 _ORDER_CUES = ("then", "after", "before", "first", "finally", "and", "also", "next")
 _TREE_KEYS = ("left", "right", "feature", "threshold", "value")
+
+
+_K = TypeVar("_K")
+
+
+class _Votes(dict[_K, float]):
+    """Weighted votes: a missing key reads 0.0 and is not added (Counter's rule, with float counts)."""
+
+    def __missing__(self, key: _K) -> float:
+        return 0.0
 
 
 class PlannerFormatError(ValueError):
@@ -92,7 +102,7 @@ _GAP_OF = ("log_prob", "min_agent_vote", "proposer_share", "mean_margin")  # min
 
 def _pair(history: Sequence[str]) -> str:
     """The key of the last two steps in the second-order transition table."""
-    return ">".join(([START, START] + list(history))[-2:])
+    return ">".join([START, START, *history][-2:])
 
 
 def _stem(word: str) -> str:
@@ -139,18 +149,18 @@ class _Prompt:
         for i, word in enumerate(words):
             self.first.setdefault(_stem(word), i)
         self.text = text_features(prompt)
-        self.above = np.flatnonzero(scores > separator)
+        self.above: list[int] = np.flatnonzero(scores > separator).tolist()
         self.ascending = np.sort(scores)  # an agent's rank: how many score above it
         self.top = float(self.ascending[-1]) if len(scores) else 0.0
         self._mention: dict[str, tuple[float, float]] = {}
         self.near: list[tuple[float, list[str]]] = []  # (weight, path) of the nearest training prompts
         self.near_similarity = 0.0
-        self.path_vote: Counter[str] = Counter()
+        self.path_vote: _Votes[str] = _Votes()
         self.proposals: list[tuple[float, list[str]]] = []  # (similarity, path): candidate whole paths
         self.router_top: list[str] | None = None
         self._totals: dict[int, tuple[Mapping[str, int], int]] = {}
         self.followers: dict[str, list[str]] = {}  # previous agent -> the agents that most often followed it
-        self._votes: dict[tuple[int, str], tuple[Counter[str], Counter[str]]] = {}
+        self._votes: dict[tuple[int, str], tuple[_Votes[str], _Votes[str]]] = {}
 
     def set_neighbours(self, similarities: np.ndarray, paths: Sequence[list[str]]) -> None:
         """The nearest training prompts, weighted by their cosine similarity (best first)."""
@@ -162,13 +172,14 @@ class _Prompt:
             for agent in set(path):
                 self.path_vote[agent] += w
 
-    def step_votes(self, step: int, previous: str) -> tuple[Counter[str], Counter[str]]:
+    def step_votes(self, step: int, previous: str) -> tuple[_Votes[str], _Votes[str]]:
         """Weighted votes of the neighbours for the agent at `step`, and for the agent that follows
         `previous` anywhere in their paths."""
         key = (step, previous)
         if key in self._votes:
             return self._votes[key]
-        at, follow = Counter(), Counter()
+        at: _Votes[str] = _Votes()
+        follow: _Votes[str] = _Votes()
         for w, path in self.near:
             if step < len(path):
                 at[path[step]] += w
@@ -309,12 +320,12 @@ class TreePlanner:
         (N, len(agents)) matrix in the order of `agents`."""
         ids = list(agents)
         matrix = _score_matrix(scores, ids)
-        paths = [list(p) for p in paths]
+        path_lists = [list(p) for p in paths]
         separators = [float(s) for s in separators]
-        self._fit_decoder(prompts, embeddings, matrix, separators, paths, ids)
-        self.rerank_tree_ = None
+        self._fit_decoder(prompts, embeddings, matrix, separators, path_lists, ids)
+        self.rerank_tree_: dict[str, list[Any]] | None = None
         if self.rerank_neighbours:
-            self._fit_reranker(prompts, embeddings, matrix, separators, paths, ids)
+            self._fit_reranker(prompts, embeddings, matrix, separators, path_lists, ids)
         return self
 
     def _fit_decoder(self, prompts: Sequence[str], embeddings: np.ndarray, matrix: np.ndarray,
@@ -343,7 +354,10 @@ class TreePlanner:
 
         fold_of = self._folds(len(paths))
         held_out = {f: _transitions([p for p, g in zip(paths, fold_of) if g != f]) for f in set(fold_of.tolist())}
-        stop_x, stop_y, next_x, next_y = [], [], [], []
+        stop_x: list[list[float]] = []
+        stop_y: list[bool] = []
+        next_x: list[list[float]] = []
+        next_y: list[bool] = []
         for prompt, emb, row, sep, path, fold in zip(prompts, embeddings, matrix, separators, paths, fold_of):
             transitions, counts = held_out[int(fold)]
             ctx = _Prompt(prompt, row, float(sep), ids, column)
@@ -376,15 +390,16 @@ class TreePlanner:
         neighbours on prompts they have not seen)."""
         column = {a: i for i, a in enumerate(ids)}
         fold_of = self._folds(len(paths))
-        x, y = [], []
+        x: list[list[float]] = []
+        y: list[bool] = []
         for fold in sorted(set(fold_of.tolist())):
             rest, mine = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
             if not len(rest):
                 continue
             decoder = TreePlanner(**self._params())
-            decoder._fit_decoder([prompts[i] for i in rest], embeddings[rest], matrix[rest],
-                                 [separators[i] for i in rest], [paths[i] for i in rest], ids)
-            for i in mine:
+            decoder._fit_decoder([prompts[i] for i in rest.tolist()], embeddings[rest], matrix[rest],
+                                 [separators[i] for i in rest.tolist()], [paths[i] for i in rest.tolist()], ids)
+            for i in mine.tolist():
                 ctx = _Prompt(prompts[i], matrix[i], float(separators[i]), ids, column)
                 decoder._find_neighbours(ctx, embeddings[i])
                 reduced = (embeddings[i] - decoder.pca_mean_) @ decoder.pca_components_.T
@@ -449,7 +464,7 @@ class TreePlanner:
         return node
 
     @staticmethod
-    def _rules(tree: Mapping[str, list], names: Sequence[str], x: np.ndarray) -> list[str]:
+    def _rules(tree: Mapping[str, list], names: Sequence[str], x: Sequence[float]) -> list[str]:
         node, rules = 0, []
         while tree["left"][node] != -1:
             feature, threshold = tree["feature"][node], tree["threshold"][node]
@@ -469,18 +484,20 @@ class TreePlanner:
             step = memo[prefix] = _Step(self.stop_tree_["value"][self._leaf(self.stop_tree_, stop_x)], stop_x)
         return step
 
-    def _next_at(self, ctx: _Prompt, step: _Step, prefix: tuple[str, ...], agent: str | None = None) -> None:
+    def _next_at(self, ctx: _Prompt, step: _Step, prefix: tuple[str, ...], agent: str | None = None) -> list[str]:
         """The next tree's P(next) after `prefix` for every candidate (agent None) or for `agent`
-        alone, recorded in `step.p_next`."""
+        alone, recorded in `step.p_next`; returns the candidates (`step.candidates`)."""
         if step.candidates is None:
             step.candidates = self._candidates(ctx, list(prefix), self.transitions_)
-        wanted = step.candidates if agent is None else [agent]
+        candidates = step.candidates
+        wanted = candidates if agent is None else [agent]
         if all(a in step.p_next for a in wanted):
-            return
-        among = step.candidates if agent is None or agent in step.candidates else [*step.candidates, agent]
+            return candidates
+        among = candidates if agent is None or agent in candidates else [*candidates, agent]
         rows = self._next_rows(ctx, len(prefix), list(prefix), among, self.transitions_, self.agent_counts_, agent)
         for a, row in zip(wanted, rows):
             step.p_next[a] = self.next_tree_["value"][self._leaf(self.next_tree_, row)]
+        return candidates
 
     def _decode(self, ctx: _Prompt, reduced: np.ndarray, memo: dict) -> list[str]:
         """The greedy path: the stop tree ends it, else the next tree's best candidate runs next."""
@@ -490,10 +507,10 @@ class TreePlanner:
             step = self._stop_at(ctx, reduced, memo, prefix)
             if step.p_stop > 0.5:
                 break
-            self._next_at(ctx, step, prefix)
-            if not step.candidates:
+            candidates = self._next_at(ctx, step, prefix)
+            if not candidates:
                 break
-            best = max(step.candidates, key=lambda a: (step.p_next[a], ctx.score(a)))  # router score breaks ties
+            best = max(candidates, key=lambda a: (step.p_next[a], ctx.score(a)))  # router score breaks ties
             if step.p_next[best] < self.min_next:
                 break
             path.append(best)
@@ -511,13 +528,15 @@ class TreePlanner:
         candidates = [decoded, *(list(p) for p in proposed if list(p) != decoded)]
         total = sum(max(s, 0.0) for s, _ in ctx.proposals) or 1.0
         top_similarity = ctx.proposals[0][0] if ctx.proposals else 0.0
-        agent_vote: Counter[str] = Counter()
-        link_vote: Counter[tuple[str, str]] = Counter()
-        length_vote: Counter[int] = Counter()
+        agent_vote: _Votes[str] = _Votes()
+        link_vote: _Votes[tuple[str, str]] = _Votes()
+        length_vote: _Votes[int] = _Votes()
         for similarity, path in ctx.proposals:
             weight = max(similarity, 0.0) / total
-            agent_vote.update(dict.fromkeys(path, weight))
-            link_vote.update(dict.fromkeys(pairwise([START, *path, STOP]), weight))
+            for agent in dict.fromkeys(path):
+                agent_vote[agent] += weight
+            for link in dict.fromkeys(pairwise([START, *path, STOP])):
+                link_vote[link] += weight
             length_vote[len(path)] += weight
         rows, origins = [], []
         for path in candidates:
@@ -555,7 +574,8 @@ class TreePlanner:
                 max(p_stops) if p_stops else 0.0, float(min(counts)), sum(rates) / len(rates),
                 float(self.path_counts_.get(tuple(path), 0)), len(named) / len(path) if path else 0.0,
                 float(named == sorted(named)),
-                min((agent_vote[a] for a in path), default=0.0), sum(agent_vote[a] for a in path) / len(path) if path else 0.0,
+                min((agent_vote[a] for a in path), default=0.0),
+                sum(agent_vote[a] for a in path) / len(path) if path else 0.0,
                 min(link_vote[pair] for pair in pairwise([START, *path, STOP])), length_vote[len(path)],
                 float(max(ctx.rank(a) for a in path)) if path else 0.0,
                 len(members & set(decoded)) / max(len(members | set(decoded)), 1)])
@@ -565,7 +585,8 @@ class TreePlanner:
             row.extend(row[i] - b for i, b in zip(at, best))
         return candidates, rows, origins
 
-    def _path_rules(self, ctx: _Prompt, reduced: np.ndarray, memo: dict, path: list[str], decoded: bool) -> list[list[str]]:
+    def _path_rules(self, ctx: _Prompt, reduced: np.ndarray, memo: dict, path: list[str],
+                    decoded: bool) -> list[list[str]]:
         """Per step of `path`, the stop and next trees' tests and decisions along it."""
         rules = []
         for t in range(len(path) + 1):
@@ -575,8 +596,8 @@ class TreePlanner:
             if t == len(path):
                 if decoded and t == self.max_path_len:
                     break
-                self._next_at(ctx, step, prefix)
-                best = max(step.candidates, key=lambda a: (step.p_next[a], ctx.score(a)), default=None)
+                candidates = self._next_at(ctx, step, prefix)
+                best = max(candidates, key=lambda a: (step.p_next[a], ctx.score(a)), default=None)
                 if step.p_stop > 0.5 or best is None:
                     why.append(f"-> stop (P(stop) = {step.p_stop:.2f})")
                 elif decoded:
@@ -587,12 +608,12 @@ class TreePlanner:
                 rules.append(why)
                 break
             agent = path[t]
-            self._next_at(ctx, step, prefix)
-            row = self._next_rows(ctx, t, list(prefix), step.candidates if agent in step.candidates
-                                  else [*step.candidates, agent], self.transitions_, self.agent_counts_, agent)[0]
+            candidates = self._next_at(ctx, step, prefix)
+            row = self._next_rows(ctx, t, list(prefix), candidates if agent in candidates
+                                  else [*candidates, agent], self.transitions_, self.agent_counts_, agent)[0]
             self._next_at(ctx, step, prefix, agent)
-            rank = 1 + sum(step.p_next[a] > step.p_next[agent] for a in step.candidates if a != agent)
-            n = len(set(step.candidates) | {agent})
+            rank = 1 + sum(step.p_next[a] > step.p_next[agent] for a in candidates if a != agent)
+            n = len(set(candidates) | {agent})
             overruled = ", the rerank tree's path goes on" if step.p_stop > 0.5 else ""
             why += [f"-> continue (P(stop) = {step.p_stop:.2f}{overruled})", f"next tree, candidate {agent}:",
                     *self._rules(self.next_tree_, self.next_features_, row),
@@ -619,7 +640,8 @@ class TreePlanner:
             return plan
         seen = self.agent_counts_.get(top, 0)
         if seen >= self.follow_min_traces:
-            why = f"router's top agent {top} not planned: the trees know it from {seen} training calls and chose this path"
+            why = (f"router's top agent {top} not planned: the trees know it from {seen} training calls "
+                   "and chose this path")
             return Plan(plan.path, plan.rules, [*plan.choice, why])
         # Where the traces put it: first unless they end paths with it more often than they start with it.
         starts = self.transitions_.get(START, {}).get(top, 0)
@@ -638,14 +660,15 @@ class TreePlanner:
         reduced = (embedding - self.pca_mean_) @ self.pca_components_.T
         self._find_neighbours(ctx, embedding)
         memo: dict[tuple[str, ...], _Step] = {}
+        choice: list[str] = []
         if self.rerank_tree_ is None:
             path = self._decode(ctx, reduced, memo)
-            best, choice = 0, []
+            best = 0
         else:
             candidates, rows, origins = self._rerank_rows(ctx, reduced, memo, explain)
             p = [self.rerank_tree_["value"][self._leaf(self.rerank_tree_, row)] for row in rows]
             best = max(range(len(rows)), key=p.__getitem__)  # ties: the decoded path, then the nearest neighbour's
-            path, choice = candidates[best], []
+            path = candidates[best]
             if explain:
                 choice = ["candidate paths:", *(f"{i + 1}. {' -> '.join(c) or 'abstain'} [{o}] P(chosen) = {q:.2f}"
                                                 for i, (c, o, q) in enumerate(zip(candidates, origins, p))),
@@ -679,8 +702,10 @@ class TreePlanner:
                 "transitions": {a: dict(after) for a, after in self.transitions_.items()},
                 "neighbours": {"embeddings": self.neighbour_embeddings_.tolist(),
                                "paths": [list(p) for p in self.neighbour_paths_]},
-                "stop_tree": {"features": list(self.stop_features_), **{k: list(v) for k, v in self.stop_tree_.items()}},
-                "next_tree": {"features": list(self.next_features_), **{k: list(v) for k, v in self.next_tree_.items()}},
+                "stop_tree": {"features": list(self.stop_features_),
+                              **{k: list(v) for k, v in self.stop_tree_.items()}},
+                "next_tree": {"features": list(self.next_features_),
+                              **{k: list(v) for k, v in self.next_tree_.items()}},
                 "rerank_tree": None if self.rerank_tree_ is None else
                 {"features": list(self.rerank_features_), **{k: list(v) for k, v in self.rerank_tree_.items()}}}
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from amo import orchestration as orch
@@ -16,16 +17,22 @@ from amo.config import OrchestrationParams
 DASK_ENV = "AMO_DASK_ADDRESS"
 
 
+def _live(stage: str) -> Any:
+    """Each line the stage prints, into the task run's log as it comes (visible in the UI)."""
+    logger = get_run_logger()
+    return lambda line: logger.info("%s | %s", stage, line)
+
+
 @task(name="stage", task_run_name="{stage}")
 def stage_task(stage: str, repo: str = ".") -> str:
     """One DVC stage: `dvc repro --single-item STAGE` (DVC skips it when nothing changed)."""
-    return orch.tail(orch.run_stage(stage, Path(repo)))
+    return orch.tail(orch.run_stage(stage, Path(repo), on_line=_live(stage)))
 
 
 @task(name="finetune_arm", task_run_name="{stage}")
 def finetune_arm(stage: str, repo: str = ".") -> str:
     """One arm's stage `finetune_arm@<task>`: a separate task run per arm, so arms fan out."""
-    return orch.tail(orch.run_stage(stage, Path(repo)))
+    return orch.tail(orch.run_stage(stage, Path(repo), on_line=_live(stage)))
 
 
 def arm_task_runner(params: OrchestrationParams) -> TaskRunner:

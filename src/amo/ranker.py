@@ -231,7 +231,8 @@ class AgentRanker:
             target = torch.from_numpy(grades[rows].astype(np.float32))
             active = int((target > 0).sum())
             if active:
-                total += float(listwise_loss(model(torch.from_numpy(agent_f), torch.from_numpy(prompt_f)), target)) * active
+                scores = model(torch.from_numpy(agent_f), torch.from_numpy(prompt_f))
+                total += float(listwise_loss(scores, target)) * active
                 count += active
         return total / max(count, 1)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class ScoringModel(nn.Module):
         self.kind = kind
         self.separator = nn.Parameter(torch.zeros(dim))
         self.prompt_proj = nn.Linear(dim, proj_dim)
-        self.agent_proj = None if kind == "siamese" else nn.Linear(dim, proj_dim)
+        self.agent_proj: nn.Linear | None = None if kind == "siamese" else nn.Linear(dim, proj_dim)
         self.cosine_scale = nn.Parameter(torch.tensor(10.0))
         self.mlp = nn.Sequential(
             nn.Linear(4 * proj_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1),
@@ -56,7 +56,7 @@ class ScoringModel(nn.Module):
             return p @ d.t() + self.cosine_scale * cosine
         # The first layer over [p, d, p*d, |p-d|], split by block: the p and d blocks are
         # computed once per prompt and once per candidate instead of once per pair.
-        first, rest = self.mlp[0], self.mlp[1:]
+        first, rest = cast(nn.Linear, self.mlp[0]), self.mlp[1:]
         w_p, w_d, w_pd, w_abs = first.weight.chunk(4, dim=1)
         pairs_p, pairs_d = p.unsqueeze(1), d.unsqueeze(0)  # (B, 1, k), (1, C+1, k)
         hidden = ((p @ w_p.t()).unsqueeze(1) + (d @ w_d.t() + first.bias).unsqueeze(0)
@@ -72,13 +72,18 @@ def listwise_loss(scores: torch.Tensor, grades: torch.Tensor,
     over candidates d' of lower grade. The separator has grade 0.5, so it is a "less relevant"
     rival of every relevant agent and must itself beat every irrelevant one.
     scores, grades: (B, C); returns the mean over active terms, each weighted by its row's
-    weight when `row_weights` (B,) is given.
+    weight when `row_weights` (B,) is given. O(B x C) memory: with candidates sorted by grade,
+    the rivals of d are a prefix, whose log-sum-exp is a running one (a catalogue of 4,076
+    agents no longer needs a (B, C, C) tensor).
     """
-    lower = grades.unsqueeze(1) < grades.unsqueeze(2)  # (B, d, d'): d' less relevant than d
-    rivals = scores.unsqueeze(1).expand_as(lower).masked_fill(~lower, float("-inf"))
-    pool = torch.cat([scores.unsqueeze(2), rivals], dim=2)  # (B, C, 1 + C)
-    terms = torch.logsumexp(pool, dim=2) - scores  # (B, C), -log P(d)
-    active = (grades > 0) & lower.any(dim=2)
+    order = torch.argsort(grades, dim=1, stable=True)
+    ranked = torch.gather(grades, 1, order).contiguous()  # (B, C) grades ascending
+    prefix = torch.logcumsumexp(torch.gather(scores, 1, order), dim=1)  # (B, C)
+    below = torch.searchsorted(ranked, grades.contiguous())  # (B, C): rivals of strictly lower grade
+    has_rival = below > 0
+    rivals = torch.gather(prefix, 1, (below - 1).clamp(min=0)).masked_fill(~has_rival, float("-inf"))
+    terms = torch.logaddexp(scores, rivals) - scores  # (B, C), -log P(d)
+    active = (grades > 0) & has_rival
     if row_weights is None:
         return terms[active].sum() / active.sum().clamp(min=1)
     weights = row_weights.unsqueeze(1).expand_as(terms)[active]

@@ -433,7 +433,7 @@ def _run_frames(frames: list[_Frame]) -> list[tuple[str, Any]]:
         # context config (~8 ms), while get_batch takes the dataframe at run time.
         whole = (context.data_sources.add_pandas("amo_data").add_dataframe_asset("frames")
                  .add_batch_definition_whole_dataframe("whole"))
-        for i, frame in enumerate(frames):
+        for frame in frames:
             df = pd.DataFrame({c: pd.Series([r[c] for r in frame.records], dtype=object)
                                for c in frame.columns})
             batch = whole.get_batch(batch_parameters={"dataframe": df})
@@ -611,7 +611,7 @@ def validate_data(data_dir: Path, *, tasks: list[str] | None = None,
         found += _leakage(files, "input")
     problems = _unique_problems(found)
 
-    report = {"ok": not problems,
+    report: dict[str, Any] = {"ok": not problems,
               "files": {f.name: {"rows": f.n_rows, "expectations": f.expectations,
                                  "failed": f.failed} for f in all_files if f.exists},
               "problems": [asdict(p) for p in problems]}

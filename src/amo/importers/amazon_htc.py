@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
+from typing import Any
 
 from amo.config import DataParams
 from amo.importers import Imported, Record, SourceError, require, split_by_key
@@ -98,7 +99,7 @@ def load(source: Path, seed: int) -> Imported:
     (path,) = require(source, FILE)
     rows = deduplicate(read_reviews(path))
     max_chars = DataParams().max_prompt_chars
-    records = [{"prompt": prompt_of(title, text, max_chars),
+    records: list[dict[str, Any]] = [{"prompt": prompt_of(title, text, max_chars),
                 "labels": {category_id(cats[:level]): grade
                            for level, grade in zip((1, 2, 3), LEVEL_GRADES)},
                 "key": title + "\n" + text}

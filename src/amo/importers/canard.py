@@ -33,7 +33,7 @@ def section_key(dialog_id: str) -> str:
 
 def format_input(history: list[str], question: str, recent: int = RECENT_TURNS) -> str:
     """Topic line, the last `recent` turns as Q:/A: lines, and the question."""
-    title, section, turns = (history + ["", ""])[0], (history + ["", ""])[1], history[2:]
+    title, section, turns = [*history, "", ""][0], [*history, "", ""][1], history[2:]
     lines = [f"Topic: {title} - {section}" if section else f"Topic: {title}"]
     start = max(0, len(turns) - recent)
     start -= start % 2  # keep question/answer pairs whole

@@ -1,7 +1,7 @@
 """Stage `finetune_arm@<task>`: one task's LoRA adapter on the shared base model, evaluated
 against the base model on the task's test split.
 
-    amo finetune-arm product_extraction --out artifacts/arms/product_extraction --metrics metrics/arms/product_extraction.json
+    amo finetune-arm product_extraction --out artifacts/arms/product_extraction --metrics metrics/arms/product_extraction.json --plot metrics/plots/arms/product_extraction.csv
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from typing import Any
 from amo import data as contracts
 from amo.arms import checkpoint_dir, clear_checkpoint, evaluate_arm, save_arm, train_arm
 from amo.config import Params
-from amo.data import write_json
+from amo.data import write_csv, write_json
 from amo.models import fingerprint, load_base_model, resolve_base_model
 
 log = logging.getLogger("amo")
 
 
-def run(params: Params, task_name: str, out: Path, metrics: Path) -> dict[str, Any]:
+def run(params: Params, task_name: str, out: Path, metrics: Path, plot: Path | None = None) -> dict[str, Any]:
     if task_name not in params.arms.tasks:
         raise KeyError(f"unknown task {task_name!r}; params.yaml arms.tasks has: "
                        f"{', '.join(sorted(params.arms.tasks))}")
@@ -35,5 +35,7 @@ def run(params: Params, task_name: str, out: Path, metrics: Path) -> dict[str, A
               "final_loss": trained.final_loss, "train_seconds": round(trained.seconds, 1), **scores}
     save_arm(model, task_name, task, out, {"base_model": fingerprint(base_ref), "metrics": result})
     write_json(metrics, result)
+    if plot is not None:  # the loss curve, one row per step
+        write_csv(plot, ["step", "loss"], [[step, loss] for step, loss in enumerate(trained.losses, 1)])
     clear_checkpoint(checkpoint)
     return result

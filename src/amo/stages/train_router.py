@@ -3,7 +3,7 @@ ranker (amo.ranker) with its separator, build the agent index the bundle serves 
 plus every training prompt as an example of its agents), and choose the margin over the
 separator on the validation split.
 
-    amo train-router --data data --embeddings artifacts/embeddings --out artifacts/router --metrics metrics/train_router.json
+    amo train-router --data data --embeddings artifacts/embeddings --out artifacts/router --metrics metrics/train_router.json --plots metrics/plots/router
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from amo import data as contracts
 from amo.config import Params
-from amo.data import write_json
+from amo.data import write_csv, write_json
 from amo.encoder_tuning import prepare_encoder, stage_encoder, tuned_encoder_dir
 from amo.metrics import router_metrics
 from amo.ranker import AgentRanker
@@ -31,6 +33,7 @@ from amo.routing import (
 )
 
 log = logging.getLogger("amo")
+SWEEP_POINTS = 41  # margins drawn in the val trade-off plot
 
 
 def train(params: Params, agents: list[contracts.Agent], train: list[contracts.RoutingExample],
@@ -55,10 +58,24 @@ def train(params: Params, agents: list[contracts.Agent], train: list[contracts.R
     selection = {"margin": 0.0 if margin is None else margin, "target_oos_recall": p.target_oos_recall,
                  "chosen_on": "val" if margin is not None else "none (val has no out-of-scope prompt): separator only",
                  "val": on_val(0.0 if margin is None else margin), "val_separator_only": on_val(0.0)}
+    # The trade-off the margin sets on val: in-scope accuracy against OOS recall, lead by lead.
+    leads = np.unique(np.round(scores[:, :-1].max(1) - scores[:, -1], 3))
+    grid = np.unique(np.quantile(leads, np.linspace(0, 1, SWEEP_POINTS))) if len(leads) else np.zeros(0)
+    selection["sweep"] = [{"margin": float(m), **{k: on_val(float(m))[k] for k in ("in_scope_accuracy", "oos_recall")}}
+                          for m in grid]
     return ranker, served, selection
 
 
-def run(params: Params, data: Path, out: Path, metrics: Path, embeddings: Path | None = None) -> dict[str, Any]:
+def write_plots(folder: Path, ranker: AgentRanker, sweep: list[dict[str, float]]) -> None:
+    """loss.csv (train and val loss per epoch) and margin.csv (the val trade-off) for dvc plots."""
+    write_csv(folder / "loss.csv", ["epoch", "train_loss", "val_loss"],
+              [[r["epoch"], r["train_loss"], r.get("val_loss", "")] for r in ranker.history_])
+    write_csv(folder / "margin.csv", ["margin", "in_scope_accuracy", "oos_recall"],
+              [[s["margin"], s["in_scope_accuracy"], s["oos_recall"]] for s in sweep])
+
+
+def run(params: Params, data: Path, out: Path, metrics: Path, embeddings: Path | None = None,
+        plots: Path | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     agents = contracts.read_agents(data / "agents.jsonl")
     train_rows = contracts.read_routing(data / "routing" / "train.jsonl")
@@ -68,9 +85,12 @@ def run(params: Params, data: Path, out: Path, metrics: Path, embeddings: Path |
     prepare_encoder(params.encoder, train_rows, agents, tuned, log=lambda r: log.info("encoder %s", r))
     encoder_seconds = time.perf_counter() - start
     ranker, index, selection = train(params, agents, train_rows, val_rows, stage_encoder(params.encoder, out, embeddings))
+    sweep = selection.pop("sweep")
     ranker.save(out)
     index.save(out)
     write_json(out / SELECTION, selection)
+    if plots is not None:
+        write_plots(plots, ranker, sweep)
     best = min(ranker.history_, key=lambda r: r.get("val_loss", r["train_loss"]))
     result = {"agents": len(agents), "train_prompts": len(train_rows), "val_prompts": len(val_rows),
               "examples": len(index.examples), "epochs_run": len(ranker.history_), "best_epoch": best["epoch"],
