@@ -59,7 +59,8 @@ def route_load(url: str, clients: int, seconds: float, until: threading.Event | 
             while time.monotonic() < deadline and not (until is not None and until.is_set()):
                 n += 1
                 start = time.perf_counter()
-                response = http.post(f"{url}/route", json={"prompt": PROMPTS[n % len(PROMPTS)].format(n=n * 7 + number)})
+                prompt = PROMPTS[n % len(PROMPTS)].format(n=n * 7 + number)
+                response = http.post(f"{url}/route", json={"prompt": prompt})
                 latencies.append(1000 * (time.perf_counter() - start))
                 if response.status_code != 200:
                     raise SystemExit(f"/route answered {response.status_code}: {response.text}")
@@ -151,7 +152,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     result["p99_ratio"] = round(result["during_generation"]["p99_ms"] / result["alone"]["p99_ms"], 2)
     result["target_p99_ratio"] = 1.5
     result["setup"] = {"base_model": args.base_model, "max_new_tokens": args.tokens, "clients": args.clients,
-                       "seconds": args.seconds, "rounds": args.rounds, "server_threads": args.server_threads or "OMP_NUM_THREADS unset",
+                       "seconds": args.seconds, "rounds": args.rounds,
+                       "server_threads": args.server_threads or "OMP_NUM_THREADS unset",
                        "generation_threads": args.generation_threads or "default: every core but one",
                        "cores": os.cpu_count(), "load_average_after": os.getloadavg()[0],
                        "server": "amo serve, 1 uvicorn worker, 127.0.0.1; clients in this process"}

@@ -621,7 +621,7 @@ def test_signed_bundles_pass_and_unsigned_or_other_key_bundles_are_refused_by_na
     assert registry.current_id() is None
     assert registry.promote(signed, GATE).accepted and registry.verify("signed")["bundle_id"] == "signed"
     shutil.copytree(unsigned, registry.bundles / "unsigned")
-    with pytest.raises(BundleError, match="bundle unsigned at .* is unsigned"):
+    with pytest.raises(BundleError, match=r"bundle unsigned at .* is unsigned"):
         registry.rollback(to="unsigned")
     assert registry.current_id() == "signed"
 

@@ -47,7 +47,7 @@ def test_named_params_file_and_amo_params(bare: Path, monkeypatch: pytest.Monkey
     assert load_settings(other).generation_queue == 3
     monkeypatch.setenv("AMO_PARAMS", str(other))
     assert load_settings().generation_queue == 3
-    with pytest.raises(ConfigError, match="missing.yaml: file not found"):
+    with pytest.raises(ConfigError, match=r"missing\.yaml: file not found"):
         load_settings(bare / "missing.yaml")
 
 

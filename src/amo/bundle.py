@@ -77,7 +77,8 @@ def _sealed(directory: Path, path: Path) -> bool:
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): sha256_file(p) for p in sorted(directory.rglob("*")) if _sealed(directory, p)}
+    return {str(p.relative_to(directory)): sha256_file(p)
+            for p in sorted(directory.rglob("*")) if _sealed(directory, p)}
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:

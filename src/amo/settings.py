@@ -38,8 +38,8 @@ class RuntimeSettings(ServeParams, BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
-    registry: str = Field(RegistryParams.model_construct().path, description="A folder (relative to the working folder), "
-                          "file:// or any fsspec URL (s3://bucket/amo).")
+    registry: str = Field(RegistryParams.model_construct().path, description="A folder (relative to the "
+                          "working folder), file:// or any fsspec URL (s3://bucket/amo).")
     cache_dir: str = Field(RegistryParams.model_construct().cache_dir, description="Where bundles of a non-local "
                            "registry are downloaded and verified.")
     verify_key: str | None = Field(RegistryParams.model_construct().verify_key, description="A PEM public "
