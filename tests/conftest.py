@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -156,3 +157,18 @@ def trained_repo(prefect_api: str, tiny_lm: Path, tmp_path_factory: pytest.TempP
             "flow_run_id": state.state_details.flow_run_id}
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a test server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Any, seconds: float = 60) -> bool:
+    """Poll `predicate` every 0.1 s until it holds or `seconds` pass; whether it held."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tiny_bundle import ec_keys
 
 from amo.bundle import MANIFEST, BundleError, file_hashes, verify_bundle, write_manifest
 from amo.config import GateParams
@@ -580,3 +581,105 @@ def test_gc_on_an_object_store(tmp_path: Path) -> None:
     cleanup = store.gc(keep=1)
     assert cleanup.removed == ["bundles/a", "bundles/b", "bundles/cut"] and cleanup.kept == ["c"]
     assert [row["bundle_id"] for row in store.list()] == ["c"] and store.verify("c")
+
+
+# -- signed bundles (issue 14) ---------------------------------------------------------------------
+def test_signed_bundles_pass_and_unsigned_or_other_key_bundles_are_refused_by_name(tmp_path: Path) -> None:
+    """With a verify key, the registry promotes a bundle signed with its private key (the manifest
+    names the signer; manifest.sig is not an extra file) and refuses, naming the bundle, one that
+    is unsigned, signed with another key, or whose manifest changed after signing; rollback to an
+    unsigned bundle is refused too. Without a verify key both kinds are promoted."""
+    from amo.signing import check_signature, sign_bundle, signer_of
+
+    ours, our_pub = ec_keys(tmp_path / "keys", "ours")
+    theirs, _ = ec_keys(tmp_path / "keys", "theirs")
+    signed = fake_bundle(tmp_path / "c", "signed", 0.8)
+    manifest = sign_bundle(signed, ours)
+    assert manifest["signing"] == signer_of(ours) and manifest["signing"]["key"].startswith("sha256:")
+    assert verify_bundle(signed)["signing"] == manifest["signing"] and (signed / "manifest.sig").is_file()
+    assert check_signature(signed, our_pub)["bundle_id"] == "signed"
+
+    open_registry = Registry(tmp_path / "open")
+    assert open_registry.promote(fake_bundle(tmp_path / "c", "plain", 0.8), GATE).accepted
+    assert open_registry.promote(signed, GATE).accepted
+
+    registry = Registry(tmp_path / "registry", verify_key=our_pub)
+    unsigned = fake_bundle(tmp_path / "c", "unsigned", 0.9)
+    other = fake_bundle(tmp_path / "c", "other", 0.9)
+    sign_bundle(other, theirs)
+    changed = fake_bundle(tmp_path / "c", "changed", 0.9)
+    sign_bundle(changed, ours)
+    resealed = json.loads((changed / MANIFEST).read_text())
+    resealed["metrics"]["router"]["in_scope_accuracy"] = 0.99
+    write_manifest(changed, {k: v for k, v in resealed.items() if k != "digest"})
+    refusals = {"unsigned": "bundle unsigned at .* is unsigned",
+                "other": "bundle other at .* is signed with key sha256:.*, not the verify key",
+                "changed": "bundle changed at .*: manifest.sig does not verify against"}
+    for bundle, words in zip((unsigned, other, changed), refusals.values()):
+        with pytest.raises(BundleError, match=words):
+            registry.promote(bundle, GATE)
+    assert registry.current_id() is None
+    assert registry.promote(signed, GATE).accepted and registry.verify("signed")["bundle_id"] == "signed"
+    shutil.copytree(unsigned, registry.bundles / "unsigned")
+    with pytest.raises(BundleError, match=r"bundle unsigned at .* is unsigned"):
+        registry.rollback(to="unsigned")
+    assert registry.current_id() == "signed"
+
+
+def test_cli_and_runtime_verify_signatures_from_amo_verify_key(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """AMO_VERIFY_KEY makes `amo promote` and `amo bundles verify` refuse an unsigned bundle by
+    name (exit 1) and pass a signed one, and the runtime refuse to load an unsigned bundle
+    (recorded as refused, the signed one still served)."""
+    from amo.runtime import Runtime
+    from amo.settings import load_settings
+    from amo.signing import sign_bundle
+
+    private, public = ec_keys(tmp_path / "keys", "release")
+    params = _cli_params(tmp_path, monkeypatch)
+    monkeypatch.setenv("AMO_VERIFY_KEY", str(public))
+    unsigned = fake_bundle(tmp_path / "candidates", "unsigned", 0.8)
+    code, out = cli(params, "promote", str(unsigned))
+    assert code == 1 and "bundle unsigned at" in out and "is unsigned" in out and str(public) in out
+    signed = fake_bundle(tmp_path / "candidates", "signed", 0.8)
+    sign_bundle(signed, private)
+    code, out = cli(params, "promote", str(signed))
+    assert code == 0 and "PROMOTED signed" in out
+    code, out = cli(params, "bundles", "verify", "signed")
+    assert code == 0 and "bundle signed: 2 files verified, signature verified" in out
+    code, out = cli(params, "bundles", "verify", str(unsigned))
+    assert code == 1 and "is unsigned" in out
+
+    registry = load_settings().open_registry()
+    assert registry.verify_key == public
+    runtime = Runtime(registry, load=lambda path: type("Loaded", (), {"bundle_id": path.name})())
+    assert runtime.refresh() and runtime.brain.bundle_id == "signed"
+    shutil.copytree(unsigned, registry.bundles / "unsigned")
+    (registry.root / "current.json").write_text(json.dumps({"bundle_id": "unsigned"}))
+    assert not runtime.refresh() and runtime.brain.bundle_id == "signed"
+    assert runtime.refused["bundle_id"] == "unsigned" and "is unsigned" in runtime.refused["error"]
+
+
+def test_registry_commands_run_from_a_folder_without_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With only AMO_REGISTRY set, in a folder with no params.yaml, `amo bundles list`,
+    `amo bundles gc` and `amo rollback` work on that registry (none needs the training params)."""
+    from typer.testing import CliRunner
+
+    from amo.cli import app
+
+    registry = Registry(tmp_path / "registry")
+    for i, name in enumerate(["a", "b", "c"]):
+        registry.promote(fake_bundle(tmp_path / "candidates", name, 0.8 + i / 100), GATE)
+    (tmp_path / "bare").mkdir()
+    monkeypatch.chdir(tmp_path / "bare")
+    monkeypatch.delenv("AMO_PARAMS", raising=False)
+    monkeypatch.setenv("AMO_REGISTRY", str(tmp_path / "registry"))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["bundles", "list"])
+    assert listed.exit_code == 0 and [line[:3] for line in listed.output.splitlines()] == ["  a", "  b", "* c"]
+    rolled = runner.invoke(app, ["rollback"])
+    assert rolled.exit_code == 0 and "current bundle is now b" in rolled.output
+    cleaned = runner.invoke(app, ["bundles", "gc", "--keep", "2"])
+    assert cleaned.exit_code == 0 and "removed bundles/a" in cleaned.output, cleaned.output
+    assert sorted(p.name for p in registry.bundles.iterdir()) == ["b", "c"]
+    assert list((tmp_path / "bare").iterdir()) == []

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from tiny_bundle import build_tiny_bundle, tamper, tiny_params, variant
+from conftest import free_port, wait_until
+from tiny_bundle import build_tiny_bundle, ec_keys, tamper, tiny_params, variant
 
 from amo.config import GateParams
 from amo.registry import CURRENT, Registry, atomic_write
@@ -30,12 +30,6 @@ GATE = GateParams(floors={}, tolerance=1.0)
 @pytest.fixture(scope="module")
 def bundle(tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bundle(tmp_path_factory.mktemp("build"), tiny_lm)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(workdir: Path, tiny_lm: Path, registry: Path) -> tuple[subprocess.Popen[str], str]:
@@ -485,16 +479,6 @@ def test_readyz_is_503_until_a_verified_bundle_is_loaded(tmp_path: Path, bundle:
         assert client.head("/readyz").status_code == 200
 
 
-def wait_until(predicate: Any, seconds: float = 60) -> bool:
-    """Poll `predicate` every 0.1 s until it holds or `seconds` pass; whether it held."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """GET /metrics and parse the Prometheus text: {(sample name, labels): value}."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -551,3 +535,118 @@ def test_metrics_count_requests_routes_batches_and_bundles(bundle: Path, tiny_lm
     assert value("amo_route_batch_size_count") == 3 and value("amo_route_batch_size_sum") == 3
     assert value("amo_bundle_info", bundle_id=second) == 1
     assert value("amo_bundle_swaps_total") == 2 and value("amo_bundles_refused_total") == 1
+
+
+# -- issue 14: settings from the environment, a generation pool, an honest API ---------------------
+def bare_env(**variables: str) -> dict[str, str]:
+    """This environment without any AMO_ variable, plus `variables`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMO_")}
+    return {**env, "OMP_NUM_THREADS": "1", **variables}
+
+
+def test_uvicorn_factory_with_two_workers_from_a_bare_folder(bundle: Path, tmp_path: Path) -> None:
+    """`uvicorn --factory amo.runtime:create_app --workers 2`, run from a folder holding nothing
+    and configured by AMO_REGISTRY alone, serves /route from two worker processes; each response
+    carries an X-Request-ID (the client's own when it sends one) and each request is logged once
+    with method, path, status, milliseconds and that id."""
+    registry = Registry(tmp_path / "registry")
+    first = registry.promote(bundle, GATE).bundle_id
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "amo.runtime:create_app",
+                                "--workers", "2", "--host", "127.0.0.1", "--port", str(port)], cwd=bare,
+                               env=bare_env(AMO_REGISTRY=str(tmp_path / "registry")), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: _answers(url, process), 180), "uvicorn did not answer /readyz"
+        response = httpx.post(f"{url}/route", json={"prompt": "where is my order 1234"},
+                              headers={"X-Request-ID": "ops-check-1"})
+        assert response.status_code == 200 and response.json()["bundle_id"] == first
+        assert response.headers["x-request-id"] == "ops-check-1"
+        generated = httpx.post(f"{url}/route", json={"prompt": " "})
+        assert generated.status_code == 422 and len(generated.headers["x-request-id"]) == 16
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert output.count("Started server process") == 2, output
+    assert os.listdir(bare) == []
+    assert "method=POST path=/route status=200 ms=" in output and "request_id=ops-check-1" in output
+    assert "status=422 ms=" in output and f"request_id={generated.headers['x-request-id']}" in output
+
+
+def _answers(url: str, process: subprocess.Popen[str]) -> bool:
+    if process.poll() is not None:
+        raise AssertionError(f"the server exited:\n{process.stdout.read() if process.stdout else ''}")
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_route_plan_and_bundles_from_a_bare_folder(bundle: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`amo route`, `amo plan`, `amo bundles list` and `amo bundles verify` run from a folder with
+    no params.yaml, on the registry AMO_REGISTRY names."""
+    from typer.testing import CliRunner
+
+    from amo.cli import app
+
+    registry = Registry(tmp_path / "registry")
+    first = registry.promote(bundle, GATE).bundle_id
+    (tmp_path / "bare").mkdir()
+    monkeypatch.chdir(tmp_path / "bare")
+    monkeypatch.setenv("AMO_REGISTRY", f"file://{tmp_path / 'registry'}")
+    runner = CliRunner()
+    routed = runner.invoke(app, ["route", "where is my order 1234", "--json"])
+    assert routed.exit_code == 0, routed.output
+    assert set(json.loads(routed.output)) == {"agents", "separator", "abstained"}
+    planned = runner.invoke(app, ["plan", "refund for a broken mug"])
+    assert planned.exit_code == 0 and planned.output.startswith("plan: "), planned.output
+    listed = runner.invoke(app, ["bundles", "list"])
+    assert listed.exit_code == 0 and listed.output.startswith(f"* {first}  created"), listed.output
+    verified = runner.invoke(app, ["bundles", "verify", first])
+    assert verified.exit_code == 0 and f"bundle {first}: " in verified.output
+    assert os.listdir(tmp_path / "bare") == []
+
+
+def test_amo_bundle_signs_with_amo_signing_key_and_the_runtime_serves_it(
+        bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`amo bundle` with AMO_SIGNING_KEY writes a signed bundle (the manifest names the signer;
+    manifest.sig beside it is not an extra file); a registry and runtime with the matching verify
+    key promote and serve it, and refuse the unsigned bundle built from the same stages."""
+    from typer.testing import CliRunner
+
+    from amo.bundle import BundleError
+    from amo.cli import app
+    from amo.runtime import Runtime
+
+    private, public = ec_keys(tmp_path / "keys", "release")
+    workdir = bundle.parent.parent
+    monkeypatch.chdir(workdir)
+    result = CliRunner().invoke(app, [
+        "--params", "params.yaml", "bundle", "--router", "artifacts/router", "--onnx", "artifacts/router_onnx",
+        "--planner", "artifacts/planner", "--arms", "artifacts/arms", "--evaluation", "metrics/evaluation.json",
+        "--out", str(tmp_path / "signed")], env={"AMO_SIGNING_KEY": str(private)})
+    assert result.exit_code == 0 and ", signed by sha256:" in result.output, result.output
+    manifest = json.loads((tmp_path / "signed" / "manifest.json").read_text())
+    assert manifest["signing"]["scheme"] == "model-signing/elliptic-key"
+    assert json.loads((bundle / "manifest.json").read_text())["signing"] is None
+    registry = Registry(tmp_path / "registry", verify_key=public)
+    with pytest.raises(BundleError, match="is unsigned"):
+        registry.promote(bundle, GATE)
+    assert registry.promote(tmp_path / "signed", GATE).accepted
+    runtime = Runtime(registry)
+    assert runtime.refresh() and runtime.brain.manifest["signing"] == manifest["signing"]
+    assert runtime.brain.route("where is my order 1234").separator is not None
+
+
+def test_eager_arms_load_with_the_bundle(tmp_path: Path, bundle: Path) -> None:
+    """With serve.arms eager, the base LM and arms are loaded before the bundle is served."""
+    from amo.runtime import Runtime
+
+    registry = Registry(tmp_path / "eager")
+    registry.promote(bundle, GATE)
+    eager = Runtime(registry, arms="eager")
+    assert eager.refresh() and eager.health()["arms_loaded"] is True

@@ -89,8 +89,9 @@ def tiny_params(tiny_lm: Path) -> dict[str, Any]:
     }
 
 
-def build_tiny_bundle(workdir: Path, tiny_lm: Path) -> Path:
-    """Run the real stages on tiny data in `workdir`; return the bundle folder."""
+def build_tiny_bundle(workdir: Path, tiny_lm: Path, base_model: dict[str, Any] | None = None) -> Path:
+    """Run the real stages on tiny data in `workdir`; return the bundle folder (its arm on
+    `tiny_lm`, or on the `base_model` params section given, e.g. the packaged SmolLM2)."""
     from amo.config import parse_params
     from amo.stages import (
         bundle,
@@ -104,6 +105,8 @@ def build_tiny_bundle(workdir: Path, tiny_lm: Path) -> Path:
 
     workdir.mkdir(parents=True, exist_ok=True)
     raw = tiny_params(tiny_lm)
+    if base_model is not None:
+        raw["base_model"] = base_model
     (workdir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     params = parse_params(raw)
     previous = Path.cwd()
@@ -153,3 +156,18 @@ def tamper(bundle: Path, kind: str, name: str) -> None:
         target.unlink()
     else:
         target.write_bytes(b"not in the manifest")
+
+
+def ec_keys(folder: Path, name: str) -> tuple[Path, Path]:
+    """A new P-256 key pair as PEM files: (private, public)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = folder / f"{name}.pem", folder / f"{name}.pub.pem"
+    folder.mkdir(parents=True, exist_ok=True)
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public

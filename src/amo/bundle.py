@@ -26,6 +26,7 @@ from amo.onnx_encoder import ENCODER_FILES
 from amo.routing import Classifier, read_margin
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # a signed bundle's signature of manifest.json (amo.signing); not in `files`
 RUNTIME = "runtime.json"
 FORMAT_VERSION = 1
 # A bundle id names a folder in the registry: a plain name, never a path ("..", "/", ".hidden").
@@ -70,9 +71,14 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _sealed(directory: Path, path: Path) -> bool:
+    """Whether `path` is one of the files the manifest lists (not the manifest, not its signature)."""
+    return path.is_file() and path.name != MANIFEST and path != directory / SIGNATURE
+
+
 def file_hashes(directory: Path) -> dict[str, str]:
     return {str(p.relative_to(directory)): sha256_file(p)
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+            for p in sorted(directory.rglob("*")) if _sealed(directory, p)}
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
@@ -125,8 +131,10 @@ def model_refs(params: Params, router_dir: Path) -> dict[str, Any]:
 
 
 def build_bundle(params: Params, raw_params: dict[str, Any], out: Path, *, router_dir: Path,
-                 onnx_path: Path, planner_dir: Path, arms_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Assemble a bundle in `out` (replaced whole) and return its manifest."""
+                 onnx_path: Path, planner_dir: Path, arms_dir: Path, metrics: dict[str, Any],
+                 sign_key: Path | None = None) -> dict[str, Any]:
+    """Assemble a bundle in `out` (replaced whole) and return its manifest; with `sign_key` (a PEM
+    elliptic-curve private key) the manifest is signed (amo.signing), and says so either way."""
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     _copy(onnx_path, partial / "router" / "router.onnx")
@@ -153,9 +161,13 @@ def build_bundle(params: Params, raw_params: dict[str, Any], out: Path, *, route
         "bundle_id": new_bundle_id(created, files),
         "created": created, "git_commit": git_commit(), "data_hash": data_hash(),
         "amo_version": amo.__version__, "params": raw_params, "metrics": metrics,
-        "models": model_refs(params, router_dir), "files": files,
+        "models": model_refs(params, router_dir), "files": files, "signing": None,
     }
     manifest = write_manifest(partial, manifest)
+    if sign_key is not None:
+        from amo.signing import sign_bundle
+
+        manifest = sign_bundle(partial, sign_key)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(partial, out)
     return manifest
@@ -186,7 +198,7 @@ def file_problems(bundle: Path, manifest: dict[str, Any], under: str = "") -> li
     and the manifest's hashes: missing, extra and changed files, each named."""
     expected = {name: digest for name, digest in manifest["files"].items() if name.startswith(under)}
     folder = bundle / under if under else bundle
-    actual = {str(p.relative_to(bundle)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
+    actual = {str(p.relative_to(bundle)) for p in folder.rglob("*") if _sealed(bundle, p)}
     problems = [f"missing file {name}" for name in sorted(set(expected) - actual)]
     problems += [f"extra file {name}" for name in sorted(actual - set(expected))]
     problems += [f"checksum mismatch in {name}" for name in sorted(set(expected) & actual)

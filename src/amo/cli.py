@@ -22,14 +22,16 @@ app.add_typer(data_app, name="data")
 app.add_typer(agents_app, name="agents")
 app.add_typer(bundles_app, name="bundles")
 
-_state: dict[str, Path] = {"params": Path("params.yaml")}
+_state: dict[str, Path | None] = {"params": Path("params.yaml"), "given": None}
 REJECTED_EXIT = 3  # exit status when the promotion gate rejects a bundle (errors exit 1)
 
 
 @app.callback()
-def main(params: Path = typer.Option(Path("params.yaml"), "--params", "-p", help="Params file."),
+def main(params: Path | None = typer.Option(None, "--params", "-p", help="Params file; default "
+                                            "params.yaml (the runtime and registry commands also run "
+                                            "without one: see `amo serve --help`)."),
          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    _state["params"] = params
+    _state["params"], _state["given"] = params or Path("params.yaml"), params
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "great_expectations", "sentence_transformers", "transformers"):
@@ -40,14 +42,26 @@ def main(params: Path = typer.Option(Path("params.yaml"), "--params", "-p", help
         os.environ.setdefault(key, value)
 
 
+def _params_file() -> Path:
+    return _state["params"] or Path("params.yaml")
+
+
 def _params() -> Any:
     from amo.config import load_params
 
-    return load_params(_state["params"])
+    return load_params(_params_file())
 
 
 def _raw_params() -> dict[str, Any]:
-    return yaml.safe_load(_state["params"].read_text(encoding="utf-8"))
+    return yaml.safe_load(_params_file().read_text(encoding="utf-8"))
+
+
+def _settings(**options: Any) -> Any:
+    """The runtime settings (amo.settings): options given here, then AMO_ variables, then the
+    params file when there is one."""
+    from amo.settings import load_settings
+
+    return _run(lambda: load_settings(_state["given"], **options))
 
 
 def _run(action: Callable[[], Any]) -> Any:
@@ -158,7 +172,7 @@ def agents_publish() -> None:
     and promote it through the gate. Exits 3 when the gate rejects it."""
     from amo.orchestration import publish_index
 
-    decision, markdown = _run(lambda: publish_index(Path("."), _state["params"]))
+    decision, markdown = _run(lambda: publish_index(Path("."), _params_file()))
     if decision is None:
         typer.echo(markdown)
         return
@@ -297,13 +311,16 @@ def evaluate(data: Path = _required("Data folder."), router: Path = _required("R
 @app.command()
 def bundle(router: Path = _required("Router folder."), onnx: Path = _required("Router ONNX folder."),
            planner: Path = _required("Planner folder."), arms: Path = _required("Arms folder."),
-           evaluation: Path = _required("Evaluation file."), out: Path = _required("Bundle folder to write.")
-           ) -> None:
-    """Stage: assemble the bundle and its manifest."""
+           evaluation: Path = _required("Evaluation file."), out: Path = _required("Bundle folder to write."),
+           sign_key: Path | None = typer.Option(None, envvar="AMO_SIGNING_KEY", help="A PEM elliptic-curve "
+                                                "private key: sign the manifest (amo.signing).")) -> None:
+    """Stage: assemble the bundle and its manifest (signed with --sign-key / AMO_SIGNING_KEY)."""
     from amo.stages import bundle as stage
 
-    manifest = _run(lambda: stage.run(_params(), _raw_params(), router, onnx, planner, arms, evaluation, out))
-    typer.echo(f"bundle {manifest['bundle_id']} written to {out} ({len(manifest['files'])} files)")
+    manifest = _run(lambda: stage.run(_params(), _raw_params(), router, onnx, planner, arms, evaluation, out,
+                                      sign_key))
+    signed = f"signed by {manifest['signing']['key'][:19]}…" if manifest["signing"] else "unsigned"
+    typer.echo(f"bundle {manifest['bundle_id']} written to {out} ({len(manifest['files'])} files, {signed})")
 
 
 @app.command()
@@ -322,9 +339,8 @@ def plots(out: Path = typer.Option(Path("dvc_plots"), help="Folder for index.htm
 
 # -- release ----------------------------------------------------------------------------------
 def _registry() -> Any:
-    from amo.registry import Registry
-
-    return Registry.from_params(_params().registry)
+    """The registry AMO_REGISTRY names, else params.yaml's registry.path (no params file needed)."""
+    return _settings().open_registry()
 
 
 @app.command()
@@ -336,7 +352,7 @@ def promote(bundle_dir: Path | None = typer.Argument(None, metavar="BUNDLE",
     data); switch `current` if it passes. Exits 3 when the gate rejects it."""
     from amo.orchestration import promote_bundle
 
-    decision, markdown = _run(lambda: promote_bundle(Path("."), bundle_dir, force, _state["params"]))
+    decision, markdown = _run(lambda: promote_bundle(Path("."), bundle_dir, force, _params_file()))
     typer.echo(str(decision))
     if report is not None:
         report.write_text(markdown, encoding="utf-8")
@@ -394,33 +410,49 @@ def bundles_verify(bundle_id: str = typer.Argument(..., help="A bundle id, or a 
     """Check every file of a bundle against its manifest."""
     from amo.bundle import verify_bundle
 
-    folder = Path(bundle_id)
-    manifest = _run(lambda: verify_bundle(folder) if folder.is_dir() else _registry().verify(bundle_id))
-    typer.echo(f"bundle {manifest['bundle_id']}: {len(manifest['files'])} files verified")
+    folder, registry = Path(bundle_id), _registry()
+
+    def check() -> Any:
+        if not folder.is_dir():
+            return registry.verify(bundle_id)
+        manifest = verify_bundle(folder)
+        registry.check_signed(folder)
+        return manifest
+
+    manifest = _run(check)
+    signature = ", signature verified" if registry.verify_key else ""
+    typer.echo(f"bundle {manifest['bundle_id']}: {len(manifest['files'])} files verified{signature}")
 
 
 @app.command()
-def serve(host: str | None = typer.Option(None, help="Default: params.yaml serve.host (127.0.0.1)."),
-          port: int | None = typer.Option(None, help="Default: params.yaml serve.port."),
-          poll_seconds: float | None = typer.Option(None, help="Default: serve.poll_seconds.")) -> None:
-    """Serve the promoted bundle over HTTP; a newly promoted bundle is verified, then swapped in."""
+def serve(host: str | None = typer.Option(None, help="Default: AMO_HOST, serve.host (127.0.0.1)."),
+          port: int | None = typer.Option(None, help="Default: AMO_PORT, serve.port (8000)."),
+          poll_seconds: float | None = typer.Option(None, help="Default: AMO_POLL_SECONDS, serve.poll_seconds."),
+          workers: int | None = typer.Option(None, help="Default: AMO_WORKERS, serve.workers (1).")) -> None:
+    """Serve the promoted bundle over HTTP; a newly promoted bundle is verified, then swapped in.
+
+    Every setting of params.yaml's serve section is also an AMO_ variable (AMO_REGISTRY,
+    AMO_ARMS, AMO_MAX_NEW_TOKENS, AMO_GENERATION_QUEUE, ...; README "Release and runtime"), so
+    it runs from any folder; params.yaml, when present, gives the defaults."""
     from amo.runtime import serve as run_server
 
-    params = _params()
-    s = params.serve
-    typer.echo(f"amo runtime on http://{host or s.host}:{port or s.port} (docs: /docs), "
-               f"registry {params.registry.path}", err=True)
-    run_server(_registry(), host or s.host, port or s.port,
-               poll_seconds=poll_seconds or s.poll_seconds,
-               max_prompt_chars=params.data.max_prompt_chars, max_body_bytes=s.max_body_bytes,
-               max_batch=s.max_batch)
+    settings = _settings(host=host, port=port, poll_seconds=poll_seconds, workers=workers)
+    typer.echo(f"amo runtime on http://{settings.host}:{settings.port} (docs: /docs), registry "
+               f"{settings.registry}, {settings.workers} worker(s), arms {settings.arms}", err=True)
+    run_server(settings)
 
 
 # -- serving from the promoted bundle -------------------------------------------------------
 def _brain(bundle_dir: Path | None) -> Any:
     from amo.brain import Brain
 
-    return _run(lambda: Brain(bundle_dir or _registry().current_path()))
+    def load() -> Any:
+        registry = _registry()
+        path = bundle_dir or registry.current_path()
+        registry.check_signed(path)
+        return Brain(path)
+
+    return _run(load)
 
 
 BUNDLE_OPTION = typer.Option(None, "--bundle", help="Bundle folder; default: the promoted one.")

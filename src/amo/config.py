@@ -201,9 +201,15 @@ class RegistryParams(_Section):
     path: str = "registry"
     # Where the runtime downloads bundles from a non-local registry before verifying them.
     cache_dir: str = "build/registry-cache"
+    # A PEM public key: promotion, rollback and the runtime then refuse bundles not signed with
+    # its private key (amo.signing); none: signed and unsigned bundles are both accepted.
+    verify_key: str | None = None
 
 
 class ServeParams(_Section):
+    """The runtime's settings; each can also be set from the environment as AMO_<NAME>
+    (amo.settings), which wins over params.yaml."""
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     # How often the runtime reads the registry's `current` pointer to pick up a promotion.
@@ -212,6 +218,22 @@ class ServeParams(_Section):
     max_body_bytes: int = Field(65536, ge=1024)
     # Concurrent /route requests are encoded together, at most this many at once.
     max_batch: int = Field(32, ge=1)
+    # After the first /route request of a batch, wait this long for more (0: take what is waiting).
+    batch_window_ms: float = Field(0.0, ge=0.0, le=1000.0)
+    # The base LM and arms: loaded on the first /invoke or /copilot ("lazy"), with the bundle
+    # before it is served ("eager": a bundle whose arms fail is refused), or never ("off": a
+    # router-only runtime; /invoke and /copilot answer 503 arms_off).
+    arms: Literal["lazy", "eager", "off"] = "lazy"
+    # The most new tokens an /invoke request may ask for; asking more is a 422 (not clamped).
+    max_new_tokens: int = Field(512, ge=1)
+    # An /invoke or /copilot request gets 504 after waiting this long for its generation.
+    request_timeout_seconds: float = Field(120.0, gt=0.0)
+    # /invoke and /copilot requests admitted at once (the running one included); more get 429.
+    generation_queue: int = Field(8, ge=1)
+    # torch threads generation uses; 0: every core but one, which routing keeps (at least 1).
+    generation_threads: int = Field(0, ge=0)
+    # uvicorn worker processes; each loads the bundle, and its own base LM when arms load.
+    workers: int = Field(1, ge=1)
 
 
 class OrchestrationParams(_Section):
@@ -285,8 +307,8 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         raise ConfigError(f"{source} is invalid:\n  {details}") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate `params.yaml`."""
+def read_params_file(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """The parsed mapping of a params file, not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
@@ -296,4 +318,26 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return parse_params(raw, str(path))
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate `params.yaml`."""
+    return parse_params(read_params_file(path), str(path))
+
+
+def parse_sections(raw: dict[str, Any], names: tuple[str, ...], source: str = "params.yaml") -> dict[str, Any]:
+    """Validate only the sections `names` of a params mapping (the runtime needs no training
+    sections); {name: section}, ConfigError naming every bad key."""
+    fields = Params.model_fields
+    sections, problems = {}, []
+    for name in names:
+        model = fields[name].annotation
+        assert isinstance(model, type) and issubclass(model, _Section)
+        try:
+            sections[name] = model.model_validate(raw.get(name) or {})
+        except ValidationError as exc:
+            problems += [_describe({**e, "loc": (name, *e["loc"])}) for e in exc.errors()]
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+    return sections

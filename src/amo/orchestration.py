@@ -377,16 +377,18 @@ def promote_bundle(repo: Path, bundle_dir: Path | None = None, force: bool = Fal
     """The one front door for promotion (`amo promote` and the promote flow): gate a bundle
     (default: the bundle stage's output in dvc.yaml) against the floors and the champion, both
     scored on the repository's current test data when it has test splits, and promote it into
-    the registry; the decision and its Markdown report."""
+    the registry (AMO_REGISTRY, else params.yaml's registry.path; a verify key from
+    AMO_VERIFY_KEY or registry.verify_key); the decision and its Markdown report."""
     from functools import partial
 
     from amo.assessment import assess_bundle
     from amo.config import load_params
     from amo.layout import stage_output
-    from amo.registry import Registry
+    from amo.settings import load_settings
 
-    params = load_params(params_file or repo / "params.yaml")
-    registry = Registry.from_params(params.registry, repo)
+    params_file = params_file or repo / "params.yaml"
+    params = load_params(params_file)
+    registry = load_settings(params_file).open_registry(repo)
     if bundle_dir is None:
         bundle_dir = stage_output("bundle", repo)
     elif not bundle_dir.is_absolute():
@@ -407,8 +409,8 @@ def publish_index(repo: Path, params_file: Path | None = None) -> tuple[Any, str
     from amo.bundle import git_commit
     from amo.config import load_params
     from amo.layout import stage_output
-    from amo.registry import Registry
     from amo.reindex import NothingToPublish, build_index_bundle, measure
+    from amo.settings import load_settings
     from amo.validate import validate_data
 
     params = load_params(params_file or repo / "params.yaml")
@@ -417,7 +419,7 @@ def publish_index(repo: Path, params_file: Path | None = None) -> tuple[Any, str
     validate_data(data, min_description_chars=d.min_description_chars, max_description_chars=d.max_description_chars,
                   max_prompt_chars=d.max_prompt_chars, max_task_chars=d.max_task_chars)  # refused: nothing moves
     version = track_data(repo, d.dir) if (repo / f"{d.dir}.dvc").is_file() else None
-    registry = Registry.from_params(params.registry, repo)
+    registry = load_settings(params_file or repo / "params.yaml").open_registry(repo)
     out = stage_output("bundle", repo).with_name("index-bundle")
     try:
         build_index_bundle(registry.current_path(), contracts.read_agents(data / "agents.jsonl"),
@@ -426,4 +428,9 @@ def publish_index(repo: Path, params_file: Path | None = None) -> tuple[Any, str
     except NothingToPublish as exc:
         return None, f"nothing to publish: {exc}"
     measure(out, data)
+    sign_key = os.environ.get("AMO_SIGNING_KEY")
+    if sign_key:  # a new bundle: signed as `amo bundle` signs, when a signing key is configured
+        from amo.signing import sign_bundle
+
+        sign_bundle(out, Path(sign_key))
     return promote_bundle(repo, out, params_file=params_file)

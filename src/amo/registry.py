@@ -183,7 +183,8 @@ class Registry:
     """Bundles by id, `current.json` and `history.jsonl` under a local folder or fsspec URL."""
 
     def __init__(self, root: str | Path, cache_dir: Path | None = None,
-                 checkpoint: Checkpoint = _no_checkpoint, lock_timeout: float = 600.0) -> None:
+                 checkpoint: Checkpoint = _no_checkpoint, lock_timeout: float = 600.0,
+                 verify_key: Path | None = None) -> None:
         from fsspec.core import url_to_fs
         from fsspec.implementations.local import LocalFileSystem
 
@@ -196,6 +197,7 @@ class Registry:
         self.cache_dir = cache_dir
         self.checkpoint = checkpoint
         self.lock_timeout = lock_timeout
+        self.verify_key = verify_key  # bundles must be signed with its private key (amo.signing)
 
     @contextmanager
     def _locked(self, action: str) -> Iterator[None]:
@@ -211,7 +213,8 @@ class Registry:
     def from_params(cls, params: RegistryParams, repo: Path = Path(".")) -> Registry:
         """The registry params.yaml names: a folder relative to `repo`, or an fsspec URL."""
         where = params.path if "://" in params.path else repo / params.path
-        return cls(where, cache_dir=repo / params.cache_dir)
+        return cls(where, cache_dir=repo / params.cache_dir,
+                   verify_key=repo / params.verify_key if params.verify_key else None)
 
     # -- paths and small files ----------------------------------------------------------------
     def _key(self, *parts: str) -> str:
@@ -302,12 +305,23 @@ class Registry:
             raise BundleError(f"registry {self.url}: nothing promoted yet (run `amo promote`)")
         return self.bundle_path(bundle_id)
 
-    def verify(self, bundle_id: str) -> dict[str, Any]:
-        """Every file of a registry bundle against its manifest, filed under its own id."""
-        manifest = verify_bundle(self.bundle_path(bundle_id))
+    def verify(self, bundle_id: str, signed: bool = True) -> dict[str, Any]:
+        """Every file of a registry bundle against its manifest, filed under its own id, and its
+        signature when the registry has a verify key (unless `signed` is False)."""
+        path = self.bundle_path(bundle_id)
+        manifest = verify_bundle(path)
         if manifest["bundle_id"] != bundle_id:
             raise BundleError(f"registry {self.url}: bundles/{bundle_id} holds bundle {manifest['bundle_id']}")
+        if signed:
+            self.check_signed(path)
         return manifest
+
+    def check_signed(self, bundle: Path) -> None:
+        """With a verify key, BundleError unless `bundle` is signed with its private key."""
+        if self.verify_key is not None:
+            from amo.signing import check_signature
+
+            check_signature(bundle, self.verify_key)
 
     def history(self) -> list[dict[str, Any]]:
         """Every readable event of `history.jsonl`, oldest first (unreadable lines left out)."""
@@ -425,6 +439,7 @@ class Registry:
         metrics each manifest carries, and the reasons say so. Promotions take the registry's
         lock and read the champion inside it; promoting the current bundle changes nothing."""
         manifest = verify_bundle(candidate)
+        self.check_signed(candidate)
         self.checkpoint("candidate verified")
         bundle_id = manifest["bundle_id"]
         with self._locked(f"promote {bundle_id}"):
@@ -447,7 +462,8 @@ class Registry:
                          params: GateParams, force: bool, assess: Assess | None) -> Decision:
         """Gate the verified candidate against `champion_id`; copy in and switch if it passes."""
         bundle_id = manifest["bundle_id"]
-        champion_manifest = self.verify(champion_id) if champion_id else None
+        # The champion's files, not its signature: it may predate the verify key, and is only read.
+        champion_manifest = self.verify(champion_id, signed=False) if champion_id else None
         if assess is not None:
             measured = assess(candidate)
             basis = "candidate and champion scored on the same, current test data"

@@ -18,6 +18,8 @@ import numpy as np
 
 from amo import data as contracts
 from amo.bundle import (
+    MANIFEST,
+    SIGNATURE,
     BundleError,
     file_hashes,
     new_bundle_id,
@@ -77,13 +79,14 @@ def build_index_bundle(champion_dir: Path, agents: list[contracts.Agent], rows: 
         raise NothingToPublish(f"the agents and training prompts match champion {champion.bundle_id}'s index")
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(champion_dir, partial, ignore=shutil.ignore_patterns("manifest.json"))
+    shutil.copytree(champion_dir, partial, ignore=shutil.ignore_patterns(MANIFEST, SIGNATURE))
     index.save(partial / "router")
     parent = champion.manifest
     created, files = now(), file_hashes(partial)
     manifest = {**{k: v for k, v in parent.items() if k != "digest"},
                 "bundle_id": new_bundle_id(created, files), "created": created,
                 "git_commit": git_commit, "data_hash": data_hash, "files": files, "metrics": {},
+                "signing": None,  # the parent's signature covers the parent only
                 "derived": {"kind": "index", "parent": parent["bundle_id"], "changes": changes}}
     write_manifest(partial, manifest)
     shutil.rmtree(out, ignore_errors=True)

@@ -4,13 +4,24 @@
     GET  /healthz (liveness)  /readyz (a verified bundle is served)  /bundle  /metrics (Prometheus)
          /docs  /redoc (OpenAPI, assets served locally)
 
+    AMO_REGISTRY=/srv/amo/registry uvicorn --factory amo.runtime:create_app --workers 2
+
+Settings come from amo.settings (AMO_ variables over params.yaml: serve). /invoke and /copilot
+run on one generation thread of their own (one base LM), never on the threads that answer the
+other endpoints: at most serve.generation_queue of them are admitted at once (more: 429 with
+Retry-After), each waits at most serve.request_timeout_seconds (504). One access-log line per
+request (logger amo.access): method, path, status, milliseconds and the request id, which every
+response carries in X-Request-ID.
+
 The runtime verifies every checksum of the current bundle before serving it. A background thread
 reads the registry's `current` pointer every `serve.poll_seconds`; when it names another bundle,
-that bundle is loaded and verified in full on the side, then one reference is swapped. A request
+that bundle is loaded and verified in full (and its signature checked when a verify key is
+configured, amo.signing) on the side, then one reference is swapped. A request
 takes that reference once, so in-flight requests finish on the Brain they started with. A bundle
 that fails verification is refused (logged, shown by /healthz) and the old one keeps serving.
-Arms are re-hashed when they load (first /invoke or /copilot). Errors are JSON:
-{"error": {"code": ..., "message": ...}}; a 500 carries only a request id, its traceback is logged.
+Arms are re-hashed when they load (first /invoke or /copilot, or with the bundle when serve.arms
+is eager). Errors are JSON: {"error": {"code": ..., "message": ...}}; a 500 carries only a request
+id, its traceback is logged.
 """
 
 from __future__ import annotations
@@ -18,31 +29,39 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import queue
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-from pydantic import AfterValidator, BaseModel, Field
-
+# at module level: FastAPI resolves the endpoints' annotations in these globals
+from amo import runtime_api as api
 from amo.asgi import ASGIApp, Message, Receive, Scope, Send
 from amo.bundle import BundleError
 from amo.registry import Registry
 
-log = logging.getLogger("amo.runtime")
+if TYPE_CHECKING:
+    from amo.settings import RuntimeSettings
 
+log = logging.getLogger("amo.runtime")
+access_log = logging.getLogger("amo.access")
 
 
 class Runtime:
     """The Brain being served, and the loop that swaps in a newly promoted, verified one."""
 
     def __init__(self, registry: Registry, poll_seconds: float = 2.0,
-                 load: Callable[[Any], Any] | None = None) -> None:
+                 load: Callable[[Any], Any] | None = None, arms: str = "lazy") -> None:
         self.registry = registry
         self.poll_seconds = poll_seconds
-        self._load = load or _load_brain
+        self.arms = arms  # serve.arms: lazy, eager or off
+        self._load = load or partial(_load_brain, eager_arms=arms == "eager")
         self.brain: Any = None  # swapped whole; readers take it once per request
         self.refused: dict[str, Any] | None = None
         self.loaded_at: str | None = None
@@ -51,7 +70,6 @@ class Runtime:
         self._pointer: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.arm_lock = threading.Lock()  # one base LM: arm calls run one at a time
 
     def refresh(self) -> bool:
         """Load the bundle `current` names if it changed; True if a new Brain is now served."""
@@ -74,7 +92,9 @@ class Runtime:
             self.refused = None  # pointed back at the bundle being served
             return False
         try:
-            brain = self._load(self.registry.bundle_path(bundle_id))
+            path = self.registry.bundle_path(bundle_id)
+            self.registry.check_signed(path)  # with a verify key: unsigned or other-key bundles refused
+            brain = self._load(path)
         except Exception as exc:  # noqa: BLE001 -- any load failure refuses the bundle
             self.refused = {"bundle_id": bundle_id, "error": str(exc), "time": _now()}
             self.refusals += 1
@@ -107,7 +127,7 @@ class Runtime:
         return {"status": "ok" if brain is not None else "no_bundle",
                 "bundle_id": brain.bundle_id if brain is not None else None,
                 "loaded_at": self.loaded_at, "refused": self.refused,
-                "arms_loaded": getattr(brain, "_arms", None) is not None,
+                "arms": self.arms, "arms_loaded": getattr(brain, "_arms", None) is not None,
                 "registry": self.registry.url}
 
 
@@ -115,22 +135,28 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _load_brain(path: Any) -> Any:
-    """Load and verify a bundle, then warm its route path so the first request is fast."""
+def _load_brain(path: Any, eager_arms: bool = False) -> Any:
+    """Load and verify a bundle, then warm its route path so the first request is fast; with
+    `eager_arms`, load (and re-hash) its arms too, so a bundle whose arms fail is refused whole."""
     from amo.brain import Brain
 
     brain = Brain(path)
     brain.route("warm up")
+    if eager_arms:
+        brain.arms  # noqa: B018 -- loads the base LM and the arms
     return brain
 
 
 class RouteBatcher:
     """One thread routes every /route request: it takes whatever requests are waiting (up to
     `max_batch`) and answers them with one encoder batch. Under load, requests that arrive
-    while a batch runs form the next one; a lone request is routed at once, without waiting."""
+    while a batch runs form the next one; a lone request is routed at once, unless `window`
+    seconds are given to wait for more after the first."""
 
-    def __init__(self, max_batch: int = 32, on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(self, max_batch: int = 32, on_batch: Callable[[int], None] | None = None,
+                 window: float = 0.0) -> None:
         self.max_batch = max_batch
+        self.window = window
         self.on_batch = on_batch or (lambda size: None)  # told each batch's size (for /metrics)
         self._queue: queue.Queue[tuple[Any, str, asyncio.AbstractEventLoop, asyncio.Future[Any]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -159,9 +185,11 @@ class RouteBatcher:
             if first is None:
                 return
             items = [first]
+            deadline = time.monotonic() + self.window
             while len(items) < self.max_batch:
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic())) \
+                        if self.window else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
@@ -190,34 +218,77 @@ def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
         future.set_result(outcome)
 
 
-def unicode_text(value: str) -> str:
-    """`value` when it is valid Unicode: JSON can escape a lone surrogate (`\\ud800`), which no
-    tokenizer or UTF-8 encoder accepts (it failed a whole /route batch with a 500)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"a lone surrogate {value[exc.start]!r} at character {exc.start} is not "
-                         "text (send valid UTF-8)") from None
-    return value
-
-
-Text = Annotated[str, AfterValidator(unicode_text)]
-
-
-class PromptIn(BaseModel):
-    prompt: Text = Field(..., description="The user's prompt (at most data.max_prompt_chars characters).")
-
-
-class InvokeIn(BaseModel):
-    input: Text = Field(..., description="Text for the arm (or the base model).")
-    arm: Text | None = Field(None, description="Arm name; null: the base model.")
-    max_new_tokens: int | None = Field(None, ge=1, le=512)
-
-
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    """An error answered as {"error": {"code", "message"}} with `status` (and `headers`)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+class GenerationPool:
+    """One thread runs every generation (/invoke, /copilot): one base LM generates one batch at a
+    time anyway, and requests waiting for it hold no thread that other endpoints need. At most
+    `limit` requests are admitted at once, the running one included (more: 429 with Retry-After);
+    a request gets 504 after `timeout` seconds (a job not started by then never runs; a running
+    one finishes, and keeps its slot until it does)."""
+
+    def __init__(self, limit: int, timeout: float, threads: int = 0) -> None:
+        self.limit, self.timeout, self.threads = limit, timeout, threads
+        self.admitted = 0
+        self._lock = threading.Lock()
+        self._seconds = 1.0  # moving average of a job's time, for Retry-After
+        self._executor: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="amo-generation",
+                                            initializer=_torch_threads, initargs=(self.threads,))
+
+    def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, job: Callable[[], Any]) -> Any:
+        """`job()`'s result, computed on the generation thread."""
+        assert self._executor is not None, "GenerationPool.start() was not called"
+        with self._lock:
+            if self.admitted >= self.limit:
+                wait = max(1, math.ceil(self._seconds * self.admitted))
+                raise ApiError(429, "generation_busy", f"{self.admitted} generation requests are already admitted "
+                               f"(serve.generation_queue / AMO_GENERATION_QUEUE = {self.limit}); retry in "
+                               f"{wait} s", {"Retry-After": str(wait)})
+            self.admitted += 1
+        future = self._executor.submit(self._timed, job)
+        future.add_done_callback(self._release)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except TimeoutError:
+            future.cancel()
+            raise ApiError(504, "timeout", f"no answer within {self.timeout:g} s (serve.request_timeout_seconds "
+                           "/ AMO_REQUEST_TIMEOUT_SECONDS)") from None
+
+    def _timed(self, job: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            return job()
+        finally:
+            self._seconds = 0.8 * self._seconds + 0.2 * (time.perf_counter() - start)
+
+    def _release(self, _: Future[Any]) -> None:
+        with self._lock:
+            self.admitted -= 1
+
+
+def _torch_threads(threads: int) -> None:
+    """Run on the generation thread before its first job: torch gets `threads` intra-op threads,
+    or every core but one, so routing keeps a core. Measured on 2 busy cores (README, tiny LM):
+    with torch on both, a 512-token generation took about 2.5x as long and route p99 during it
+    rose 2.2x; with one, 1.4x."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) - 1))
 
 
 def _error_body(code: str, message: str) -> bytes:
@@ -259,7 +330,7 @@ class BodyLimit:
 
     async def _refuse(self, send: Send) -> None:
         body = _error_body("body_too_large", f"request body is larger than {self.limit} bytes "
-                                             "(params.yaml serve.max_body_bytes)")
+                                             "(serve.max_body_bytes / AMO_MAX_BODY_BYTES)")
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
@@ -276,9 +347,50 @@ def _replay(first: Message, receive: Receive) -> Receive:
     return replayed
 
 
-def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: int = 65536,
-               manage_runtime: bool = True, max_batch: int = 32) -> Any:
-    """The FastAPI app over `runtime`; with manage_runtime it starts and stops the poller."""
+
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+REQUEST_ID_KEY = "amo.request_id"  # where AccessLog leaves a request's id in its ASGI scope
+
+
+class AccessLog:
+    """ASGI middleware: gives every request an id (the client's X-Request-ID when it is a plain
+    token, else a new one), returns it in X-Request-ID, and logs one line per request to
+    `amo.access`: method, path, status, milliseconds, id (a request that raised logs its 500)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+        scope[REQUEST_ID_KEY] = request_id
+        start, status = time.perf_counter(), 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            access_log.info("method=%s path=%s status=%d ms=%.1f request_id=%s", scope["method"],
+                            scope["path"], status, 1000 * (time.perf_counter() - start), request_id)
+
+
+def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None = None, *,
+               manage_runtime: bool = True) -> Any:
+    """The FastAPI app over `runtime`, with `settings`; with manage_runtime it starts and stops
+    the poller. Called with neither (`uvicorn --factory amo.runtime:create_app`), the settings
+    come from the environment (amo.settings) and the runtime from the registry they name; with a
+    runtime but no settings, the built-in defaults apply."""
     from contextlib import asynccontextmanager, contextmanager
 
     from fastapi import FastAPI, Request
@@ -288,30 +400,41 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
     from starlette.exceptions import HTTPException
 
     from amo.runtime_metrics import RequestMetrics, RuntimeMetrics
+    from amo.settings import RuntimeSettings, load_settings
 
+    if runtime is None:
+        settings = settings or load_settings()
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        runtime = Runtime(settings.open_registry(), settings.poll_seconds, arms=settings.arms)
+    s = settings or RuntimeSettings.model_construct()
     metrics = RuntimeMetrics(runtime)
-    batcher = RouteBatcher(max_batch, metrics.batch_size.observe)
+    batcher = RouteBatcher(s.max_batch, metrics.batch_size.observe, window=s.batch_window_ms / 1000)
+    generation = GenerationPool(s.generation_queue, s.request_timeout_seconds, s.generation_threads)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
         if manage_runtime:
             runtime.start()
         batcher.start()
+        generation.start()
         yield
+        generation.stop()
         batcher.stop()
         if manage_runtime:
             runtime.stop()
 
     # /docs and /redoc with their scripts served from the package, not a CDN: they work offline.
     app = FastAPIOffline(title="amo runtime", version="1", lifespan=lifespan,
-                         description="Route, plan and answer prompts with the promoted bundle.")
+                         description="Route, plan and answer prompts with the promoted bundle. Every "
+                                     "error is `{\"error\": {\"code\", \"message\"}}`.")
 
     def text(value: str, name: str) -> str:
         if not value.strip():
             raise ApiError(422, "empty_" + name, f"{name} is empty")
-        if len(value) > max_prompt_chars:
+        if len(value) > s.max_prompt_chars:
             raise ApiError(422, name + "_too_long", f"{name} has {len(value)} characters; the limit "
-                                                    f"is {max_prompt_chars} (params.yaml data.max_prompt_chars)")
+                                                    f"is {s.max_prompt_chars} (data.max_prompt_chars / "
+                                                    "AMO_MAX_PROMPT_CHARS)")
         return value
 
     def brain(code: str = "no_bundle") -> Any:
@@ -321,6 +444,11 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
             why = f": bundle {runtime.refused['bundle_id']} was refused" if runtime.refused else ""
             raise ApiError(503, code, f"no verified bundle is being served{why}")
         return current
+
+    def arms_on() -> None:
+        if runtime.arms == "off":
+            raise ApiError(503, "arms_off", "arms are off in this runtime (serve.arms / AMO_ARMS = off): "
+                                            "it routes and plans only")
 
     @contextmanager
     def refused_arms() -> Iterator[None]:
@@ -333,7 +461,7 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -353,79 +481,101 @@ def create_app(runtime: Runtime, max_prompt_chars: int = 4000, max_body_bytes: i
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         # The exception's text may name files or data: it goes to the log, under an id the
         # client can quote, never into the response.
-        request_id = uuid.uuid4().hex[:16]
+        request_id = request.scope.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16]
         log.error("request %s (%s %s) failed", request_id, request.method, request.url.path, exc_info=exc)
         return JSONResponse({"error": {"code": "internal", "request_id": request_id,
                                        "message": f"internal error (request id {request_id})"}}, 500,
                             headers={"x-request-id": request_id})
 
-    @app.post("/route", summary="Which agents answer the prompt (or abstain), best first")
-    async def route(body: PromptIn) -> dict[str, Any]:
+    posted = api.errors(400, 413, 422, 500, 503)
+
+    @app.post("/route", summary="Which agents answer the prompt (or abstain), best first", responses=posted)
+    async def route(body: api.PromptIn) -> api.RouteOut:
         current = brain()
         result = await batcher.route(current, text(body.prompt, "prompt"))
         metrics.observe_route(result)
-        return {"bundle_id": current.bundle_id, "route": result.to_dict()}
+        return api.RouteOut.model_validate({"bundle_id": current.bundle_id, "route": result.to_dict()})
 
-    @app.post("/plan", summary="The ordered agent path for the prompt, with its decision rules")
-    def plan(body: PromptIn) -> dict[str, Any]:
+    @app.post("/plan", summary="The ordered agent path for the prompt, with its decision rules",
+              responses=posted)
+    def plan(body: api.PromptIn) -> api.PlanOut:
         current = brain()
         route_, plan_ = current.plan(text(body.prompt, "prompt"))
         metrics.observe_route(route_)
-        return {"bundle_id": current.bundle_id, "route": route_.to_dict(),
-                "plan": {"path": plan_.path, "abstained": plan_.abstained, "rules": plan_.rules,
-                         "choice": plan_.choice}}
+        return api.PlanOut.model_validate({
+            "bundle_id": current.bundle_id, "route": route_.to_dict(),
+            "plan": {"path": plan_.path, "abstained": plan_.abstained, "rules": plan_.rules, "choice": plan_.choice}})
 
-    @app.post("/invoke", summary="Run one arm (or the base model) on the input")
-    def invoke(body: InvokeIn) -> dict[str, Any]:
+    generating = api.errors(400, 413, 422, 429, 500, 503, 504)
+
+    @app.post("/invoke", summary="Run one arm (or the base model) on the input", responses=generating)
+    async def invoke(body: api.InvokeIn) -> api.InvokeOut:
         current = brain()
+        arms_on()
         value = text(body.input, "input")
         if body.arm is not None and body.arm not in current.runtime["arms"]:
             raise ApiError(422, "unknown_arm", f"unknown arm {body.arm!r}; this bundle's arms: "
                                                + ", ".join(current.runtime["arms"]))
-        with runtime.arm_lock, refused_arms():
-            output = current.invoke([(body.arm, value)], body.max_new_tokens)[0]
-        return {"bundle_id": current.bundle_id, "arm": body.arm, "output": output}
+        if body.max_new_tokens is not None and body.max_new_tokens > s.max_new_tokens:
+            raise ApiError(422, "max_new_tokens_too_large", f"max_new_tokens {body.max_new_tokens} is over this "
+                           f"runtime's limit {s.max_new_tokens} (serve.max_new_tokens / AMO_MAX_NEW_TOKENS)")
 
-    @app.post("/copilot", summary="Route, plan and run the arms for the prompt: one answer")
-    def copilot(body: PromptIn) -> dict[str, Any]:
+        def job() -> str:
+            with refused_arms():
+                return str(current.invoke([(body.arm, value)], body.max_new_tokens)[0])
+
+        output = await generation.run(job)
+        return api.InvokeOut(bundle_id=current.bundle_id, arm=body.arm, output=output)
+
+    @app.post("/copilot", summary="Route, plan and run the arms for the prompt: one answer", responses=generating)
+    async def copilot(body: api.PromptIn) -> api.CopilotOut:
         current = brain()
+        arms_on()
         prompt = text(body.prompt, "prompt")
-        with runtime.arm_lock, refused_arms():
-            answer = current.copilot(prompt)
+
+        def job() -> Any:
+            with refused_arms():
+                return current.copilot(prompt)
+
+        answer = await generation.run(job)
         metrics.observe_route(answer.route)
-        return {"bundle_id": current.bundle_id, **answer.to_dict()}
+        return api.CopilotOut.model_validate({"bundle_id": current.bundle_id, **answer.to_dict()})
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"],
+    @app.api_route("/healthz", methods=["GET", "HEAD"], responses=api.errors(500),
                    summary="Liveness (200 while the process is up): which bundle is served, any refused one")
-    def healthz() -> dict[str, Any]:
-        return {**runtime.health(), "route_batches": batcher.batches, "routed": batcher.routed}
+    def healthz() -> api.HealthOut:
+        return api.HealthOut.model_validate({**runtime.health(), "route_batches": batcher.batches,
+                                             "routed": batcher.routed, "generation_admitted": generation.admitted})
 
-    @app.api_route("/readyz", methods=["GET", "HEAD"],
+    @app.api_route("/readyz", methods=["GET", "HEAD"], responses=api.errors(500, 503),
                    summary="Readiness: 200 once a verified bundle is served, 503 while none is")
-    def readyz() -> dict[str, Any]:
-        return {"status": "ready", "bundle_id": brain("not_ready").bundle_id}
+    def readyz() -> api.ReadyOut:
+        return api.ReadyOut(status="ready", bundle_id=brain("not_ready").bundle_id)
 
-    @app.get("/bundle", summary="The served bundle's manifest")
-    def bundle() -> dict[str, Any]:
-        return brain().manifest
+    @app.get("/bundle", summary="The served bundle's manifest", responses=api.errors(500, 503))
+    def bundle() -> api.BundleOut:
+        return api.BundleOut.model_validate(brain().manifest)
 
     @app.get("/metrics", summary="Prometheus metrics: requests, latency, routes, batches, bundles",
-             response_class=Response, response_model=None)
+             response_class=Response, response_model=None, responses={
+                 200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **api.errors(500)})
     def prometheus() -> Any:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s too
+    app.add_middleware(BodyLimit, limit=s.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # counts 413s too
+    app.add_middleware(AccessLog)  # outermost: every request gets its id first
     return app
 
 
-def serve(registry: Registry, host: str, port: int, *, poll_seconds: float, max_prompt_chars: int,
-          max_body_bytes: int, max_batch: int) -> None:
-    """Run the runtime under uvicorn (one worker) until interrupted."""
+def serve(settings: RuntimeSettings) -> None:
+    """Run the runtime under uvicorn with `settings.workers` processes until interrupted; each
+    worker builds its app with create_app() from these settings, handed over as AMO_ variables."""
+    import os
+
     import uvicorn
 
-    runtime = Runtime(registry, poll_seconds)
-    app = create_app(runtime, max_prompt_chars=max_prompt_chars, max_body_bytes=max_body_bytes,
-                     max_batch=max_batch)
-    uvicorn.run(app, host=host, port=port, workers=1, log_level="warning", access_log=False)
+    os.environ.update(settings.environment())
+    uvicorn.run("amo.runtime:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_level="warning", access_log=False)
