@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, restored
 from test_end_to_end import run
 
 pytestmark = pytest.mark.slow  # real `dvc repro` with LoRA training
@@ -68,10 +68,15 @@ def test_new_rows_in_one_task_retrain_that_arm_only(repo: Path) -> None:
     other = repo / "metrics/validation/tasks/query_rewrite.json"
     router = repo / "metrics/validation/router.json"
     before, router_before = other.read_text(), router.read_text()
-    with open(train, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"input": "blue kettle under $30", "output": '{"item": "kettle"}'}) + "\n")
-    assert {"validate", "finetune_arm@product_extraction"} <= changed_stages(repo)
-    run(repo, "dvc", "repro", "validate")
-    assert other.read_text() == before and router.read_text() == router_before
-    assert json.loads(router_before)["files"]
-    assert changed_stages(repo) == {"finetune_arm@product_extraction"}
+    # The row, validate's new outputs and its dvc.lock entry are undone after, so other tests find
+    # the repository up to date.
+    with restored(repo, "data/tasks/product_extraction/train.jsonl", "metrics/validation.json",
+                  "metrics/validation", "dvc.lock"):
+        with open(train, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"input": "blue kettle under $30", "output": '{"item": "kettle"}'}) + "\n")
+        assert {"validate", "finetune_arm@product_extraction"} <= changed_stages(repo)
+        run(repo, "dvc", "repro", "validate")
+        assert other.read_text() == before and router.read_text() == router_before
+        assert json.loads(router_before)["files"]
+        assert changed_stages(repo) == {"finetune_arm@product_extraction"}
+    assert changed_stages(repo) == set()
