@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import socket
 import statistics
 import subprocess
@@ -171,7 +172,7 @@ def main() -> None:
     parser.add_argument("--generation-threads", type=int, default=0,
                         help="AMO_GENERATION_THREADS; 0: the runtime's default (every core but one).")
     args = parser.parse_args()
-    result = measure(args)
+    result = {"command": shlex.join(["python", "benchmarks/route_under_generation.py", *sys.argv[1:]]), **measure(args)}
     suffix = f"_generation_threads{args.generation_threads}" if args.generation_threads else ""
     out = ROOT / "benchmarks" / "results" / f"route_under_generation_{args.base_model}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
