@@ -50,9 +50,8 @@ def test_the_same_files_on_the_same_test_data_are_scored_once(tmp_path, monkeypa
     """The cheap path measures its bundle and the gate then scores it again: the second time is
     taken from the first (same files, same test bytes), with the arms read from the manifest as
     it is now; changed test data is scored afresh."""
-    import json
-
     from amo import assessment
+    from amo.bundle import write_manifest
 
     bundle, data = tmp_path / "bundle", tmp_path / "data"
     bundle.mkdir()
@@ -61,8 +60,8 @@ def test_the_same_files_on_the_same_test_data_are_scored_once(tmp_path, monkeypa
         (data / split / "test.jsonl").write_text('{"prompt": "x"}\n')
 
     def manifest(arms: dict) -> None:
-        body = {"bundle_id": "20260101T000000Z-0123456789", "files": {"router/a": "00"}, "metrics": {"arms": arms}}
-        (bundle / "manifest.json").write_text(json.dumps(body))
+        write_manifest(bundle, {"bundle_id": "20260101T000000Z-0123456789", "files": {"router/a": "00"},
+                                "metrics": {"arms": arms}, "models": {}})
 
     calls: list[Path] = []
     monkeypatch.setattr(assessment, "_score", lambda b, d: calls.append(b) or {"router": {"oos_recall": 0.5}})

@@ -18,7 +18,7 @@ import numpy as np
 
 from amo import data as contracts
 from amo.brain import Brain
-from amo.bundle import MANIFEST
+from amo.bundle import read_manifest
 from amo.metrics import planner_metrics, planner_rows, router_metrics, router_rows
 from amo.routing import rankings
 
@@ -31,14 +31,10 @@ def _top_agents(labels: dict[str, int]) -> list[str]:
 _SCORED: dict[tuple[str, str], dict[str, Any]] = {}  # (bundle files, test data) -> scores, per process
 
 
-def _manifest(bundle: Path) -> dict[str, Any]:
-    return dict(json.loads((bundle / MANIFEST).read_text(encoding="utf-8")))
-
-
 def _key(bundle: Path, data: Path) -> tuple[str, str]:
     """What the scores depend on: the bundle's file hashes (not its manifest, which `measure`
     rewrites) and the bytes of the test splits."""
-    files = json.dumps(_manifest(bundle)["files"], sort_keys=True)
+    files = json.dumps(read_manifest(bundle)["files"], sort_keys=True)
     test = hashlib.sha256()
     for path in (data / "routing" / "test.jsonl", data / "traces" / "test.jsonl"):
         test.update(path.read_bytes())
@@ -53,7 +49,7 @@ def assess_bundle(bundle: Path, data: Path) -> dict[str, Any]:
     key = _key(bundle, data)
     if key not in _SCORED:
         _SCORED[key] = _score(bundle, data)
-    arms = _manifest(bundle)["metrics"].get("arms", {})  # the gate verified the bundle first
+    arms = read_manifest(bundle)["metrics"].get("arms", {})  # the gate verified the bundle first
     return {**copy.deepcopy(_SCORED[key]), "arms": arms}
 
 

@@ -113,52 +113,50 @@ class EmbeddingStore:
             return None, found
         return np.stack([self._shards[s][r] for s, r in (w for w in where if w is not None)]), found
 
-    def add(self, keys: np.ndarray, vectors: np.ndarray) -> Path | None:
-        """Write the (key, vector) pairs the store lacks as one new shard; its path, or None."""
+    def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> Path:
+        """One shard named by the hash of its keys, written to a temporary name then renamed."""
         from safetensors.numpy import save_file
 
-        keys = np.ascontiguousarray(keys, np.uint8)
-        fresh = [i for i, k in enumerate(keys) if k.tobytes() not in self._rows]
-        _, first = np.unique(keys[fresh], axis=0, return_index=True) if fresh else (None, np.zeros(0, int))
-        chosen = np.array(fresh, int)[np.sort(first)] if fresh else np.zeros(0, int)
-        if not len(chosen):
-            return None
-        keys_out = np.ascontiguousarray(keys[chosen])
-        vectors_out = np.ascontiguousarray(vectors[chosen], np.float32)
+        keys, vectors = np.ascontiguousarray(keys, np.uint8), np.ascontiguousarray(vectors, np.float32)
         self.folder.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha256(keys_out.tobytes()).hexdigest()[:20] + SUFFIX
+        path = self.folder / (hashlib.sha256(keys.tobytes()).hexdigest()[:20] + SUFFIX)
         fd, tmp = tempfile.mkstemp(prefix=".shard-", dir=self.folder)
         os.close(fd)
         try:
-            save_file({"keys": keys_out, "vectors": vectors_out}, tmp, metadata={"encoder": self.identity})
-            os.replace(tmp, self.folder / name)
+            save_file({"keys": keys, "vectors": vectors}, tmp, metadata={"encoder": self.identity})
+            os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        return path
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> Path | None:
+        """Write the (key, vector) pairs the store lacks as one new shard; its path, or None."""
+        keys = np.ascontiguousarray(keys, np.uint8)
+        fresh = [i for i, k in enumerate(keys) if k.tobytes() not in self._rows]
+        if not fresh:
+            return None
+        _, first = np.unique(keys[fresh], axis=0, return_index=True)
+        chosen = np.array(fresh, int)[np.sort(first)]
+        path = self._write_shard(keys[chosen], vectors[chosen])
         self.refresh()
-        return self.folder / name
+        return path
 
 
     def compact(self) -> int:
-        """Merge every shard into one (keys sorted: the same entries give the same bytes), then
-        remove the old ones; readers that listed them skip what is gone. The shards merged."""
-        from safetensors.numpy import load_file
-
+        """Merge every entry the store holds into one shard (keys sorted: the same entries give the
+        same bytes), then remove the shards read before (unreadable ones too); readers that listed
+        them skip what is gone. The shards merged."""
         self.refresh()
-        old = sorted(self.folder.glob(f"*{SUFFIX}"))
+        old = [self.folder / name for name in sorted(self._loaded)]
         if len(old) < 2:
             return 0
-        parts = [load_file(str(p)) for p in old]
-        keys = np.concatenate([t["keys"] for t in parts])
-        vectors = np.concatenate([t["vectors"] for t in parts])
-        _, first = np.unique(keys, axis=0, return_index=True)  # sorted by key
-        merged = EmbeddingStore(self.folder.parent / f".{self.identity}.compact", self.identity)
-        written = merged.add(keys[first], vectors[first])
-        assert written is not None
-        os.replace(written, self.folder / written.name)
-        written.parent.rmdir()
+        keys = np.frombuffer(b"".join(sorted(self._rows)), np.uint8).reshape(-1, KEY_BYTES)
+        vectors, _ = self.lookup(keys)
+        assert vectors is not None
+        written = self._write_shard(keys, vectors)
         for path in old:
-            if path.name != written.name:
+            if path != written:
                 path.unlink(missing_ok=True)
         self._forget()
         return len(old)

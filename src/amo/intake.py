@@ -134,6 +134,7 @@ def _add(data_dir: Path, params: DataParams, incoming: dict[str, Path]) -> dict[
     report: dict[str, Any] = {}
     for kind, path in incoming.items():
         rows = list(contracts.iter_jsonl(path))  # _check parsed every line
+        group_of: Callable[[dict[str, Any]], str]
         if kind == "routing":
             group_of, fractions = _top_agent, params.routing_split
         else:

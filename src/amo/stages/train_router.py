@@ -37,9 +37,10 @@ SWEEP_POINTS = 41  # margins drawn in the val trade-off plot
 
 
 def train(params: Params, agents: list[contracts.Agent], train: list[contracts.RoutingExample],
-          val: list[contracts.RoutingExample], encoder: Any) -> tuple[AgentRanker, AgentIndex, dict[str, Any]]:
-    """The fitted ranker, the index it serves (training prompts as examples) and the selection
-    rule chosen on `val` (pure: no files)."""
+          val: list[contracts.RoutingExample], encoder: Any
+          ) -> tuple[AgentRanker, AgentIndex, dict[str, Any], list[dict[str, float]]]:
+    """The fitted ranker, the index it serves (training prompts as examples), the selection
+    rule chosen on `val`, and the val trade-off the margin sets, margin by margin (pure: no files)."""
     p = params.router
     index = AgentIndex.build(agents, encoder)
     x_train = encoder.encode([e.prompt for e in train])
@@ -50,10 +51,12 @@ def train(params: Params, agents: list[contracts.Agent], train: list[contracts.R
     scores = ranker.score(x_val, served)
     margin = choose_margin(scores, g_val[:, :-1].max(1) == 0, p.target_oos_recall)
 
+    ranked = rankings(scores, served.ids)  # the same at every margin
+
     def on_val(m: float) -> dict[str, float]:
         margins = agent_margins(served, m)
         routes = [select(row, served.ids, min_k=p.min_k, max_k=p.max_k, margin=margins) for row in scores]
-        return {k: round(v, 4) for k, v in router_metrics(routes, val, rankings(scores, served.ids)).items()}
+        return {k: round(v, 4) for k, v in router_metrics(routes, val, ranked).items()}
 
     selection = {"margin": 0.0 if margin is None else margin, "target_oos_recall": p.target_oos_recall,
                  "chosen_on": "val" if margin is not None else "none (val has no out-of-scope prompt): separator only",
@@ -61,9 +64,12 @@ def train(params: Params, agents: list[contracts.Agent], train: list[contracts.R
     # The trade-off the margin sets on val: in-scope accuracy against OOS recall, lead by lead.
     leads = np.unique(np.round(scores[:, :-1].max(1) - scores[:, -1], 3))
     grid = np.unique(np.quantile(leads, np.linspace(0, 1, SWEEP_POINTS))) if len(leads) else np.zeros(0)
-    selection["sweep"] = [{"margin": float(m), **{k: on_val(float(m))[k] for k in ("in_scope_accuracy", "oos_recall")}}
-                          for m in grid]
-    return ranker, served, selection
+    sweep = []
+    for m in grid:
+        figures = on_val(float(m))
+        sweep.append({"margin": float(m), "in_scope_accuracy": figures["in_scope_accuracy"],
+                      "oos_recall": figures["oos_recall"]})
+    return ranker, served, selection, sweep
 
 
 def write_plots(folder: Path, ranker: AgentRanker, sweep: list[dict[str, float]]) -> None:
@@ -84,8 +90,8 @@ def run(params: Params, data: Path, out: Path, metrics: Path, embeddings: Path |
     shutil.rmtree(tuned, ignore_errors=True)  # never serve a stale tuned encoder
     prepare_encoder(params.encoder, train_rows, agents, tuned, log=lambda r: log.info("encoder %s", r))
     encoder_seconds = time.perf_counter() - start
-    ranker, index, selection = train(params, agents, train_rows, val_rows, stage_encoder(params.encoder, out, embeddings))
-    sweep = selection.pop("sweep")
+    encoder = stage_encoder(params.encoder, out, embeddings)
+    ranker, index, selection, sweep = train(params, agents, train_rows, val_rows, encoder)
     ranker.save(out)
     index.save(out)
     write_json(out / SELECTION, selection)
