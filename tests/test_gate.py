@@ -65,6 +65,7 @@ def test_the_same_files_on_the_same_test_data_are_scored_once(tmp_path, monkeypa
 
     calls: list[Path] = []
     monkeypatch.setattr(assessment, "_score", lambda b, d: calls.append(b) or {"router": {"oos_recall": 0.5}})
+    (bundle / "runtime.json").write_text('{"arms": ["t"]}')
     manifest({})
     first = assessment.assess_bundle(bundle, data)
     manifest({"t": {"arm": {"f1": 1.0}}})  # what `measure` rewrites
@@ -73,3 +74,27 @@ def test_the_same_files_on_the_same_test_data_are_scored_once(tmp_path, monkeypa
     (data / "routing" / "test.jsonl").write_text('{"prompt": "y"}\n')
     assessment.assess_bundle(bundle, data)
     assert len(calls) == 2
+
+
+def test_an_arm_the_bundle_serves_without_scores_fails_the_gate_by_name(tmp_path, monkeypatch) -> None:
+    """A bundle whose runtime serves arm `u` but whose metrics hold no score for it (e.g. an
+    index-only bundle whose arm files differ from its parent's) cannot pass: the arm is judged or
+    the bundle is refused."""
+    from amo import assessment
+    from amo.bundle import write_manifest
+
+    bundle, data = tmp_path / "bundle", tmp_path / "data"
+    bundle.mkdir()
+    for split in ("routing", "traces"):
+        (data / split).mkdir(parents=True)
+        (data / split / "test.jsonl").write_text('{"prompt": "x"}\n')
+    (bundle / "runtime.json").write_text('{"arms": ["t", "u"]}')
+    scored = {"arm": {"f1": 0.9}, "base": {"f1": 0.2}, "metric": "f1"}
+    write_manifest(bundle, {"bundle_id": "20260101T000000Z-0123456789", "files": {"router/a": "01"},
+                            "metrics": {"arms": {"t": scored}}, "models": {}})
+    monkeypatch.setattr(assessment, "_score", lambda b, d: {"router": {"oos_recall": 0.9}})
+    measured = assessment.assess_bundle(bundle, data)
+    assert measured["arms"] == {"t": scored, "u": {}}
+    checks = dict((why, ok) for ok, why in gate(measured, None, PARAMS))
+    assert checks["arms.t = 0.9000 vs base model 0.2000 (gains 0.0)"] is True
+    assert checks["arms.u: no arm and base scores of its task metric in the candidate's metrics"] is False

@@ -92,6 +92,11 @@ def test_new_agent_is_served_routed_and_planned_without_retraining(repo: Path) -
         assert manifest["data_hash"] == yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
         assert manifest["data_hash"] != champion_manifest["data_hash"]
         assert "per_agent" in manifest["metrics"]  # measured for this bundle, not the champion's copy
+        # Its arms are the champion's files, so it carries their scores, and the gate judged them.
+        assert manifest["metrics"]["arms"] == champion_manifest["metrics"]["arms"]
+        assert manifest["metrics"]["arms_measured_in"] == champion
+        for arm in champion_manifest["metrics"]["arms"]:
+            assert f"ok: arms.{arm} = " in done.stdout and "vs base model" in done.stdout, done.stdout
         # The served ranker scores the new agent from its description alone: higher for its own
         # prompts than for another agent's (the tiny test router is too weak to assert a top-1
         # share; benchmarks/ measures that); whenever the route selects it first, the plan has it.

@@ -395,6 +395,10 @@ def test_route_many_matches_route_one_by_one(bundle: Path) -> None:
     for one, batched in zip([brain.route(p) for p in prompts], brain.route_many(prompts)):
         assert [a for a, _ in one.agents] == [a for a, _ in batched.agents]
         assert abs(one.separator - batched.separator) < 1e-4
+    # Planning in one batch (as the gate's assessment does) gives the plans the runtime serves.
+    for (route, plan), prompt in zip(brain.plan_many(prompts), prompts):
+        one_route, one_plan = brain.plan(prompt)
+        assert [a for a, _ in route.agents] == [a for a, _ in one_route.agents] and plan.path == one_plan.path
 
 
 def test_no_bundle_yet_is_a_503_until_one_is_promoted(tmp_path: Path, bundle: Path) -> None:

@@ -18,8 +18,9 @@ import numpy as np
 
 from amo import data as contracts
 from amo.brain import Brain
-from amo.bundle import read_manifest
+from amo.bundle import ARMS_MEASURED_IN, RUNTIME, read_manifest
 from amo.metrics import planner_metrics, planner_rows, router_metrics, router_rows
+from amo.onnx_encoder import ENCODER_FILES
 from amo.routing import rankings
 
 
@@ -41,6 +42,23 @@ def _key(bundle: Path, data: Path) -> tuple[str, str]:
     return hashlib.sha256(files.encode()).hexdigest(), test.hexdigest()
 
 
+_EMBEDDED: dict[str, dict[str, np.ndarray]] = {}  # encoder identity -> prompt -> vector, per process
+
+
+def _embeddings(brain: Brain, prompts: list[str]) -> np.ndarray:
+    """The prompts' vectors by `brain`'s encoder, embedded once per encoder identity (the hashes of
+    the encoder files the manifest seals): a candidate and its champion that share an encoder, as
+    every index-only bundle does, embed the test prompts once between them."""
+    files = brain.manifest["files"]
+    sealed = {name: files.get(f"router/{name}") for name in ENCODER_FILES}
+    identity = json.dumps(sealed if all(sealed.values()) else brain.manifest["models"]["encoder"], sort_keys=True)
+    known = _EMBEDDED.setdefault(identity, {})
+    missing = list(dict.fromkeys(p for p in prompts if p not in known))
+    if missing:
+        known.update(zip(missing, brain.embed(missing)))
+    return np.array([known[p] for p in prompts], np.float32).reshape(len(prompts), -1)
+
+
 def assess_bundle(bundle: Path, data: Path) -> dict[str, Any]:
     """Router and planner metrics of `bundle` on `data`'s test splits, overall, per agent and
     per row, plus the arms' scores its own arm stages measured (the arms are byte-identical files, gated
@@ -49,19 +67,25 @@ def assess_bundle(bundle: Path, data: Path) -> dict[str, Any]:
     key = _key(bundle, data)
     if key not in _SCORED:
         _SCORED[key] = _score(bundle, data)
-    arms = read_manifest(bundle)["metrics"].get("arms", {})  # the gate verified the bundle first
-    return {**copy.deepcopy(_SCORED[key]), "arms": arms}
+    stored = read_manifest(bundle)["metrics"]  # the gate verified the bundle first
+    # Every arm the bundle serves is gated: one without scores fails the gate by name.
+    served = json.loads((bundle / RUNTIME).read_text()).get("arms", [])
+    arms = {name: {} for name in served} | stored.get("arms", {})
+    carried = {ARMS_MEASURED_IN: stored[ARMS_MEASURED_IN]} if ARMS_MEASURED_IN in stored else {}
+    return {**copy.deepcopy(_SCORED[key]), "arms": arms, **carried}
 
 
 def _score(bundle: Path, data: Path) -> dict[str, Any]:
     brain = Brain(bundle)
     routing = contracts.read_routing(data / "routing" / "test.jsonl")
     traces = contracts.read_traces(data / "traces" / "test.jsonl")
-    scores = brain.score_many([e.prompt for e in routing])
+    prompts = [e.prompt for e in routing]
+    scores = brain.score_many(prompts, _embeddings(brain, prompts))
     routes = [brain.route_scores(row) for row in scores]
     ranked = rankings(scores, brain.agent_ids)
     router = router_metrics(routes, routing, ranked)
-    plans = [brain.plan(t.prompt)[1].path for t in traces]
+    trace_prompts = [t.prompt for t in traces]
+    plans = [plan.path for _, plan in brain.plan_many(trace_prompts, _embeddings(brain, trace_prompts))]
     planner = planner_metrics(plans, [t.path for t in traces])
 
     # Per agent: how often a prompt whose top label is the agent is routed to it first, and how

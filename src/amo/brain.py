@@ -84,12 +84,13 @@ class Brain:
     def bundle_id(self) -> str:
         return self.manifest["bundle_id"]
 
-    def _embed(self, prompts: list[str]) -> np.ndarray:
+    def embed(self, prompts: list[str]) -> np.ndarray:
+        """L2-normalised vectors of `prompts` by this bundle's encoder (one batch)."""
         with self._encode_lock:
             return self.encoder.encode(prompts)
 
     def _score(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
-        embedding = self._embed([prompt])
+        embedding = self.embed([prompt])
         return embedding[0], self.scorer.score(embedding, self.index)[0]
 
     def _route(self, scores: np.ndarray) -> Route:
@@ -99,9 +100,10 @@ class Brain:
     def route(self, prompt: str) -> Route:
         return self._route(self._score(prompt)[1])
 
-    def score_many(self, prompts: list[str]) -> np.ndarray:
-        """(N, A + 1) router scores, the separator last: one encoder batch and one ONNX call."""
-        return self.scorer.score(self._embed(prompts), self.index)
+    def score_many(self, prompts: list[str], embeddings: np.ndarray | None = None) -> np.ndarray:
+        """(N, A + 1) router scores, the separator last: one encoder batch and one ONNX call
+        (no encoder call when the prompts' `embeddings` by this bundle's encoder are given)."""
+        return self.scorer.score(self.embed(prompts) if embeddings is None else embeddings, self.index)
 
     def route_scores(self, scores: np.ndarray) -> Route:
         """The selection for one score row, with this bundle's min_k, max_k and margin."""
@@ -114,9 +116,18 @@ class Brain:
     def plan(self, prompt: str) -> tuple[Route, Plan]:
         """The route and the plan that follows it (no plan when the route abstains)."""
         embedding, scores = self._score(prompt)
+        return self._plan(prompt, embedding, scores)
+
+    def _plan(self, prompt: str, embedding: np.ndarray, scores: np.ndarray) -> tuple[Route, Plan]:
         route = self._route(scores)
         return route, self.planner.plan_scores(prompt, embedding, self.agent_ids, scores,
                                                selected=[agent for agent, _ in route.agents])
+
+    def plan_many(self, prompts: list[str], embeddings: np.ndarray | None = None) -> list[tuple[Route, Plan]]:
+        """`plan` for several prompts: one encoder batch (none with `embeddings`) and one ONNX call."""
+        embeddings = self.embed(prompts) if embeddings is None else embeddings
+        scores = self.score_many(prompts, embeddings)
+        return [self._plan(p, e, s) for p, e, s in zip(prompts, embeddings, scores)]
 
     @property
     def arms(self) -> Any:

@@ -31,6 +31,9 @@ RUNTIME = "runtime.json"
 FORMAT_VERSION = 1
 # A bundle id names a folder in the registry: a plain name, never a path ("..", "/", ".hidden").
 BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# In a manifest's metrics: the bundle whose arm stages measured the arm scores, when the arms are
+# byte-identical copies of that bundle's (an index-only bundle carries its parent's arms).
+ARMS_MEASURED_IN = "arms_measured_in"
 
 
 class BundleError(ValueError):

@@ -18,6 +18,7 @@ import numpy as np
 
 from amo import data as contracts
 from amo.bundle import (
+    ARMS_MEASURED_IN,
     MANIFEST,
     SIGNATURE,
     BundleError,
@@ -66,6 +67,20 @@ def _same(a: AgentIndex, b: AgentIndex) -> bool:
             and bank(a) == bank(b))
 
 
+def _carried_arm_scores(parent: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
+    """The parent's arm scores, when every arm file hashes as in the parent (the arms are the same
+    weights, so their scores on their task test sets are the same): the gate then checks them
+    against the base model and the champion as for a full retrain. Otherwise none, and the gate
+    refuses the arms it cannot judge."""
+    def arm_files(hashes: dict[str, str]) -> dict[str, str]:
+        return {name: digest for name, digest in hashes.items() if name.startswith("arms/")}
+
+    scores = parent.get("metrics", {}).get("arms")
+    if not scores or arm_files(parent["files"]) != arm_files(files):
+        return {}
+    return {"arms": scores, ARMS_MEASURED_IN: parent.get("metrics", {}).get(ARMS_MEASURED_IN, parent["bundle_id"])}
+
+
 def build_index_bundle(champion_dir: Path, agents: list[contracts.Agent], rows: list[contracts.RoutingExample],
                        out: Path, *, data_hash: str | None, git_commit: str | None) -> dict[str, Any]:
     """Write to `out` a copy of the champion bundle whose agent index serves `agents` with
@@ -85,7 +100,8 @@ def build_index_bundle(champion_dir: Path, agents: list[contracts.Agent], rows: 
     created, files = now(), file_hashes(partial)
     manifest = {**{k: v for k, v in parent.items() if k != "digest"},
                 "bundle_id": new_bundle_id(created, files), "created": created,
-                "git_commit": git_commit, "data_hash": data_hash, "files": files, "metrics": {},
+                "git_commit": git_commit, "data_hash": data_hash, "files": files,
+                "metrics": _carried_arm_scores(parent, files),
                 "signing": None,  # the parent's signature covers the parent only
                 "derived": {"kind": "index", "parent": parent["bundle_id"], "changes": changes}}
     write_manifest(partial, manifest)
