@@ -49,4 +49,4 @@ lint: install
 	$(BIN)/mypy
 
 clean:
-	rm -rf artifacts build metrics registry .dvcstore
+	rm -rf artifacts build registry .dvcstore   # metrics/ is committed with dvc.lock

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect import State, flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from amo import orchestration as orch
 from amo.config import OrchestrationParams, load_params
+from amo.layout import stage_option
 from amo.prefect_tasks import arm_task_runner, finetune_arm, stage_task
 
 
@@ -54,6 +55,10 @@ def validate_data(repo: str = ".") -> dict[str, Any]:
         if report.is_file():
             create_markdown_artifact(orch.validation_markdown(report), key="amo-validation",
                                      description="data validation")
+        docs = stage_option("validate", "--docs", Path(repo).resolve())  # where great-expectations wrote them
+        if docs is not None and (docs := docs / "index.html").is_file():
+            create_link_artifact(docs.as_uri(), link_text="data docs", key="amo-data-docs",
+                                 description="great-expectations data docs of this validation")
     return json.loads(report.read_text())
 
 
@@ -168,29 +173,37 @@ def retrain(repo: str = ".", tasks: list[str] | None = None, promote_bundle: boo
         if data_hash and data_hash != trained_on:
             log.warning("event announced data %s; training on the data now present, %s", data_hash, trained_on)
         ran = []
-        for group, stages in orch.stage_groups(root).items():
-            if group == "finetune_arm":
-                ran += finetune_arms(repo, tasks)
-                continue
-            if group in CONCERNS:
-                CONCERNS[group](repo)
-            else:
-                _stage(repo, group)
-            ran += stages
-            if group == "validate" and (root / f"{data_dir}.dvc").is_file():
-                # Only data that passed validation is versioned: a refused row never reaches
-                # data.dvc, so `dvc checkout` cannot bring it back over the user's fix.
-                log.info("data version %s", orch.track_data(root, data_dir))
+        with orch.experiment(root, orch.experiment_name()) as experiment:  # named in the bundle's manifest
+            for group, stages in orch.stage_groups(root).items():
+                if group == "finetune_arm":
+                    ran += finetune_arms(repo, tasks)
+                    continue
+                if group in CONCERNS:
+                    CONCERNS[group](repo)
+                else:
+                    _stage(repo, group)
+                ran += stages
+                if group == "validate" and (root / f"{data_dir}.dvc").is_file():
+                    # Only data that passed validation is versioned: a refused row never reaches
+                    # data.dvc, so `dvc checkout` cannot bring it back over the user's fix.
+                    log.info("data version %s", orch.track_data(root, data_dir))
+        orch.save_experiment(root, experiment)
+        log.info("saved as DVC experiment %s (dvc exp show; dvc exp apply %s restores its inputs)",
+                 experiment, experiment)
         promotion = promote(repo, return_state=True) if promote_bundle else None
         pushed = o.push if push is None else push
         if pushed:
             orch.push(root, params.orchestration.remote)
+            if orch.push_experiment(root, experiment) is None:
+                log.info("experiment %s kept locally: the git repository has no remote 'origin'", experiment)
         orch.record_data_hash(root, trained_on, "retrain")
     create_markdown_artifact(orch.metrics_markdown(root / "metrics", "Retrain: all metrics"),
                              key="amo-retrain", description="metrics of this retrain")
+    create_table_artifact(orch.metrics_rows(root / "metrics"), key="amo-retrain-metrics",
+                          description=f"every metric of this retrain (DVC experiment {experiment})")
     decision = None if promotion is None else promotion.result(raise_on_failure=False)
-    result = {"stages": ran, "data_hash": trained_on, "overrides": changed, "promotion": decision,
-              "pushed": pushed}
+    result = {"stages": ran, "data_hash": trained_on, "overrides": changed, "experiment": experiment,
+              "promotion": decision, "pushed": pushed}
     if promotion is not None and promotion.is_failed():
         # The retrain ran, but its bundle did not ship: a failed run, not a quiet success.
         return Failed(message=f"retrain finished but was not promoted: {promotion.message}", data=result)

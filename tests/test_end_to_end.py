@@ -118,6 +118,25 @@ def test_second_repro_runs_nothing(repo: Path) -> None:
     assert run(repo, "dvc", "status", "--json").stdout.strip() in ("{}", "")
 
 
+def _outputs(repo: Path) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def test_forced_rerun_writes_the_same_bytes_and_promotes_nothing(repo: Path, promoted: str) -> None:
+    """`dvc repro --force` on unchanged inputs writes every artifact byte for byte as before (so
+    nothing downstream would re-run); only the metrics that record timings and the bundle, whose
+    manifest records when it was built, differ. Promoting that rebuilt bundle changes nothing."""
+    before = _outputs(repo)
+    run(repo, "dvc", "repro", "--force")
+    after = _outputs(repo)
+    changed = sorted(path for path in before if after.get(path) != before[path])
+    assert set(changed) <= {"metrics/embed.json", "metrics/train_router.json", "build/bundle"}, changed
+    result = run(repo, "amo", "promote", "build/bundle")
+    assert f"the same as {promoted}, the current bundle" in result.stdout, result.stdout
+    assert json.loads((repo / "registry/current.json").read_text())["bundle_id"] == promoted
+
+
 def test_promote_then_route_plan_and_copilot(repo: Path, promoted: str) -> None:
     """The promoted bundle answers route, plan and copilot; current.json names it."""
     bundle_id = promoted

@@ -132,6 +132,23 @@ def test_data_fingerprint_sees_a_new_agents_file(tmp_path: Path) -> None:
     assert orch.data_changed(data, tmp_path) not in (None, first)
 
 
+def test_data_fingerprint_is_the_md5_dvc_records(tmp_path: Path) -> None:
+    """In a DVC repository the sensor's fingerprint is DVC's own: the md5 that `dvc add` then
+    writes to data.dvc (and a bundle manifest's data_hash), so one hash names one data version
+    in the event, the state file and the bundle."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(command, cwd=tmp_path, check=True, env=env)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "agents.jsonl").write_text('{"id": "a", "description": "an agent that answers"}\n')
+    recorded = orch.track_data(tmp_path, "data")
+    assert recorded.endswith(".dir") and orch.data_fingerprint(data) == recorded
+    (data / "agents.jsonl").write_text('{"id": "b", "description": "a new agent that answers"}\n')
+    changed = orch.data_fingerprint(data)
+    assert changed != recorded and orch.track_data(tmp_path, "data") == changed
+
+
 def test_stage_error_names_the_stage_and_keeps_dvc_tail(tmp_path: Path) -> None:
     """A failing DVC command raises StageError with the stage name and the end of DVC's output."""
     with pytest.raises(orch.StageError, match="stage nowhere failed") as info:

@@ -470,6 +470,30 @@ def test_promoting_the_current_bundle_changes_nothing(tmp_path: Path, monkeypatc
     assert registry.history() == history
 
 
+def test_a_rebuild_with_the_current_bundles_contents_changes_nothing(tmp_path: Path) -> None:
+    """A re-run of the bundle stage on unchanged inputs gives a new id (its build time) over the
+    same files, models and data version: promoting it is a no-op that names the current bundle.
+    Other data, or another file, is a real candidate."""
+    registry = Registry(tmp_path / "registry")
+    one = fake_bundle(tmp_path, "one", 0.8)
+    registry.promote(one, GATE)
+    history = registry.history()
+    manifest = json.loads((one / "manifest.json").read_text())
+    again = tmp_path / "again"
+    shutil.copytree(one, again)
+    write_manifest(again, {**{k: v for k, v in manifest.items() if k != "digest"},
+                           "bundle_id": "again", "created": "2026-01-02T00:00:00Z"})
+    decision = registry.promote(again, GATE)
+    assert decision.accepted and decision.unchanged and registry.current_id() == "one"
+    assert str(decision).startswith("UNCHANGED again: the same as one") and registry.history() == history
+    other = tmp_path / "other"
+    shutil.copytree(one, other)
+    write_manifest(other, {**{k: v for k, v in manifest.items() if k != "digest"},
+                           "bundle_id": "other", "data_hash": "another-version"})
+    decision = registry.promote(other, GATE)
+    assert not decision.unchanged and decision.accepted and registry.current_id() == "other"
+
+
 # -- recovery from a corrupt pointer or a torn history ---------------------------------------------
 @pytest.mark.parametrize("pointer", ["{not json", '{"bundle_id": "tw', "", '{"bundle_id": "../../x"}', "[1]"])
 def test_recovery_commands_work_from_a_corrupt_pointer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

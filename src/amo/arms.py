@@ -17,6 +17,7 @@ from typing import Any
 from amo.config import ArmTaskParams
 from amo.data import TaskExample
 from amo.metrics import TEXT_METRICS
+from amo.progress import Progress
 
 ARM_FILE = "arm.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -178,7 +179,7 @@ def train_arm(base_model: Any, tokenizer: Any, name: str, task: ArmTaskParams,
             log(f"arm {name}: resuming from step {state['step']}/{task.steps} ({checkpoint})")
     model.train()
     start = time.perf_counter()
-    every = max(1, task.steps // 10)
+    bar = Progress(f"arm {name}: step", task.steps, log, every=max(1, task.steps // 10))  # a bar on a terminal
     for step in range(first, task.steps + 1):
         if len(order) < task.batch_size:  # epochs of a seeded shuffle
             fresh = list(range(len(encoded)))
@@ -191,17 +192,16 @@ def train_arm(base_model: Any, tokenizer: Any, name: str, task: ArmTaskParams,
         optimizer.step()
         loss_value = loss.item()
         losses.append(round(loss_value, 6))
-        if step % every == 0 or step == task.steps:
-            elapsed = time.perf_counter() - start
-            left = elapsed / (step - first + 1) * (task.steps - step)
-            log(f"arm {name}: step {step}/{task.steps} loss {loss_value:.4f} "
-                f"elapsed {elapsed:.0f}s left ~{left:.0f}s")
+        elapsed = time.perf_counter() - start
+        left = elapsed / (step - first + 1) * (task.steps - step)
+        bar.update(step, f"loss {loss_value:.4f} elapsed {elapsed:.0f}s left ~{left:.0f}s")
         if checkpoint is not None and (step % task.checkpoint_every == 0 and step < task.steps):
             _save_checkpoint(checkpoint, model, name, optimizer,
                              {"run_key": key, "step": step, "loss": loss_value, "order": order, "losses": losses,
                               "rng": list(rng.getstate())})
         if on_step is not None:
             on_step(step)
+    bar.close()
     model.eval()
     return model, TrainResult(task.steps, loss_value, time.perf_counter() - start, first - 1, losses)
 
@@ -214,6 +214,16 @@ def clear_checkpoint(checkpoint: Path) -> None:
     shutil.rmtree(checkpoint.with_name(checkpoint.name + ".partial"), ignore_errors=True)
 
 
+def _canonical_json(path: Path) -> None:
+    """Rewrite a JSON file with sorted keys and sorted `target_modules`: peft writes that set in
+    Python's per-process hash order, so the same training run would give different bytes (and DVC
+    would see a changed arm) on every re-run."""
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def save_arm(model: Any, name: str, task: ArmTaskParams, directory: Path, extra: dict[str, Any]) -> None:
     """Adapter weights via save_pretrained (safetensors) plus arm.json, which rebuilds the prompt."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -223,6 +233,7 @@ def save_arm(model: Any, name: str, task: ArmTaskParams, directory: Path, extra:
         for file in nested.iterdir():
             file.replace(directory / file.name)
         nested.rmdir()
+    _canonical_json(directory / "adapter_config.json")
     meta = {"name": name, "template": task.template, "max_new_tokens": task.max_new_tokens,
             "metric": task.metric, "params": task.model_dump(), **extra}
     (directory / ARM_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")

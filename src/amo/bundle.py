@@ -65,6 +65,16 @@ def data_hash(dvc_file: Path = Path("data.dvc"), lock_file: Path = Path("dvc.loc
     return None
 
 
+# Written by a retrain (amo.orchestration.experiment) while its stages run: the DVC experiment its
+# inputs and outputs are saved as, named in the manifest of the bundle it builds.
+EXPERIMENT_FILE = Path(".amo") / "experiment"
+
+
+def experiment(path: Path = EXPERIMENT_FILE) -> str | None:
+    """The DVC experiment of the retrain that is running, or None (a plain `dvc repro`)."""
+    return path.read_text(encoding="utf-8").strip() or None if path.is_file() else None
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
@@ -162,7 +172,7 @@ def build_bundle(params: Params, raw_params: dict[str, Any], out: Path, *, route
     manifest = {
         "format_version": FORMAT_VERSION,
         "bundle_id": new_bundle_id(created, files),
-        "created": created, "git_commit": git_commit(), "data_hash": data_hash(),
+        "created": created, "git_commit": git_commit(), "data_hash": data_hash(), "experiment": experiment(),
         "amo_version": amo.__version__, "params": raw_params, "metrics": metrics,
         "models": model_refs(params, router_dir), "files": files, "signing": None,
     }

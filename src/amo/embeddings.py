@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from amo.progress import Progress
 from amo.routing import prompt_key
 
 log = logging.getLogger("amo")
@@ -179,6 +180,18 @@ class CachedEncoder:
     def dim(self) -> int:
         return int(self.encoder.dim)
 
+    def _encode(self, texts: list[str], chunk: int = 1024) -> np.ndarray:
+        """The encoder's vectors; more than `chunk` texts go in chunks, with a progress bar on a
+        terminal and a log line per chunk otherwise."""
+        if len(texts) <= chunk:
+            return self.encoder.encode(texts)
+        parts = []
+        with Progress("embedding texts", len(texts), log.info, every=1) as bar:
+            for start in range(0, len(texts), chunk):
+                parts.append(self.encoder.encode(texts[start:start + chunk]))
+                bar.update(min(start + chunk, len(texts)))
+        return np.concatenate(parts)
+
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return self.encoder.encode(texts)
@@ -191,7 +204,7 @@ class CachedEncoder:
             return found_vectors
         unique = list(dict.fromkeys(texts[i] for i in missing))
         start = time.perf_counter()
-        fresh = self.encoder.encode(unique)
+        fresh = self._encode(unique)
         self.embedded += len(unique)
         if len(unique) > 1000:
             log.info("embedded %d new texts in %.1fs (%d from the store)", len(unique),

@@ -22,3 +22,13 @@ def stage_output(stage: str, repo: Path = Path(".")) -> Path:
         raise KeyError(f"{spec_file}: stage {stage!r} has no outs")
     first = outs[0]
     return repo / (next(iter(first)) if isinstance(first, dict) else first)
+
+
+def stage_option(stage: str, flag: str, repo: Path = Path(".")) -> Path | None:
+    """The path after `flag` (e.g. `--docs`) in `stage`'s command in `repo`/dvc.yaml, relative to
+    `repo`; None when the command does not pass it."""
+    import shlex
+
+    stages = (yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages") or {}
+    words = shlex.split(str((stages.get(stage) or {}).get("cmd", "")))
+    return repo / words[words.index(flag) + 1] if flag in words[:-1] else None

@@ -238,12 +238,61 @@ def retrain_slot(repo: Path, timeout: float = 0.0, owner: str = "") -> Iterator[
         yield f"Prefect global concurrency limit {name}"
 
 
+# -- each retrain a DVC experiment ---------------------------------------------------------------
+def experiment_name() -> str:
+    """A new experiment's name: `retrain-<UTC time>` (DVC refuses a name twice)."""
+    return time.strftime("retrain-%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+@contextmanager
+def experiment(repo: Path, name: str) -> Iterator[str]:
+    """While a retrain's stages run, the bundle stage names `name` in the manifest it builds
+    (amo.bundle.experiment reads it); a plain `dvc repro` afterwards names none."""
+    from amo.bundle import EXPERIMENT_FILE
+    from amo.registry import atomic_write
+
+    path = repo / EXPERIMENT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, name + "\n")
+    try:
+        yield name
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def save_experiment(repo: Path, name: str) -> str:
+    """`dvc exp save`: the retrain's params, data version, dvc.lock and metrics as experiment
+    `name`, so `dvc exp show` lists it and `dvc exp apply NAME` + `dvc checkout` (or `dvc pull`)
+    restores a promoted bundle's exact inputs."""
+    dvc(repo, "exp", "save", "--name", name, "--include-untracked", "metrics", label=f"dvc exp save {name}")
+    return name
+
+
+def push_experiment(repo: Path, name: str) -> str | None:
+    """`dvc exp push origin NAME` when the repository has a git remote `origin`; else None."""
+    remotes = subprocess.run(["git", "remote"], cwd=repo, capture_output=True, text=True, check=False).stdout.split()
+    if "origin" not in remotes:
+        return None
+    return dvc(repo, "exp", "push", "origin", name, label=f"dvc exp push {name}")
+
+
 # -- new agent data ------------------------------------------------------------------------------
 def data_fingerprint(data_dir: Path) -> str:
-    """sha256 over every file's relative path and content: changes when any file is added,
-    removed or edited (e.g. a new agents.jsonl dropped in place)."""
+    """The data version as DVC names it: the md5 `dvc add` would record in `<data_dir>.dvc` (the
+    manifest's `data_hash`), computed through DVC's own state cache, so unchanged files are not
+    re-read on every sensor tick. Changes when any file is added, removed or edited. A folder DVC
+    does not track gets a sha256 over every file's relative path and content instead."""
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: data folder not found")
+    tracked = data_dir.parent / f"{data_dir.name}.dvc"
+    if tracked.is_file():
+        from dvc.repo import Repo
+
+        with Repo(Repo.find_root(str(data_dir.parent))) as repo:
+            [stage] = repo.stage.collect(str(tracked))
+            value = stage.outs[0].get_hash().value
+            if value:
+                return str(value)
     digest = hashlib.sha256()
     for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
         content = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -315,20 +364,26 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def metrics_markdown(metrics_dir: Path, title: str, names: list[str] | None = None) -> str:
-    """A table of every number in metrics/*.json (or the named files, e.g. `arms/x`)."""
+def metrics_rows(metrics_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every number in metrics/*.json (or the named files, e.g. `arms/x`) as {file, metric, value}."""
     files = ([metrics_dir / f"{n}.json" for n in names] if names is not None
              else sorted(metrics_dir.rglob("*.json")))
-    rows: list[tuple[str, str, Any]] = []
+    rows: list[dict[str, Any]] = []
     for path in files:
         if not path.is_file():
-            rows.append((path.relative_to(metrics_dir).as_posix(), "(missing)", ""))
+            rows.append({"file": path.relative_to(metrics_dir).as_posix(), "metric": "(missing)", "value": ""})
             continue
         for key, value in _flatten(json.loads(path.read_text())).items():
             if isinstance(value, (int, float, str, bool)) and key != "files":
-                rows.append((path.relative_to(metrics_dir).with_suffix("").as_posix(), key, value))
+                rows.append({"file": path.relative_to(metrics_dir).with_suffix("").as_posix(), "metric": key,
+                             "value": value})
+    return rows
+
+
+def metrics_markdown(metrics_dir: Path, title: str, names: list[str] | None = None) -> str:
+    """A Markdown table of `metrics_rows`."""
     lines = [f"# {title}", "", "| file | metric | value |", "| --- | --- | --- |"]
-    lines += [f"| {f} | {k} | {_cell(v)} |" for f, k, v in rows]
+    lines += [f"| {r['file']} | {r['metric']} | {_cell(r['value'])} |" for r in metrics_rows(metrics_dir, names)]
     return "\n".join(lines) + "\n"
 
 

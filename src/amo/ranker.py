@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from amo.progress import Progress
 from amo.router import listwise_loss
 from amo.routing import AGENT_FEATURES, PROMPT_FEATURES, AgentIndex, Classifier, route_features
 
@@ -185,6 +186,7 @@ class AgentRanker:
         best: tuple[float, dict[str, torch.Tensor]] | None = None
         stale = 0
         self.history_: list[dict[str, float]] = []
+        bar = Progress("router epoch", self.epochs, log.info)  # a bar on a terminal, else a line per epoch
         for epoch in range(self.epochs):
             model.train()
             total, batches = 0.0, torch.randperm(len(y), generator=generator).split(self.batch_size)
@@ -207,11 +209,12 @@ class AgentRanker:
                 else:
                     stale += 1
             self.history_.append(record)
-            log.info("router epoch %d/%d: %s", epoch + 1, self.epochs, record)
+            bar.update(epoch + 1, str(record))
             if progress is not None:
                 progress(record)
             if best is not None and stale >= self.patience:
                 break
+        bar.close()
         if best is not None:
             model.load_state_dict(best[1])
         model.eval()

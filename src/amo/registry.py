@@ -92,7 +92,9 @@ class Decision:
 
     def __str__(self) -> str:
         if self.unchanged:
-            lines = [f"UNCHANGED {self.bundle_id}: already the current bundle (nothing promoted)"]
+            current = ("already the current bundle" if self.champion == self.bundle_id
+                       else f"the same as {self.champion}, the current bundle")
+            lines = [f"UNCHANGED {self.bundle_id}: {current} (nothing promoted)"]
         else:
             verdict = "PROMOTED" if self.accepted else "REJECTED"
             lines = [f"{verdict} {self.bundle_id} (champion: {self.champion or 'none'})"]
@@ -446,7 +448,21 @@ class Registry:
             champion_id = self.current_id()
             if champion_id == bundle_id:
                 return self._unchanged(Path(candidate), bundle_id)
+            if champion_id is not None and self._same_contents(manifest, champion_id):
+                return Decision(bundle_id, True, [
+                    f"{bundle_id} has the same files, models and data version as the current bundle {champion_id} "
+                    "(a re-run on unchanged inputs): no gate, no switch, no history entry"], champion_id, unchanged=True)
             return self._gate_and_switch(Path(candidate), manifest, champion_id, params, force, assess)
+
+    def _same_contents(self, manifest: dict[str, Any], champion_id: str) -> bool:
+        """The candidate holds the champion's exact files, models and data version: only its build
+        time (and so its id) differs. An unreadable champion manifest is not the same."""
+        try:
+            champion = json.loads(self._read("bundles", champion_id, MANIFEST) or "null")
+        except ValueError:
+            return False
+        keys = ("files", "models", "data_hash")
+        return isinstance(champion, dict) and all(champion.get(k) == manifest.get(k) for k in keys)
 
     def _unchanged(self, candidate: Path, bundle_id: str) -> Decision:
         """The candidate is the current bundle: nothing to promote (its stored copy is re-verified,

@@ -31,8 +31,11 @@ def run(params: Params, task_name: str, out: Path, metrics: Path, plot: Path | N
     checkpoint = checkpoint_dir(out)
     model, trained = train_arm(base, tokenizer, task_name, task, train, log=log.info, checkpoint=checkpoint)
     scores = evaluate_arm(model, tokenizer, task_name, task, test)
+    # No timing here: the arm folder and these scores are inputs of later stages, and a re-run on
+    # the same inputs must write the same bytes, or everything downstream would run again.
+    log.info("arm %s: %d steps in %.1f s", task_name, trained.steps, trained.seconds)
     result = {"task": task_name, "train_examples": len(train), "steps": trained.steps,
-              "final_loss": trained.final_loss, "train_seconds": round(trained.seconds, 1), **scores}
+              "final_loss": trained.final_loss, **scores}
     save_arm(model, task_name, task, out, {"base_model": fingerprint(base_ref), "metrics": result})
     write_json(metrics, result)
     if plot is not None:  # the loss curve, one row per step
