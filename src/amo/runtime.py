@@ -397,8 +397,11 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from fastapi_offline import FastAPIOffline
+    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
+    from amo.brain import CopilotAnswer, step_arms
+    from amo.extras import ExtraNotInstalled, missing
     from amo.runtime_metrics import RequestMetrics, RuntimeMetrics
     from amo.settings import RuntimeSettings, load_settings
 
@@ -445,10 +448,14 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
             raise ApiError(503, code, f"no verified bundle is being served{why}")
         return current
 
-    def arms_on() -> None:
+    def arms_on(endpoint: str) -> None:
+        """503 when serve.arms is off, 501 when amo[arms] (torch...) is not installed here."""
         if runtime.arms == "off":
             raise ApiError(503, "arms_off", "arms are off in this runtime (serve.arms / AMO_ARMS = off): "
                                             "it routes and plans only")
+        absent = missing("arms")
+        if absent:
+            raise ApiError(501, "extra_not_installed", str(ExtraNotInstalled(endpoint, "arms", absent)))
 
     @contextmanager
     def refused_arms() -> Iterator[None]:
@@ -506,12 +513,11 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
             "bundle_id": current.bundle_id, "route": route_.to_dict(),
             "plan": {"path": plan_.path, "abstained": plan_.abstained, "rules": plan_.rules, "choice": plan_.choice}})
 
-    generating = api.errors(400, 413, 422, 429, 500, 503, 504)
+    generating = api.errors(400, 413, 422, 429, 500, 501, 503, 504)
 
     @app.post("/invoke", summary="Run one arm (or the base model) on the input", responses=generating)
     async def invoke(body: api.InvokeIn) -> api.InvokeOut:
         current = brain()
-        arms_on()
         value = text(body.input, "input")
         if body.arm is not None and body.arm not in current.runtime["arms"]:
             raise ApiError(422, "unknown_arm", f"unknown arm {body.arm!r}; this bundle's arms: "
@@ -519,6 +525,7 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
         if body.max_new_tokens is not None and body.max_new_tokens > s.max_new_tokens:
             raise ApiError(422, "max_new_tokens_too_large", f"max_new_tokens {body.max_new_tokens} is over this "
                            f"runtime's limit {s.max_new_tokens} (serve.max_new_tokens / AMO_MAX_NEW_TOKENS)")
+        arms_on("/invoke")
 
         def job() -> str:
             with refused_arms():
@@ -530,14 +537,22 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
     @app.post("/copilot", summary="Route, plan and run the arms for the prompt: one answer", responses=generating)
     async def copilot(body: api.PromptIn) -> api.CopilotOut:
         current = brain()
-        arms_on()
         prompt = text(body.prompt, "prompt")
+        if runtime.arms == "off":
+            arms_on("/copilot")
+        # Route and plan here (fast, ONNX); only the arms' generation waits for the generation thread.
+        route_, plan_, steps = await run_in_threadpool(current.copilot_steps, prompt)
+        arms = step_arms(steps)
+        outputs: list[str] = []
+        if arms:
+            arms_on("/copilot (its plan calls the arms " + ", ".join(arms) + ")")
 
-        def job() -> Any:
-            with refused_arms():
-                return current.copilot(prompt)
+            def job() -> list[str]:
+                with refused_arms():
+                    return [str(output) for output in current.invoke([(arm, prompt) for arm in arms])]
 
-        answer = await generation.run(job)
+            outputs = await generation.run(job)
+        answer = CopilotAnswer.of(prompt, route_, plan_, steps, outputs)
         metrics.observe_route(answer.route)
         return api.CopilotOut.model_validate({"bundle_id": current.bundle_id, **answer.to_dict()})
 
