@@ -89,6 +89,7 @@ def in_process_server(runtime: Any, **settings: Any) -> Iterator[str]:
     from amo.runtime import create_app
     from amo.settings import RuntimeSettings
 
+    settings.setdefault("generation_process", False)  # the fake brain's generation blocks on this process's gate
     app = create_app(runtime, RuntimeSettings.model_construct(**settings), manage_runtime=False)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -312,26 +313,53 @@ def runtime_generation_idle(url: str) -> bool:
     return httpx.get(f"{url}/healthz").json()["generation_admitted"] == 0
 
 
-def test_generation_thread_leaves_routing_a_core() -> None:
-    """The generation thread runs torch on serve.generation_threads threads, by default on every
-    core but one (at least one)."""
+def test_generation_leaves_routing_a_core_in_its_own_process() -> None:
+    """Generation runs torch on serve.generation_threads threads, by default on every core but one
+    (at least one): in its own process by default (serve.generation_process), else on a thread."""
     import asyncio
 
     import torch
 
     from amo.runtime import GenerationPool
 
-    def threads_seen(setting: int) -> int:
-        pool = GenerationPool(limit=1, timeout=60, threads=setting)
+    def seen(job: Any, threads: int, process: bool) -> Any:
+        pool = GenerationPool(limit=1, timeout=120, threads=threads, process=process)
         pool.start()
         try:
-            return int(asyncio.run(pool.run(torch.get_num_threads)))
+            return asyncio.run(pool.run(job))
         finally:
             pool.stop()
 
     before = torch.get_num_threads()
     try:
-        assert threads_seen(3) == 3
-        assert threads_seen(0) == max(1, (os.cpu_count() or 1) - 1)
+        for process in (True, False):
+            assert seen(torch.get_num_threads, 3, process) == 3
+            assert seen(torch.get_num_threads, 0, process) == max(1, (os.cpu_count() or 1) - 1)
+        assert seen(os.getpid, 1, True) != os.getpid()
+        assert seen(os.getpid, 1, False) == os.getpid()
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_dead_generation_process_is_a_503_and_is_replaced() -> None:
+    """A generation process that dies mid-job (killed, out of memory) answers that request 503
+    generation_failed; the next job runs in a new process."""
+    import asyncio
+    import functools
+
+    from amo.runtime import ApiError, GenerationPool
+
+    pool = GenerationPool(limit=2, timeout=120, threads=1, process=True)
+    pool.start()
+    try:
+        first = asyncio.run(pool.run(os.getpid))
+        try:
+            asyncio.run(pool.run(functools.partial(os._exit, 1)))
+            raise AssertionError("the job that ended its process returned")
+        except ApiError as exc:
+            assert (exc.status, exc.code) == (503, "generation_failed")
+        second = asyncio.run(pool.run(os.getpid))
+        assert first != second and second != os.getpid()
+        assert pool.admitted == 0
+    finally:
+        pool.stop()
