@@ -6,10 +6,11 @@
 
     AMO_REGISTRY=/srv/amo/registry uvicorn --factory amo.runtime:create_app --workers 2
 
-Settings come from amo.settings (AMO_ variables over params.yaml: serve). /invoke and /copilot
-run on one generation thread of their own (one base LM), never on the threads that answer the
-other endpoints: at most serve.generation_queue of them are admitted at once (more: 429 with
-Retry-After), each waits at most serve.request_timeout_seconds (504). One access-log line per
+Settings come from amo.settings (AMO_ variables over params.yaml: serve). /invoke and /copilot's
+arms run in one generation process of their own (amo.generation; one base LM), never in the
+threads that answer the other endpoints nor under their GIL: at most serve.generation_queue of
+them are admitted at once (more: 429 with Retry-After), each waits at most
+serve.request_timeout_seconds (504). One access-log line per
 request (logger amo.access): method, path, status, milliseconds and the request id, which every
 response carries in X-Request-ID.
 
@@ -590,7 +591,7 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
         prompt = text(body.prompt, "prompt")
         if runtime.arms == "off":
             arms_on("/copilot")
-        # Route and plan here (fast, ONNX); only the arms' generation waits for the generation thread.
+        # Route and plan here (fast, ONNX); only the arms' generation waits for the generation process.
         route_, plan_, steps = await run_in_threadpool(current.copilot_steps, prompt)
         arms = step_arms(steps)
         outputs: list[str] = []
