@@ -92,7 +92,9 @@ def run_stage(name: str, root: Path, dockerfile: Path = ROOT / "Dockerfile", con
         link = bin_dir / "python"
         if not link.exists():
             link.symlink_to(python)
-        env = {key: value for key, value in os.environ.items() if not key.startswith(("AMO_", "VIRTUAL_ENV"))}
+        # what a container would not inherit from this shell
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("AMO_", "VIRTUAL_ENV", "PYTHONPATH"))}
         env["PATH"] = f"{bin_dir}:{env['PATH']}"
         env["HOME"] = str(root / "home")
         ran, skipped = [], []
