@@ -1,14 +1,24 @@
 """Reliability figures of the release path (issue 7).
 
     python benchmarks/reliability.py [--clients 16] [--seconds 30] [--promotions 1]
+                                     [--worker-seconds 15] [--generation-model tiny|smollm2]
 
-1. Runs the reliability tests (bad-input corpus, kill -9 during promotion, tampered bundles) and
-   counts their cases from pytest's JUnit report: the tests are the single definition of each case.
+1. Runs the reliability tests (bad-input corpus, kill -9 during promotion, tampered bundles, the
+   registry and runtime holes, every documented error status) and counts their cases from
+   pytest's JUnit report: the tests are the single definition of each case.
 2. Builds a tiny real bundle (real encoder and ONNX router, tiny LM arm; see tests/tiny_bundle.py),
-   promotes it into a fresh registry, starts `amo serve` on a free 127.0.0.1 port, and runs a
-   bounded load test from a separate process (asyncio + httpx, `--clients` concurrent clients for
-   `--seconds` seconds against POST /route, varied prompts), promoting new bundles in the middle.
-Writes benchmarks/results/reliability.json and prints the figures.
+   starts `amo serve` on a free 127.0.0.1 port on an empty registry (/readyz status), promotes the
+   bundle, and runs a bounded load test from a separate process (asyncio + httpx, `--clients`
+   concurrent clients for `--seconds` seconds against POST /route, varied prompts), promoting new
+   bundles in the middle; then counts /metrics' families and the error responses /openapi.json
+   documents. The same load, without promotions, for `--worker-seconds` against 1 and 2 uvicorn
+   workers.
+3. Signing: with a verify key, the registry refuses the bundle unsigned and signed with another
+   key, and accepts it signed with the key's own.
+4. Route p99 while a 512-token /invoke generates over route p99 alone
+   (benchmarks/route_under_generation.py's measure, shorter: 2 rounds of 5 s).
+Writes benchmarks/results/reliability.json (keeping keys written by other scripts, such as
+benchmarks/install_size.py's) and prints the figures.
 """
 
 from __future__ import annotations
@@ -37,6 +47,21 @@ CASES = {  # result key -> the parametrised tests whose cases it counts
                "tests/test_runtime.py::test_tampered_bundle_in_the_registry_is_refused",
                "tests/test_release.py::test_tampered_bundle_is_refused",
                "tests/test_release.py::test_changed_manifest_is_refused"],
+    # Each reproduces one registry or runtime hole closed in issue 14 and checks it stays closed.
+    "holes": ["tests/test_release.py::test_bundle_id_that_is_a_path_is_refused_by_name",
+              "tests/test_release.py::test_pointer_naming_a_path_is_refused",
+              "tests/test_release.py::test_registry_paths_stay_inside_the_registry",
+              "tests/test_release.py::test_corrupt_stored_copy_is_replaced_when_promoted_again",
+              "tests/test_release.py::test_promotions_at_once_are_serialised_against_the_latest_champion",
+              "tests/test_release.py::test_same_bundle_promoted_twice_at_once",
+              "tests/test_release.py::test_promoting_the_current_bundle_changes_nothing",
+              "tests/test_release.py::test_recovery_commands_work_from_a_corrupt_pointer",
+              "tests/test_release.py::test_recovery_from_a_torn_history_line",
+              "tests/test_release.py::test_rollback_skips_an_earlier_bundle_that_fails_verification",
+              "tests/test_release.py::test_gc_never_removes_the_current_bundle",
+              "tests/test_runtime.py::test_arm_changed_after_the_bundle_was_verified_is_refused_by_name",
+              "tests/test_runtime.py::test_lone_surrogate_in_any_text_field_is_a_4xx"],
+    "openapi_errors": ["tests/test_runtime_api.py::test_every_documented_error_status_is_produced_in_the_envelope"],
 }
 TOPICS = ["where is my order {n}", "track parcel {n}", "refund for order {n} please",
           "I want to return item {n}", "find red running shoes size {n}", "price of tv model {n}",
@@ -119,8 +144,29 @@ async def _load(url: str, clients: int, seconds: float) -> dict[str, Any]:
 
 
 # -- the run ---------------------------------------------------------------------------------
-def load_test(clients: int, seconds: float, promotions: int, server_threads: int) -> dict[str, Any]:
+def start_server(work: Path, params: Path, port: int, server_threads: int, workers: int = 1) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(server_threads))
+    return subprocess.Popen([str(Path(sys.executable).parent / "amo"), "--params", str(params), "serve",
+                             "--port", str(port), "--workers", str(workers)], cwd=work, env=env)
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    server.wait(30)
+
+
+def run_load(url: str, clients: int, seconds: float) -> dict[str, Any]:
+    """The load generator in a separate process, `clients` clients for `seconds` on POST /route."""
+    worker = subprocess.Popen([sys.executable, __file__, "--load-worker", url, "--clients", str(clients),
+                               "--seconds", str(seconds)], stdout=subprocess.PIPE, text=True)
+    out, _ = worker.communicate(timeout=seconds + 120)
+    return dict(json.loads(out))
+
+
+def load_test(clients: int, seconds: float, promotions: int, server_threads: int,
+              worker_seconds: float) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "tests"))
+    import httpx
     import yaml
     from conftest import build_tiny_lm
     from tiny_bundle import build_tiny_bundle, tiny_params, variant
@@ -134,18 +180,17 @@ def load_test(clients: int, seconds: float, promotions: int, server_threads: int
         tiny_lm = build_tiny_lm(work / "tiny_lm")
         bundle = build_tiny_bundle(work / "build", tiny_lm)
         registry = Registry(work / "registry")
-        registry.promote(bundle, gate)
         raw = tiny_params(tiny_lm)
         raw["registry"] = {"path": str(work / "registry")}
         raw["serve"] = {"poll_seconds": 0.5}
         (work / "params.yaml").write_text(yaml.safe_dump(raw))
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = dict(os.environ, OMP_NUM_THREADS=str(server_threads))
-        server = subprocess.Popen([str(Path(sys.executable).parent / "amo"), "--params",
-                                   str(work / "params.yaml"), "serve", "--port", str(port)],
-                                  cwd=work, env=env)
+        server = start_server(work, work / "params.yaml", port, server_threads)
         try:
+            _wait_healthy(url, server, status="no_bundle")  # up, on a registry with nothing promoted
+            readyz_without_bundle = httpx.get(f"{url}/readyz", timeout=5).status_code
+            registry.promote(bundle, gate)
             _wait_healthy(url, server)
             cpu_before = cpu_seconds(server.pid)
             worker = subprocess.Popen([sys.executable, __file__, "--load-worker", url, "--clients",
@@ -161,15 +206,74 @@ def load_test(clients: int, seconds: float, promotions: int, server_threads: int
             # CPU the server spent per request (bundle swaps included): what contention cannot hide.
             result["server_cpu_ms_per_request"] = round(
                 1000 * (cpu_seconds(server.pid) - cpu_before) / max(1, result["requests"]), 2)
+            families = [line for line in httpx.get(f"{url}/metrics").text.splitlines() if line.startswith("# TYPE ")]
+            spec = httpx.get(f"{url}/openapi.json").json()
+            documented = [(path, method, status) for path, operations in spec["paths"].items()
+                          for method, operation in operations.items() for status in operation["responses"]
+                          if int(status) >= 400]
         finally:
-            server.terminate()
-            server.wait(30)
+            stop(server)
+        workers = {}
+        for count in (1, 2):
+            port = free_port()
+            server = start_server(work, work / "params.yaml", port, server_threads, workers=count)
+            try:
+                _wait_healthy(f"http://127.0.0.1:{port}", server)
+                measured = run_load(f"http://127.0.0.1:{port}", clients, worker_seconds)
+            finally:
+                stop(server)
+            workers[str(count)] = {"rps": measured["rps"], "p99_ms": measured["p99_ms"],
+                                   "failed": measured["failed"]}
+        signing = signing_checks(bundle, work)
         encoder = "ONNX" if any("encoder" in f.name for f in (bundle / "router").iterdir()) else "torch"
     result["bundle"] = (f"tiny bundle from tests/tiny_bundle.py: real all-MiniLM-L6-v2 encoder ({encoder}) "
                         "+ ONNX router, 4 agents")
     result["promotions_during_load"] = sum(1 for b in promoted if b in result["bundles_seen"])
     result["promoted"] = promoted
+    result.update(readyz_without_bundle=readyz_without_bundle, metrics_families=len(families),
+                  openapi_errors_documented=len(documented), workers=workers, signing=signing)
     return result
+
+
+def signing_checks(bundle: Path, work: Path) -> dict[str, bool]:
+    """Whether a registry with a verify key refuses the bundle unsigned and signed with another
+    key, and accepts it signed with the verify key's own private key."""
+    from tiny_bundle import ec_keys, variant
+
+    from amo.bundle import BundleError
+    from amo.config import GateParams
+    from amo.registry import Registry
+    from amo.signing import sign_bundle
+
+    ours, our_public = ec_keys(work / "keys", "ours")
+    theirs, _ = ec_keys(work / "keys", "theirs")
+    registry = Registry(work / "signed_registry", verify_key=our_public)
+    gate = GateParams(floors={}, tolerance=1.0)
+
+    def refused(candidate: Path) -> bool:
+        try:
+            registry.promote(candidate, gate)
+        except BundleError:
+            return registry.current_id() is None
+        return False
+
+    unsigned = variant(bundle, work / "unsigned", "unsigned")
+    other = variant(bundle, work / "other", "other")
+    sign_bundle(other, theirs)
+    signed = variant(bundle, work / "signed", "signed")
+    sign_bundle(signed, ours)
+    return {"unsigned_refused": refused(unsigned), "wrong_key_refused": refused(other),
+            "signed_accepted": registry.promote(signed, gate).accepted and registry.current_id() is not None}
+
+
+def route_under_generation(model: str) -> dict[str, Any]:
+    """benchmarks/route_under_generation.py's measure: route p99 during a 512-token /invoke over alone."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from route_under_generation import measure
+
+    args = argparse.Namespace(base_model=model, tokens=512, clients=4, seconds=5.0, rounds=2, server_threads=0,
+                              generation_threads=0, generation_in_thread=False)
+    return measure(args)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -178,7 +282,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _wait_healthy(url: str, server: subprocess.Popen[bytes]) -> None:
+def _wait_healthy(url: str, server: subprocess.Popen[bytes], status: str = "ok") -> None:
     import httpx
 
     deadline = time.monotonic() + 180
@@ -186,7 +290,7 @@ def _wait_healthy(url: str, server: subprocess.Popen[bytes]) -> None:
         if server.poll() is not None:
             raise SystemExit("amo serve exited before it was healthy")
         try:
-            if httpx.get(f"{url}/healthz", timeout=2).json().get("status") == "ok":
+            if httpx.get(f"{url}/healthz", timeout=2).json().get("status") == status:
                 return
         except httpx.TransportError:
             pass
@@ -200,6 +304,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--promotions", type=int, default=1, help="Promotions during the load test.")
     parser.add_argument("--server-threads", type=int, default=1, help="OMP/torch threads of the server.")
+    parser.add_argument("--worker-seconds", type=float, default=15.0,
+                        help="Seconds of the load against 1 and then 2 uvicorn workers.")
+    parser.add_argument("--generation-model", choices=["tiny", "smollm2"], default="tiny",
+                        help="Base model of the route-under-generation measurement.")
     parser.add_argument("--skip-tests", action="store_true", help="Only the load test (figures of the "
                         "tests are then taken from the previous result file).")
     parser.add_argument("--load-worker", metavar="URL", help=argparse.SUPPRESS)
@@ -215,15 +323,28 @@ def main() -> None:
         previous = json.loads(RESULT.read_text())
         counts = {"bad_input": (previous["bad_input_cases"], previous["bad_input_refused"]),
                   "kill_points": (previous["kill_points"], previous["kill_points_whole_bundle"]),
-                  "tamper": (previous["tamper_cases"], previous["tamper_refused"])}
+                  "tamper": (previous["tamper_cases"], previous["tamper_refused"]),
+                  "holes": (previous["holes_cases"], previous["holes_reproduced_then_closed"]),
+                  "openapi_errors": (1, int(previous["openapi_errors_checked"] > 0))}
     else:
         counts = run_tests()
-    load = load_test(args.clients, args.seconds, args.promotions, args.server_threads)
-    result = {
+    load = load_test(args.clients, args.seconds, args.promotions, args.server_threads, args.worker_seconds)
+    generation = route_under_generation(args.generation_model)
+    previous = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
+    result = {**previous,
         "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0])), *sys.argv[1:]]),
         "bad_input_cases": counts["bad_input"][0], "bad_input_refused": counts["bad_input"][1],
         "kill_points": counts["kill_points"][0], "kill_points_whole_bundle": counts["kill_points"][1],
         "tamper_cases": counts["tamper"][0], "tamper_refused": counts["tamper"][1],
+        "holes_cases": counts["holes"][0], "holes_reproduced_then_closed": counts["holes"][1],
+        "readyz_without_bundle": load["readyz_without_bundle"],
+        "metrics_families": load["metrics_families"],
+        # every error status /openapi.json documents, each produced by a real request and checked
+        # against its schema by the envelope test (0 when that test failed)
+        "openapi_errors_checked": load["openapi_errors_documented"] if counts["openapi_errors"][1] else 0,
+        "workers": load["workers"],
+        "route_p99_during_invoke_ratio": generation["p99_ratio"],
+        "signing": load["signing"],
         "load": {k: load[k] for k in ("clients", "seconds", "requests", "failed", "rps", "p50_ms",
                                       "p99_ms", "promotions_during_load")},
         "load_details": {"mean_ms": load["mean_ms"], "bundles_seen_at_s": load["bundles_seen"],
@@ -236,6 +357,10 @@ def main() -> None:
                          "bundle": load["bundle"],
                          "machine": f"{os.cpu_count()} cores; load average "
                                     f"at the end {os.getloadavg()[0]:.1f}"},
+        "workers_details": {"seconds": args.worker_seconds, "clients": args.clients, "endpoint": "POST /route",
+                            "server": "amo serve --workers N, no promotions"},
+        "route_under_generation": {k: generation[k] for k in ("alone", "during_generation", "invokes",
+                                                               "p99_ratio", "target_p99_ratio", "setup")},
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")

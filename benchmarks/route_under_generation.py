@@ -3,13 +3,16 @@
     python benchmarks/route_under_generation.py [--base-model tiny|smollm2] [--tokens 512]
                                                 [--clients 4] [--seconds 10] [--rounds 3]
                                                 [--server-threads N] [--generation-threads N]
+                                                [--generation-in-thread]
 
 Builds a tiny real bundle (tests/tiny_bundle.py: real MiniLM encoder and router, both ONNX; its
 arm on the tiny test LM or on the packaged SmolLM2-135M), promotes it into a fresh registry and
 starts `amo serve` from an empty folder with only AMO_REGISTRY set. One short /invoke loads the
 arms first. Then `--clients` clients send POST /route back to back in `--rounds` rounds of two
 phases: alone for `--seconds` seconds, then while one /invoke for `--tokens` new tokens runs.
-Prints and writes benchmarks/results/route_under_generation_<base-model>[_generation_threads<N>].json.
+Generation runs in the runtime's generation process (serve.generation_process), or with
+`--generation-in-thread` on a thread of the server process, as before that setting.
+Prints and writes benchmarks/results/route_under_generation_<base-model>[_generation_threads<N>][_thread].json.
 The issue's target: route p99 during the generation within 1.5x of route p99 without it.
 """
 
@@ -115,6 +118,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                    AMO_MAX_NEW_TOKENS=str(max(512, args.tokens)))
         if args.generation_threads:
             env["AMO_GENERATION_THREADS"] = str(args.generation_threads)
+        env["AMO_GENERATION_PROCESS"] = "false" if args.generation_in_thread else "true"
         if args.server_threads:
             env["OMP_NUM_THREADS"] = str(args.server_threads)
         else:
@@ -156,6 +160,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                        "seconds": args.seconds, "rounds": args.rounds,
                        "server_threads": args.server_threads or "OMP_NUM_THREADS unset",
                        "generation_threads": args.generation_threads or "default: every core but one",
+                       "generation": "a thread of the server process" if args.generation_in_thread
+                                     else "its own process (serve.generation_process)",
                        "cores": os.cpu_count(), "load_average_after": os.getloadavg()[0],
                        "server": "amo serve, 1 uvicorn worker, 127.0.0.1; clients in this process"}
     return result
@@ -171,9 +177,12 @@ def main() -> None:
     parser.add_argument("--server-threads", type=int, default=0, help="OMP_NUM_THREADS of the server; 0: unset.")
     parser.add_argument("--generation-threads", type=int, default=0,
                         help="AMO_GENERATION_THREADS; 0: the runtime's default (every core but one).")
+    parser.add_argument("--generation-in-thread", action="store_true",
+                        help="AMO_GENERATION_PROCESS=false: generate on a thread of the server process.")
     args = parser.parse_args()
     result = {"command": shlex.join(["python", "benchmarks/route_under_generation.py", *sys.argv[1:]]), **measure(args)}
-    suffix = f"_generation_threads{args.generation_threads}" if args.generation_threads else ""
+    suffix = (f"_generation_threads{args.generation_threads}" if args.generation_threads else "") + \
+        ("_thread" if args.generation_in_thread else "")
     out = ROOT / "benchmarks" / "results" / f"route_under_generation_{args.base_model}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

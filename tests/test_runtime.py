@@ -654,3 +654,19 @@ def test_eager_arms_load_with_the_bundle(tmp_path: Path, bundle: Path) -> None:
     registry.promote(bundle, GATE)
     eager = Runtime(registry, arms="eager")
     assert eager.refresh() and eager.health()["arms_loaded"] is True
+
+
+def test_eager_arms_load_in_the_generation_process(tmp_path: Path, bundle: Path) -> None:
+    """With serve.arms eager, the runtime that `amo serve` builds loads the arms in its generation
+    process before serving the bundle, and /invoke answers from that process."""
+    from fastapi.testclient import TestClient
+
+    from amo.runtime import create_app
+    from amo.settings import load_settings
+
+    Registry(tmp_path / "registry").promote(bundle, GATE)
+    settings = load_settings(registry=str(tmp_path / "registry"), arms="eager", poll_seconds=60)
+    with TestClient(create_app(settings=settings)) as client:
+        assert client.get("/healthz").json()["arms_loaded"] is True
+        invoked = client.post("/invoke", json={"input": "and the price?", "arm": "rewrite", "max_new_tokens": 2})
+        assert invoked.status_code == 200 and isinstance(invoked.json()["output"], str), invoked.text

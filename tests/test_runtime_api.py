@@ -1,5 +1,6 @@
 """The runtime's HTTP contract over real HTTP, on a served fake bundle (fast: no bundle is built):
 the generation queue (429 + Retry-After), timeout (504) and max_new_tokens cap (422), arms off,
+a runtime without the arms extra (501),
 the /route batch window, the generation thread's torch threads, and every error status the
 OpenAPI spec documents produced in the error envelope."""
 
@@ -53,12 +54,9 @@ class FakeBrain:
         self.gate.block()
         return [f"out {max_new_tokens}" for _ in rows]
 
-    def copilot(self, prompt: str) -> Any:
-        from amo.brain import CopilotAnswer
-
+    def copilot_steps(self, prompt: str) -> Any:
         route, plan = self.plan(prompt)
-        self.gate.block()
-        return CopilotAnswer(prompt, route, plan, [{"agent": "order_status", "arm": "rewrite", "output": "x"}])
+        return route, plan, [("order_status", "rewrite")]
 
 
 def fake_runtime(tmp_path: Path, arms: str = "lazy") -> tuple[Gate, Any]:
@@ -91,6 +89,7 @@ def in_process_server(runtime: Any, **settings: Any) -> Iterator[str]:
     from amo.runtime import create_app
     from amo.settings import RuntimeSettings
 
+    settings.setdefault("generation_process", False)  # the fake brain's generation blocks on this process's gate
     app = create_app(runtime, RuntimeSettings.model_construct(**settings), manage_runtime=False)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -101,6 +100,16 @@ def in_process_server(runtime: Any, **settings: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@contextlib.contextmanager
+def _patched(mapping: dict[str, Any], key: str, value: Any) -> Iterator[None]:
+    saved = mapping[key]
+    mapping[key] = value
+    try:
+        yield
+    finally:
+        mapping[key] = saved
 
 
 def _post_later(url: str, body: dict[str, Any], into: list[httpx.Response]) -> threading.Thread:
@@ -221,6 +230,8 @@ def test_every_documented_error_status_is_produced_in_the_envelope(tmp_path: Pat
     envelope (no FastAPI default `{"detail"}` schema is left in the spec)."""
     import jsonschema
 
+    from amo.extras import EXTRAS
+
     gate, runtime = fake_runtime(tmp_path)
     with in_process_server(runtime, generation_queue=1, request_timeout_seconds=1.0,
                            max_body_bytes=1024) as url:
@@ -255,6 +266,9 @@ def test_every_documented_error_status_is_produced_in_the_envelope(tmp_path: Pat
                 gate.release.clear()
                 gate.started.clear()
                 return response
+            if status == 501:  # as if amo[arms] were not installed
+                with _patched(EXTRAS, "arms", ("amo_no_such_module",)):
+                    return send(path, method, json=body_for(path))
             if status == 503:
                 runtime.brain = None
                 return send(path, method, json=body_for(path)) if method == "post" else send(path, method)
@@ -273,34 +287,79 @@ def test_every_documented_error_status_is_produced_in_the_envelope(tmp_path: Pat
                 jsonschema.validate(response.json(), {**schema, "components": spec["components"]})
                 assert set(response.json()["error"]) >= {"code", "message"}
             checked.append((path, method, status))
-    assert len(checked) == len(documented) == 33, checked
-    assert {s for _, _, s in checked} == {400, 413, 422, 429, 500, 503, 504}
+    assert len(checked) == len(documented) == 35, checked
+    assert {s for _, _, s in checked} == {400, 413, 422, 429, 500, 501, 503, 504}
+
+
+def test_generation_without_the_arms_extra_is_a_501_naming_it(tmp_path: Path) -> None:
+    """Where amo[arms] (torch) is not installed, /invoke and a /copilot whose plan calls an arm
+    answer 501 extra_not_installed with the pip command; /route and /plan still answer."""
+    from amo.extras import EXTRAS
+
+    gate, runtime = fake_runtime(tmp_path)
+    gate.release.set()
+    with in_process_server(runtime) as url, _patched(EXTRAS, "arms", ("amo_no_such_module",)):
+        for endpoint, body in (("invoke", {"input": "a"}), ("copilot", {"prompt": "b"})):
+            response = httpx.post(f"{url}/{endpoint}", json=body)
+            assert response.status_code == 501, response.text
+            error = response.json()["error"]
+            assert error["code"] == "extra_not_installed" and "pip install 'amo[arms]'" in error["message"]
+        assert httpx.post(f"{url}/route", json={"prompt": "c"}).status_code == 200
+        assert httpx.post(f"{url}/plan", json={"prompt": "c"}).status_code == 200
+    assert gate.ran == 0
 
 
 def runtime_generation_idle(url: str) -> bool:
     return httpx.get(f"{url}/healthz").json()["generation_admitted"] == 0
 
 
-def test_generation_thread_leaves_routing_a_core() -> None:
-    """The generation thread runs torch on serve.generation_threads threads, by default on every
-    core but one (at least one)."""
+def test_generation_leaves_routing_a_core_in_its_own_process() -> None:
+    """Generation runs torch on serve.generation_threads threads, by default on every core but one
+    (at least one): in its own process by default (serve.generation_process), else on a thread."""
     import asyncio
 
     import torch
 
     from amo.runtime import GenerationPool
 
-    def threads_seen(setting: int) -> int:
-        pool = GenerationPool(limit=1, timeout=60, threads=setting)
+    def seen(job: Any, threads: int, process: bool) -> Any:
+        pool = GenerationPool(limit=1, timeout=120, threads=threads, process=process)
         pool.start()
         try:
-            return int(asyncio.run(pool.run(torch.get_num_threads)))
+            return asyncio.run(pool.run(job))
         finally:
             pool.stop()
 
     before = torch.get_num_threads()
     try:
-        assert threads_seen(3) == 3
-        assert threads_seen(0) == max(1, (os.cpu_count() or 1) - 1)
+        for process in (True, False):
+            assert seen(torch.get_num_threads, 3, process) == 3
+            assert seen(torch.get_num_threads, 0, process) == max(1, (os.cpu_count() or 1) - 1)
+        assert seen(os.getpid, 1, True) != os.getpid()
+        assert seen(os.getpid, 1, False) == os.getpid()
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_dead_generation_process_is_a_503_and_is_replaced() -> None:
+    """A generation process that dies mid-job (killed, out of memory) answers that request 503
+    generation_failed; the next job runs in a new process."""
+    import asyncio
+    import functools
+
+    from amo.runtime import ApiError, GenerationPool
+
+    pool = GenerationPool(limit=2, timeout=120, threads=1, process=True)
+    pool.start()
+    try:
+        first = asyncio.run(pool.run(os.getpid))
+        try:
+            asyncio.run(pool.run(functools.partial(os._exit, 1)))
+            raise AssertionError("the job that ended its process returned")
+        except ApiError as exc:
+            assert (exc.status, exc.code) == (503, "generation_failed")
+        second = asyncio.run(pool.run(os.getpid))
+        assert first != second and second != os.getpid()
+        assert pool.admitted == 0
+    finally:
+        pool.stop()

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from amo.bundle import RUNTIME, BundleError, file_problems, verify_bundle
+from amo.extras import require
 from amo.models import Encoder, resolve_base_model, resolve_encoder, sha256_file
 from amo.onnx_encoder import OnnxEncoder, has_onnx_encoder
 from amo.onnx_router import OnnxRanker
@@ -50,6 +51,13 @@ class CopilotAnswer:
         return [{"agent": agent, "arm": answered[agent]["arm"], "output": answered[agent]["output"]}
                 if agent in answered else {"agent": agent, "arm": None, "output": None}
                 for agent in self.plan.path]
+
+    @classmethod
+    def of(cls, prompt: str, route: Route, plan: Plan, steps: list[tuple[str, str]],
+           outputs: list[str]) -> CopilotAnswer:
+        """The answer from Brain.copilot_steps' steps and the outputs of their arms (step_arms' order)."""
+        by_arm = dict(zip(step_arms(steps), outputs))
+        return cls(prompt, route, plan, [{"agent": agent, "arm": arm, "output": by_arm[arm]} for agent, arm in steps])
 
     def to_dict(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "route": self.route.to_dict(), "out_of_scope": self.out_of_scope,
@@ -135,27 +143,9 @@ class Brain:
         with self._arms_lock:
             return self._load_arms()
 
-    def _verify_arms(self) -> None:
-        """Re-hash every arm's files against the manifest just before they are loaded: the
-        bundle was verified when served, but arms load later (on first use)."""
-        for name in self.runtime["arms"]:
-            problems = file_problems(self.path, self.manifest, f"arms/{name}/")
-            if problems:
-                raise BundleError(f"arm {name!r} of bundle {self.bundle_id} at {self.path} refused: "
-                                  + "; ".join(problems))
-
     def _load_arms(self) -> Any:
         if self._arms is None:
-            from amo.arms import ArmServer
-            from amo.models import load_base_model
-
-            self._verify_arms()
-            ref = self.manifest["models"]["base_model"]
-            base = resolve_base_model(ref["ref"], ref["gguf_file"])
-            _check_model("base model", base.weights_file, ref["sha256"])
-            model, tokenizer = load_base_model(base)
-            self._arms = ArmServer(model, tokenizer, {name: self.path / "arms" / name
-                                                      for name in self.runtime["arms"]})
+            self._arms = load_arms(self.path, self.manifest, self.runtime)
         return self._arms
 
     def invoke(self, rows: list[tuple[str | None, str]], max_new_tokens: int | None = None) -> list[str]:
@@ -164,15 +154,44 @@ class Brain:
                 raise KeyError(f"unknown arm {arm!r}; this bundle's arms: {', '.join(self.runtime['arms'])}")
         return self.arms.invoke(rows, max_new_tokens)
 
-    def copilot(self, prompt: str) -> CopilotAnswer:
-        """Route, plan, then run every planned step that has an arm, in one mixed batch; agents
-        that share an arm share one call (same arm, same prompt: the same answer)."""
+    def copilot_steps(self, prompt: str) -> tuple[Route, Plan, list[tuple[str, str]]]:
+        """The route, the plan, and the (agent, arm) of every planned step that has an arm (none
+        when the route abstains: out of scope, no arm runs)."""
         route, plan = self.plan(prompt)
-        if route.abstained:  # out of scope: no agent is called, no arm runs
-            return CopilotAnswer(prompt, route, plan, [])
+        if route.abstained:
+            return route, plan, []
         arm_of = {agent: arm for arm, agents in self.runtime["arm_agents"].items() for agent in agents}
-        steps = [(agent, arm_of[agent]) for agent in plan.path if agent in arm_of]
-        arms = list(dict.fromkeys(arm for _, arm in steps))
-        outputs = dict(zip(arms, self.invoke([(arm, prompt) for arm in arms]))) if arms else {}
-        return CopilotAnswer(prompt, route, plan, [{"agent": agent, "arm": arm, "output": outputs[arm]}
-                                                   for agent, arm in steps])
+        return route, plan, [(agent, arm_of[agent]) for agent in plan.path if agent in arm_of]
+
+    def copilot(self, prompt: str) -> CopilotAnswer:
+        """Route, plan, then run every planned step that has an arm, in one mixed batch."""
+        route, plan, steps = self.copilot_steps(prompt)
+        arms = step_arms(steps)
+        outputs = self.invoke([(arm, prompt) for arm in arms]) if arms else []
+        return CopilotAnswer.of(prompt, route, plan, steps, outputs)
+
+
+def step_arms(steps: list[tuple[str, str]]) -> list[str]:
+    """The arms the steps call, each once: agents that share an arm share one call (same arm,
+    same prompt: the same answer)."""
+    return list(dict.fromkeys(arm for _, arm in steps))
+
+
+def load_arms(path: Path, manifest: dict[str, Any], runtime: dict[str, Any]) -> Any:
+    """The ArmServer of the bundle at `path`: its arms re-hashed against the manifest (the bundle
+    was verified when served, but arms load later), the base model checked against the hash the
+    manifest names, then loaded. ExtraNotInstalled without amo[arms]."""
+    require("arms", "generation (/invoke, and /copilot's arms)")
+    for name in runtime["arms"]:
+        problems = file_problems(path, manifest, f"arms/{name}/")
+        if problems:
+            raise BundleError(f"arm {name!r} of bundle {manifest['bundle_id']} at {path} refused: "
+                              + "; ".join(problems))
+    from amo.arms import ArmServer
+    from amo.models import load_base_model
+
+    ref = manifest["models"]["base_model"]
+    base = resolve_base_model(ref["ref"], ref["gguf_file"])
+    _check_model("base model", base.weights_file, ref["sha256"])
+    model, tokenizer = load_base_model(base)
+    return ArmServer(model, tokenizer, {name: path / "arms" / name for name in runtime["arms"]})

@@ -69,6 +69,7 @@ def _run(action: Callable[[], Any]) -> Any:
     from amo.arms import ArmLoadError
     from amo.bundle import BundleError
     from amo.config import ConfigError
+    from amo.extras import ExtraNotInstalled
     from amo.importers import SourceError
     from amo.locks import LockBusy
     from amo.models import ModelNotFoundError
@@ -77,7 +78,7 @@ def _run(action: Callable[[], Any]) -> Any:
 
     known: tuple[type[Exception], ...] = (ConfigError, BundleError, ModelNotFoundError,
                                           PlannerFormatError, ArmLoadError, SourceError, FileNotFoundError,
-                                          KeyError, AgentError, LockBusy)
+                                          KeyError, AgentError, LockBusy, ExtraNotInstalled)
     try:
         from amo.validate import DataValidationError
 

@@ -232,6 +232,9 @@ class ServeParams(_Section):
     generation_queue: int = Field(8, ge=1)
     # torch threads generation uses; 0: every core but one, which routing keeps (at least 1).
     generation_threads: int = Field(0, ge=0)
+    # Generation in its own process (spawned; it loads torch, the base LM and the arms), so it never
+    # holds the GIL routing needs; false: on a thread of the server process.
+    generation_process: bool = True
     # uvicorn worker processes; each loads the bundle, and its own base LM when arms load.
     workers: int = Field(1, ge=1)
 

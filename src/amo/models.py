@@ -157,6 +157,9 @@ class Encoder:
     @property
     def model(self) -> SentenceTransformer:
         if self._model is None:
+            from amo.extras import require
+
+            require("encoder", f"the encoder {self.path} (a bundle without an ONNX encoder)")
             offline()
             from sentence_transformers import SentenceTransformer
 

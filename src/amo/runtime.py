@@ -6,10 +6,11 @@
 
     AMO_REGISTRY=/srv/amo/registry uvicorn --factory amo.runtime:create_app --workers 2
 
-Settings come from amo.settings (AMO_ variables over params.yaml: serve). /invoke and /copilot
-run on one generation thread of their own (one base LM), never on the threads that answer the
-other endpoints: at most serve.generation_queue of them are admitted at once (more: 429 with
-Retry-After), each waits at most serve.request_timeout_seconds (504). One access-log line per
+Settings come from amo.settings (AMO_ variables over params.yaml: serve). /invoke and /copilot's
+arms run in one generation process of their own (amo.generation; one base LM), never in the
+threads that answer the other endpoints nor under their GIL: at most serve.generation_queue of
+them are admitted at once (more: 429 with Retry-After), each waits at most
+serve.request_timeout_seconds (504). One access-log line per
 request (logger amo.access): method, path, status, milliseconds and the request id, which every
 response carries in X-Request-ID.
 
@@ -36,7 +37,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -57,11 +59,13 @@ class Runtime:
     """The Brain being served, and the loop that swaps in a newly promoted, verified one."""
 
     def __init__(self, registry: Registry, poll_seconds: float = 2.0,
-                 load: Callable[[Any], Any] | None = None, arms: str = "lazy") -> None:
+                 load: Callable[[Any], Any] | None = None, arms: str = "lazy",
+                 preload: Callable[[Any], None] | None = None) -> None:
         self.registry = registry
         self.poll_seconds = poll_seconds
         self.arms = arms  # serve.arms: lazy, eager or off
-        self._load = load or partial(_load_brain, eager_arms=arms == "eager")
+        # serve.arms eager: `preload` loads a bundle's arms in the generation process
+        self._load = load or partial(_load_brain, eager_arms=arms == "eager", preload=preload)
         self.brain: Any = None  # swapped whole; readers take it once per request
         self.refused: dict[str, Any] | None = None
         self.loaded_at: str | None = None
@@ -135,14 +139,17 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _load_brain(path: Any, eager_arms: bool = False) -> Any:
+def _load_brain(path: Any, eager_arms: bool = False, preload: Callable[[Any], None] | None = None) -> Any:
     """Load and verify a bundle, then warm its route path so the first request is fast; with
-    `eager_arms`, load (and re-hash) its arms too, so a bundle whose arms fail is refused whole."""
+    `eager_arms`, load (and re-hash) its arms too, so a bundle whose arms fail is refused whole:
+    in the generation process through `preload` when given, else here."""
     from amo.brain import Brain
 
     brain = Brain(path)
     brain.route("warm up")
-    if eager_arms:
+    if eager_arms and preload is not None:
+        preload(brain.path)
+    elif eager_arms:
         brain.arms  # noqa: B018 -- loads the base LM and the arms
     return brain
 
@@ -227,29 +234,76 @@ class ApiError(Exception):
 
 
 class GenerationPool:
-    """One thread runs every generation (/invoke, /copilot): one base LM generates one batch at a
-    time anyway, and requests waiting for it hold no thread that other endpoints need. At most
-    `limit` requests are admitted at once, the running one included (more: 429 with Retry-After);
-    a request gets 504 after `timeout` seconds (a job not started by then never runs; a running
-    one finishes, and keeps its slot until it does)."""
+    """One job at a time runs every generation (/invoke, /copilot's arms): one base LM generates
+    one batch at a time anyway. With `process` (serve.generation_process, the default) the jobs
+    run in one spawned process of their own (amo.generation), so torch never holds the GIL or a
+    core that routing needs; without, on a thread of this process (one that other endpoints never
+    use). At most `limit` requests are admitted at once, the running one included (more: 429 with
+    Retry-After); a request gets 504 after `timeout` seconds (a job not started by then never
+    runs; a running one finishes, and keeps its slot until it does)."""
 
-    def __init__(self, limit: int, timeout: float, threads: int = 0) -> None:
-        self.limit, self.timeout, self.threads = limit, timeout, threads
+    def __init__(self, limit: int, timeout: float, threads: int = 0, process: bool = True) -> None:
+        self.limit, self.timeout, self.threads, self.process = limit, timeout, threads, process
         self.admitted = 0
+        self.loaded: str | None = None  # the bundle folder whose arms the generation process holds
         self._lock = threading.Lock()
         self._seconds = 1.0  # moving average of a job's time, for Retry-After
         self._executor: ThreadPoolExecutor | None = None
+        self._worker: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="amo-generation",
-                                            initializer=_torch_threads, initargs=(self.threads,))
+        # The thread keeps jobs in order and cancellable until they start; with `process` it
+        # hands each one to the process and waits (a blocked wait holds no GIL).
+        from amo.generation import start
+
+        if self.process:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="amo-generation")
+            self._worker = self._spawn()
+        else:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="amo-generation", initializer=start,
+                                                initargs=(self.threads,))
+
+    def _spawn(self) -> ProcessPoolExecutor:
+        """The generation process (started on its first job): spawned, so it shares no state."""
+        import multiprocessing
+
+        from amo.generation import start
+
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=start,
+                                   initargs=(self.threads,))
 
     def stop(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._worker is not None:
+            # A running generation would hold the server's exit until it ends: end the process.
+            for process in list(getattr(self._worker, "_processes", {}).values()):
+                process.terminate()
+            self._worker.shutdown(wait=False, cancel_futures=True)
+
+    async def generate(self, brain: Any, rows: list[tuple[str | None, str]],
+                       max_new_tokens: int | None = None) -> list[str]:
+        """`rows` through `brain`'s arms: with `process`, amo.generation.invoke on the bundle's
+        folder in the generation process (plain, picklable arguments); else brain.invoke here."""
+        if not self.process:
+            return [str(output) for output in await self.run(partial(brain.invoke, rows, max_new_tokens))]
+        from amo import generation
+
+        outputs: list[str] = await self.run(partial(generation.invoke, str(brain.path), rows, max_new_tokens))
+        self.loaded = str(brain.path)
+        return outputs
+
+    def preload(self, bundle: Any) -> None:
+        """Load the arms of the bundle in folder `bundle` in the generation process now, and wait
+        (serve.arms eager); its BundleError when they fail."""
+        from amo import generation
+
+        if self._worker is None:
+            raise RuntimeError("GenerationPool.preload needs a started pool with a generation process")
+        self.loaded = self._worker.submit(generation.preload, str(bundle)).result()
 
     async def run(self, job: Callable[[], Any]) -> Any:
-        """`job()`'s result, computed on the generation thread."""
+        """`job()`'s result, computed in the generation process (or on the generation thread)."""
         assert self._executor is not None, "GenerationPool.start() was not called"
         with self._lock:
             if self.admitted >= self.limit:
@@ -270,25 +324,21 @@ class GenerationPool:
     def _timed(self, job: Callable[[], Any]) -> Any:
         start = time.perf_counter()
         try:
-            return job()
+            if self._worker is None:
+                return job()
+            try:
+                return self._worker.submit(job).result()
+            except BrokenProcessPool:
+                log.error("the generation process died (killed, or out of memory); starting a new one")
+                self._worker, self.loaded = self._spawn(), None
+                raise ApiError(503, "generation_failed", "the generation process died during this request "
+                               "and was restarted; retry") from None
         finally:
             self._seconds = 0.8 * self._seconds + 0.2 * (time.perf_counter() - start)
 
     def _release(self, _: Future[Any]) -> None:
         with self._lock:
             self.admitted -= 1
-
-
-def _torch_threads(threads: int) -> None:
-    """Run on the generation thread before its first job: torch gets `threads` intra-op threads,
-    or every core but one, so routing keeps a core. Measured on 2 busy cores (README, tiny LM):
-    with torch on both, a 512-token generation took about 2.5x as long and route p99 during it
-    rose 2.2x; with one, 1.4x."""
-    import os
-
-    import torch
-
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) - 1))
 
 
 def _error_body(code: str, message: str) -> bytes:
@@ -397,26 +447,32 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from fastapi_offline import FastAPIOffline
+    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
+    from amo.brain import CopilotAnswer, step_arms
+    from amo.extras import ExtraNotInstalled, missing
     from amo.runtime_metrics import RequestMetrics, RuntimeMetrics
     from amo.settings import RuntimeSettings, load_settings
 
     if runtime is None:
         settings = settings or load_settings()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        runtime = Runtime(settings.open_registry(), settings.poll_seconds, arms=settings.arms)
     s = settings or RuntimeSettings.model_construct()
+    generation = GenerationPool(s.generation_queue, s.request_timeout_seconds, s.generation_threads,
+                                process=s.generation_process)
+    if runtime is None:
+        runtime = Runtime(s.open_registry(), s.poll_seconds, arms=s.arms,
+                          preload=generation.preload if s.generation_process else None)
     metrics = RuntimeMetrics(runtime)
     batcher = RouteBatcher(s.max_batch, metrics.batch_size.observe, window=s.batch_window_ms / 1000)
-    generation = GenerationPool(s.generation_queue, s.request_timeout_seconds, s.generation_threads)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        generation.start()  # first: an eager runtime loads arms in the generation process
         if manage_runtime:
             runtime.start()
         batcher.start()
-        generation.start()
         yield
         generation.stop()
         batcher.stop()
@@ -445,10 +501,14 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
             raise ApiError(503, code, f"no verified bundle is being served{why}")
         return current
 
-    def arms_on() -> None:
+    def arms_on(endpoint: str) -> None:
+        """503 when serve.arms is off, 501 when amo[arms] (torch...) is not installed here."""
         if runtime.arms == "off":
             raise ApiError(503, "arms_off", "arms are off in this runtime (serve.arms / AMO_ARMS = off): "
                                             "it routes and plans only")
+        absent = missing("arms")
+        if absent:
+            raise ApiError(501, "extra_not_installed", str(ExtraNotInstalled(endpoint, "arms", absent)))
 
     @contextmanager
     def refused_arms() -> Iterator[None]:
@@ -458,6 +518,8 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
         except BundleError as exc:
             log.error("%s", exc)
             raise ApiError(503, "arm_refused", str(exc)) from None
+        except ExtraNotInstalled as exc:  # raised where the arms load (the generation process)
+            raise ApiError(501, "extra_not_installed", str(exc)) from None
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -506,12 +568,11 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
             "bundle_id": current.bundle_id, "route": route_.to_dict(),
             "plan": {"path": plan_.path, "abstained": plan_.abstained, "rules": plan_.rules, "choice": plan_.choice}})
 
-    generating = api.errors(400, 413, 422, 429, 500, 503, 504)
+    generating = api.errors(400, 413, 422, 429, 500, 501, 503, 504)
 
     @app.post("/invoke", summary="Run one arm (or the base model) on the input", responses=generating)
     async def invoke(body: api.InvokeIn) -> api.InvokeOut:
         current = brain()
-        arms_on()
         value = text(body.input, "input")
         if body.arm is not None and body.arm not in current.runtime["arms"]:
             raise ApiError(422, "unknown_arm", f"unknown arm {body.arm!r}; this bundle's arms: "
@@ -519,32 +580,36 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
         if body.max_new_tokens is not None and body.max_new_tokens > s.max_new_tokens:
             raise ApiError(422, "max_new_tokens_too_large", f"max_new_tokens {body.max_new_tokens} is over this "
                            f"runtime's limit {s.max_new_tokens} (serve.max_new_tokens / AMO_MAX_NEW_TOKENS)")
-
-        def job() -> str:
-            with refused_arms():
-                return str(current.invoke([(body.arm, value)], body.max_new_tokens)[0])
-
-        output = await generation.run(job)
+        arms_on("/invoke")
+        with refused_arms():
+            (output,) = await generation.generate(current, [(body.arm, value)], body.max_new_tokens)
         return api.InvokeOut(bundle_id=current.bundle_id, arm=body.arm, output=output)
 
     @app.post("/copilot", summary="Route, plan and run the arms for the prompt: one answer", responses=generating)
     async def copilot(body: api.PromptIn) -> api.CopilotOut:
         current = brain()
-        arms_on()
         prompt = text(body.prompt, "prompt")
-
-        def job() -> Any:
+        if runtime.arms == "off":
+            arms_on("/copilot")
+        # Route and plan here (fast, ONNX); only the arms' generation waits for the generation process.
+        route_, plan_, steps = await run_in_threadpool(current.copilot_steps, prompt)
+        arms = step_arms(steps)
+        outputs: list[str] = []
+        if arms:
+            arms_on("/copilot (its plan calls the arms " + ", ".join(arms) + ")")
             with refused_arms():
-                return current.copilot(prompt)
-
-        answer = await generation.run(job)
+                outputs = await generation.generate(current, [(arm, prompt) for arm in arms])
+        answer = CopilotAnswer.of(prompt, route_, plan_, steps, outputs)
         metrics.observe_route(answer.route)
         return api.CopilotOut.model_validate({"bundle_id": current.bundle_id, **answer.to_dict()})
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], responses=api.errors(500),
                    summary="Liveness (200 while the process is up): which bundle is served, any refused one")
     def healthz() -> api.HealthOut:
-        return api.HealthOut.model_validate({**runtime.health(), "route_batches": batcher.batches,
+        health, current = runtime.health(), runtime.brain
+        if current is not None and generation.loaded == str(getattr(current, "path", "")):
+            health["arms_loaded"] = True  # in the generation process
+        return api.HealthOut.model_validate({**health, "route_batches": batcher.batches,
                                              "routed": batcher.routed, "generation_admitted": generation.admitted})
 
     @app.api_route("/readyz", methods=["GET", "HEAD"], responses=api.errors(500, 503),

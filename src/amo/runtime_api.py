@@ -154,9 +154,12 @@ ERRORS: dict[int, str] = {
          "admitted; retry after the Retry-After header's seconds.",
     500: "`internal`: an unexpected failure; the message holds only a request id (also in "
          "X-Request-ID), under which the traceback is logged.",
+    501: "`extra_not_installed`: generation needs the `arms` extra (torch), which this runtime was "
+         "installed without; the message names the command that installs it (pip install 'amo[arms]').",
     503: "`no_bundle` (`not_ready` on /readyz): no verified bundle is served yet, or only a refused "
-         "one; on /invoke and /copilot also `arm_refused` (an arm failed its checksums) and "
-         "`arms_off` (serve.arms is off).",
+         "one; on /invoke and /copilot also `arm_refused` (an arm failed its checksums), "
+         "`arms_off` (serve.arms is off) and `generation_failed` (the generation process died; it "
+         "was restarted: retry).",
     504: "`timeout`: the generation took longer than serve.request_timeout_seconds.",
 }
 HEADERS: dict[int, dict[str, Any]] = {
