@@ -7,6 +7,7 @@ OpenAPI spec documents produced in the error envelope."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -337,6 +338,16 @@ def test_generation_leaves_routing_a_core_in_its_own_process() -> None:
             assert seen(torch.get_num_threads, 0, process) == max(1, (os.cpu_count() or 1) - 1)
         assert seen(os.getpid, 1, True) != os.getpid()
         assert seen(os.getpid, 1, False) == os.getpid()
+        # serve.generation_nice lowers the generation process's priority, never the server's.
+        server = os.nice(0)
+        for process, expected in ((True, min(server + 7, 19)), (False, server)):
+            niced = GenerationPool(limit=1, timeout=120, threads=1, process=process, nice=7)
+            niced.start()
+            try:
+                assert asyncio.run(niced.run(functools.partial(os.nice, 0))) == expected
+            finally:
+                niced.stop()
+        assert os.nice(0) == server
     finally:
         torch.set_num_threads(before)
 

@@ -235,6 +235,8 @@ class ServeParams(_Section):
     # Generation in its own process (spawned; it loads torch, the base LM and the arms), so it never
     # holds the GIL routing needs; false: on a thread of the server process.
     generation_process: bool = True
+    # How much lower the generation process's CPU priority is (Unix nice increment; 0: the same).
+    generation_nice: int = Field(10, ge=0, le=19)
     # uvicorn worker processes; each loads the bundle, and its own base LM when arms load.
     workers: int = Field(1, ge=1)
 

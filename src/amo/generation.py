@@ -18,11 +18,16 @@ from typing import Any
 _loaded: tuple[str, Any] | None = None  # (bundle folder, its ArmServer)
 
 
-def start(threads: int) -> None:
+def start(threads: int, nice: int = 0) -> None:
     """Run in the process before its first job: torch gets `threads` intra-op threads, or every
-    core but one, so routing keeps a core (routing itself runs one thread per batch)."""
+    core but one, so routing keeps a core (routing itself runs one thread per batch). In the
+    generation process, `nice` lowers its CPU priority (serve.generation_nice): when the cores are
+    busy, the scheduler runs a waiting route before more tokens (a 512-token answer is seconds
+    long, a route milliseconds)."""
     import importlib.util
 
+    if nice:
+        os.nice(nice)
     if importlib.util.find_spec("torch") is None:  # amo[arms] missing: each job says so (ExtraNotInstalled)
         return
     import torch

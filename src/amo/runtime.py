@@ -242,8 +242,9 @@ class GenerationPool:
     Retry-After); a request gets 504 after `timeout` seconds (a job not started by then never
     runs; a running one finishes, and keeps its slot until it does)."""
 
-    def __init__(self, limit: int, timeout: float, threads: int = 0, process: bool = True) -> None:
+    def __init__(self, limit: int, timeout: float, threads: int = 0, process: bool = True, nice: int = 0) -> None:
         self.limit, self.timeout, self.threads, self.process = limit, timeout, threads, process
+        self.nice = nice  # the generation process only: a thread would lower the whole server's priority
         self.admitted = 0
         self.loaded: str | None = None  # the bundle folder whose arms the generation process holds
         self._lock = threading.Lock()
@@ -270,7 +271,7 @@ class GenerationPool:
         from amo.generation import start
 
         return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=start,
-                                   initargs=(self.threads,))
+                                   initargs=(self.threads, self.nice))
 
     def stop(self) -> None:
         if self._executor is not None:
@@ -460,7 +461,7 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     s = settings or RuntimeSettings.model_construct()
     generation = GenerationPool(s.generation_queue, s.request_timeout_seconds, s.generation_threads,
-                                process=s.generation_process)
+                                process=s.generation_process, nice=s.generation_nice)
     if runtime is None:
         runtime = Runtime(s.open_registry(), s.poll_seconds, arms=s.arms,
                           preload=generation.preload if s.generation_process else None)
