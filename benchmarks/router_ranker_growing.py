@@ -25,6 +25,10 @@ the reduced val). Cosine does not use examples (its figures repeat across k).
 Writes, after every fold (partial results survive): benchmarks/results/router_growing_ranker.json
 (per fold "amo" | "cosine" | "classifier" -> new_f1, old_f1), router_few_shot.json and
 router_few_shot_plot.csv (k, system, new_f1 averaged over the folds done; a DVC plot).
+The trade-off, in the same run: the lead over the separator a new agent needs (the pipeline's
+max(margin, 0)) moved by an offset at decision time, the same scores per fold, new- against
+trained-agent F1 per offset beside cosine's and the classifier's points:
+benchmarks/results/router_growing_tradeoff.json and router_growing_tradeoff.csv (a DVC plot).
 `--domains a,b` runs a subset. Embeddings come from benchmarks/.cache/.
 """
 
@@ -55,6 +59,7 @@ from amo.ranker import AgentRanker
 from amo.routing import AgentIndex, agent_margins, choose_margin, grade_matrix
 
 SYSTEMS = ("amo", "cosine", "classifier")
+OFFSETS = tuple(round(float(v), 2) for v in np.arange(-1.0, 2.01, 0.25))  # the trade-off's knob
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,6 +70,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS / "router_growing_ranker.json")
     parser.add_argument("--few-shot-out", type=Path, default=RESULTS / "router_few_shot.json")
     parser.add_argument("--plot", type=Path, default=RESULTS / "router_few_shot_plot.csv")
+    parser.add_argument("--tradeoff-out", type=Path, default=RESULTS / "router_growing_tradeoff.json")
+    parser.add_argument("--tradeoff-plot", type=Path, default=RESULTS / "router_growing_tradeoff.csv")
     parser.add_argument("--domains", default="", help="comma-separated subset; default: all ten")
     parser.add_argument("--shots", default="0,1,5,20", help="examples per new agent (few-shot)")
     parser.add_argument("--shot-seed", type=int, default=0, help="order in which a new agent's examples are added")
@@ -112,6 +119,15 @@ def run_fold(domain: str, args: argparse.Namespace, params, agents, splits, agen
     fold["amo"] = f1s(amo_test, margin, splits["test"], ids, new, agent_margins(served, margin))
     for name, (val_scores, test_scores) in baselines.items():
         fold[name] = f1s(test_scores, tune_margin(val_scores, val, old_agents), splits["test"], ids, new)
+    # the trade-off: the lead a new agent needs over the separator, offset from the pipeline's
+    # max(margin, 0) (decision time only: the same scores, the margin of agents with examples unchanged)
+    needs = agent_margins(served, margin)
+    no_history = served.packed()[2] == 0
+    fold["tradeoff"] = {"offset": list(OFFSETS), **{key: [] for key in ("new_f1", "old_f1")}}
+    for offset in OFFSETS:
+        values = f1s(amo_test, margin, splits["test"], ids, new, needs + offset * no_history)
+        fold["tradeoff"]["new_f1"].append(values["new_f1"])
+        fold["tradeoff"]["old_f1"].append(values["old_f1"])
     fold["diagnostics"] = {
         "amo_margin_0": f1s(amo_test, 0.0, splits["test"], ids, new),
         "amo_one_margin": f1s(amo_test, margin, splits["test"], ids, new),
@@ -203,6 +219,7 @@ def write(args: argparse.Namespace, argv: list[str] | None, params, folds: list[
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.few_shot_out.write_text(json.dumps({"command": cmd, "k": shots, "folds": few}, indent=2) + "\n")
+    write_tradeoff(args, cmd, folds)
     with open(args.plot, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["k", "system", "new_f1"])
@@ -210,6 +227,39 @@ def write(args: argparse.Namespace, argv: list[str] | None, params, folds: list[
             for k in shots:
                 writer.writerow([k, name, summary["few_shot_new_f1"][name][str(k)]])
     return result
+
+
+def write_tradeoff(args: argparse.Namespace, cmd: str, folds: list[dict]) -> None:
+    """New- against trained-agent F1 over the offset of the new agents' margin (means over the
+    folds done), beside the two baselines' points (cosine: the new-agent target, the classifier:
+    the trained-agent one), as JSON and as a CSV for a DVC plot."""
+    def mean(values: list[float]) -> float:
+        return round(float(np.mean(values)), 4)
+
+    curve = [{"offset": offset, "new_f1": mean([f["tradeoff"]["new_f1"][i] for f in folds]),
+              "old_f1": mean([f["tradeoff"]["old_f1"][i] for f in folds]),
+              "new_ge_cosine_folds": sum(f["tradeoff"]["new_f1"][i] >= f["cosine"]["new_f1"] for f in folds),
+              "old_ge_classifier_minus_0.01_folds": sum(
+                  f["tradeoff"]["old_f1"][i] >= f["classifier"]["old_f1"] - 0.01 for f in folds)}
+             for i, offset in enumerate(OFFSETS)]
+    baselines = {name: {"new_f1": mean([f[name]["new_f1"] for f in folds]),
+                        "old_f1": mean([f[name]["old_f1"] for f in folds])} for name in ("cosine", "classifier")}
+    args.tradeoff_out.write_text(json.dumps({
+        "command": cmd,
+        "knob": "offset added to the lead over the separator that agents known only by their description need "
+                "(the pipeline's max(margin, 0) at offset 0); decision time, the same scores per fold",
+        "folds": len(folds), "curve": curve, "baselines": baselines,
+        "per_fold": {f["held_out_domain"]: {**f["tradeoff"], "cosine_new_f1": f["cosine"]["new_f1"],
+                                            "classifier_old_f1": f["classifier"]["old_f1"]} for f in folds},
+    }, indent=2) + "\n")
+    with open(args.tradeoff_plot, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["offset", "system", "new_f1", "old_f1"])
+        for point in curve:
+            writer.writerow([point["offset"], "amo", point["new_f1"], point["old_f1"]])
+        for name, values in baselines.items():  # a baseline is a point: one row at each offset draws it as a line
+            for offset in OFFSETS:
+                writer.writerow([offset, name, values["new_f1"], values["old_f1"]])
 
 
 def main(argv: list[str] | None = None) -> dict:
