@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from amo.config import load_params
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["where is my order {n}", "refund for order {n} please", "find red running shoes size {n}",
            "price of tv model {n}", "tell me joke number {n}"]
@@ -162,6 +164,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                        "generation_threads": args.generation_threads or "default: every core but one",
                        "generation": "a thread of the server process" if args.generation_in_thread
                                      else "its own process (serve.generation_process)",
+                       "generation_nice": 0 if args.generation_in_thread
+                                          else load_params(ROOT / "params.yaml").serve.generation_nice,
                        "cores": os.cpu_count(), "load_average_after": os.getloadavg()[0],
                        "server": "amo serve, 1 uvicorn worker, 127.0.0.1; clients in this process"}
     return result
