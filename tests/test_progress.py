@@ -12,7 +12,7 @@ def test_off_a_terminal_every_nth_step_and_the_last_are_logged() -> None:
     with Progress("arm t: step", 7, lines.append, every=3, terminal=False) as bar:
         for step in range(1, 8):
             bar.update(step, f"loss {1 / step:.2f}")
-    assert lines == ["arm t: step 3/7: loss 0.33", "arm t: step 6/7: loss 0.17", "arm t: step 7/7: loss 0.14"]
+    assert lines == ["arm t: step 3/7 loss 0.33", "arm t: step 6/7 loss 0.17", "arm t: step 7/7 loss 0.14"]
 
 
 def test_on_a_terminal_the_bar_moves_and_nothing_is_logged() -> None:

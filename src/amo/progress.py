@@ -13,7 +13,7 @@ from typing import Any
 class Progress:
     """`with Progress("router epoch", 60, log.info) as bar: bar.update(epoch, "loss 0.3")`.
 
-    Off a terminal, `update(done, note)` logs `"<label> <done>/<total>: <note>"` when `done` is a
+    Off a terminal, `update(done, note)` logs `"<label> <done>/<total> <note>"` when `done` is a
     multiple of `every` or the last step; on a terminal it moves the bar instead."""
 
     def __init__(self, label: str, total: int, log: Callable[[str], Any], every: int = 1,
@@ -41,7 +41,7 @@ class Progress:
                 self._start()
             self._bar.update(self._task, completed=done, note=note)
         elif done % self.every == 0 or done == self.total:
-            self.log(f"{self.label} {done}/{self.total}" + (f": {note}" if note else ""))
+            self.log(f"{self.label} {done}/{self.total}" + (f" {note}" if note else ""))
 
     def close(self) -> None:
         """Stop the bar (a loop that ends early, e.g. by early stopping, leaves it short)."""
