@@ -70,6 +70,7 @@ def trained(tmp_path: Path) -> tuple[Path, AgentRanker, BagOfWordsEncoder]:
     return tmp_path / "router", router, encoder
 
 
+@pytest.mark.slow  # a subprocess, a spawned process or a trained model: not in make test-fast
 def test_new_agent_is_routed_to_after_the_index_step_alone(trained, tmp_path: Path) -> None:
     """After add_agent (no retraining) fitness prompts go to the new agent; old ones are unchanged."""
     index_dir, router, encoder = trained

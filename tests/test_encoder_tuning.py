@@ -123,6 +123,7 @@ def test_listwise_tuning_ranks_own_agents_first_and_pushes_out_of_scope_away(tmp
     assert oos_tuned < oos_base
 
 
+@pytest.mark.slow  # a subprocess, a spawned process or a trained model: not in make test-fast
 @pytest.mark.parametrize("loss", ["mnrl", "listwise"])
 def test_finetuning_refuses_an_unknown_agent_by_row(tmp_path: Path, loss: str) -> None:
     """A label naming an agent that is not in the catalogue stops either objective, naming the row; nothing saved."""

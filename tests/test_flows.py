@@ -33,6 +33,7 @@ def run(cwd: Path, *args: str) -> str:
     return result.stdout + result.stderr
 
 
+@pytest.mark.slow  # a subprocess, a spawned process or a trained model: not in make test-fast
 def test_flow_steps_are_the_dvc_stages() -> None:
     """Every stage of `dvc stage list` is a step of the retrain flow, in dvc.yaml's order, and no other."""
     steps = orch.stage_names(ROOT)

@@ -128,6 +128,7 @@ def test_canard_refuses_wrong_files(tmp_path: Path) -> None:
         load("canard", tmp_path, 1)
 
 
+@pytest.mark.slow  # a subprocess, a spawned process or a trained model: not in make test-fast
 def test_imported_tasks_pass_validation(tmp_path: Path) -> None:
     """Both imports, written next to the demo copilot's data, pass validation (no input in two splits)."""
     out = tmp_path / "data"

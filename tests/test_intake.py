@@ -108,6 +108,7 @@ def test_bad_rows_are_refused_by_file_row_and_field_and_nothing_is_written(data_
     assert not list(data_dir.parent.glob(".intake-*"))
 
 
+@pytest.mark.slow  # a subprocess, a spawned process or a trained model: not in make test-fast
 def test_two_adds_of_the_same_rows_at_once_add_them_once(data_dir: Path, tmp_path: Path) -> None:
     """Two `amo data add` of overlapping rows at the same time: one adds them, the other waits
     for it and is refused (its prompts are now in the data), so no prompt lands twice."""

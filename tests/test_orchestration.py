@@ -132,6 +132,7 @@ def test_data_fingerprint_sees_a_new_agents_file(tmp_path: Path) -> None:
     assert orch.data_changed(data, tmp_path) not in (None, first)
 
 
+@pytest.mark.slow  # a subprocess, a spawned process or a trained model: not in make test-fast
 def test_data_fingerprint_is_the_md5_dvc_records(tmp_path: Path) -> None:
     """In a DVC repository the sensor's fingerprint is DVC's own: the md5 that `dvc add` then
     writes to data.dvc (and a bundle manifest's data_hash), so one hash names one data version
@@ -218,6 +219,7 @@ def test_orchestration_config_refuses_bad_zone_and_cron() -> None:
         parse_params({**raw, "orchestration": {"nightly_cron": "every night"}})
 
 
+@pytest.mark.slow  # a subprocess, a spawned process or a trained model: not in make test-fast
 def test_data_update_without_a_server_says_so(tmp_path: Path) -> None:
     """`amo data update` with no PREFECT_API_URL sends nothing, says why, and records nothing."""
     data = tmp_path / "data"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from conftest import free_port, wait_until
 
 from amo.registry import Registry
@@ -225,6 +226,7 @@ def test_route_batch_window_gathers_requests_that_arrive_within_it() -> None:
         assert batches == expected
 
 
+@pytest.mark.slow  # a subprocess, a spawned process or a trained model: not in make test-fast
 def test_every_documented_error_status_is_produced_in_the_envelope(tmp_path: Path) -> None:
     """For every endpoint and every error status its OpenAPI spec documents, a real request
     produces that status, and its body validates against the spec's schema for it: the error
@@ -314,6 +316,7 @@ def runtime_generation_idle(url: str) -> bool:
     return httpx.get(f"{url}/healthz").json()["generation_admitted"] == 0
 
 
+@pytest.mark.slow  # a subprocess, a spawned process or a trained model: not in make test-fast
 def test_generation_leaves_routing_a_core_in_its_own_process() -> None:
     """Generation runs torch on serve.generation_threads threads, by default on every core but one
     (at least one): in its own process by default (serve.generation_process), else on a thread."""
@@ -352,6 +355,7 @@ def test_generation_leaves_routing_a_core_in_its_own_process() -> None:
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow  # a subprocess, a spawned process or a trained model: not in make test-fast
 def test_a_dead_generation_process_is_a_503_and_is_replaced() -> None:
     """A generation process that dies mid-job (killed, out of memory) answers that request 503
     generation_failed; the next job runs in a new process."""
