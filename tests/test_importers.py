@@ -32,3 +32,18 @@ def test_wrong_source_is_refused_with_the_path(tmp_path: Path) -> None:
         require(tmp_path, "x.json")
     with pytest.raises(SourceError, match="unknown data set 'nope'"):
         import_dataset("nope", tmp_path, tmp_path / "out")
+
+
+def test_a_prompt_repeated_in_a_later_split_is_dropped_there_and_counted(tmp_path: Path) -> None:
+    """Published splits can repeat a prompt (CLINC150: 5 times), which validation refuses as
+    leakage: the importer keeps its first split's copy (train before val before test, compared
+    stripped and lowercased) and says how many it dropped."""
+    from amo.importers import Imported
+
+    routing = {"test": [{"prompt": "Hello there", "labels": {}}, {"prompt": "new one", "labels": {}}],
+               "train": [{"prompt": "hello there ", "labels": {}}],
+               "val": [{"prompt": "NEW ONE", "labels": {}}]}
+    counts = Imported(name="x", routing=routing).write(tmp_path)
+    assert counts["routing: dropped, also in an earlier split"] == 2
+    assert counts["routing/train.jsonl"] == 1 and counts["routing/val.jsonl"] == 1
+    assert counts["routing/test.jsonl"] == 0

@@ -64,14 +64,42 @@ class Imported:
 
         if self.agents:
             put("agents.jsonl", self.agents)
-        for split, records in self.routing.items():
+        for split, records in without_leaks(self.routing, "prompt", counts, "routing").items():
             put(f"routing/{split}.jsonl", records)
-        for split, records in self.traces.items():
+        for split, records in without_leaks(self.traces, "prompt", counts, "traces").items():
             put(f"traces/{split}.jsonl", records)
         for task, splits in self.tasks.items():
-            for split, records in splits.items():
+            for split, records in without_leaks(splits, "input", counts, f"tasks/{task}").items():
                 put(f"tasks/{task}/{split}.jsonl", records)
         return counts
+
+
+SPLIT_ORDER = ("train", "val", "test")  # as amo.validate checks leakage: a text's first split keeps it
+
+
+def without_leaks(splits: dict[str, list[Record]], column: str, counts: dict[str, int],
+                  label: str) -> dict[str, list[Record]]:
+    """`splits` without the records whose `column` (stripped, lowercased, as validation compares)
+    already appeared in an earlier split: published splits can repeat a prompt (CLINC150 has 5,
+    CANARD 1), which `amo validate` refuses as leakage. The count dropped goes to `counts` as
+    `<label>: dropped, also in an earlier split`."""
+    order = sorted(splits, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s))
+    seen: set[str] = set()
+    kept: dict[str, list[Record]] = {}
+    dropped = 0
+    for split in order:
+        kept[split], keys = [], set()
+        for record in splits[split]:
+            key = str(record.get(column, "")).strip().lower()
+            if key and key in seen:
+                dropped += 1
+                continue
+            keys.add(key)
+            kept[split].append(record)
+        seen |= keys
+    if dropped:
+        counts[f"{label}: dropped, also in an earlier split"] = dropped
+    return {split: kept[split] for split in splits}
 
 
 def require(source: Path, *relative: str) -> list[Path]:
