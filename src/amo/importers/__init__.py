@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from amo.data import write_jsonl
+from amo.validate import SPLIT_ORDER
+from amo.validate import _prompt_key as leakage_key  # the key validation compares splits by
 
 T = TypeVar("T")
 
@@ -74,9 +76,6 @@ class Imported:
         return counts
 
 
-SPLIT_ORDER = ("train", "val", "test")  # as amo.validate checks leakage: a text's first split keeps it
-
-
 def without_leaks(splits: dict[str, list[Record]], column: str, counts: dict[str, int],
                   label: str) -> dict[str, list[Record]]:
     """`splits` without the records whose `column` (stripped, lowercased, as validation compares)
@@ -90,7 +89,7 @@ def without_leaks(splits: dict[str, list[Record]], column: str, counts: dict[str
     for split in order:
         kept[split], keys = [], set()
         for record in splits[split]:
-            key = str(record.get(column, "")).strip().lower()
+            key = leakage_key(str(record.get(column, ""))) or ""
             if key and key in seen:
                 dropped += 1
                 continue
