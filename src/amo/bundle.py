@@ -21,6 +21,7 @@ import yaml
 
 import amo
 from amo.config import Params
+from amo.layout import STATE_DIR
 from amo.models import resolve_base_model, sha256_file
 from amo.onnx_encoder import ENCODER_FILES
 from amo.routing import Classifier, read_margin
@@ -67,7 +68,7 @@ def data_hash(dvc_file: Path = Path("data.dvc"), lock_file: Path = Path("dvc.loc
 
 # Written by a retrain (amo.orchestration.experiment) while its stages run: the DVC experiment its
 # inputs and outputs are saved as, named in the manifest of the bundle it builds.
-EXPERIMENT_FILE = Path(".amo") / "experiment"
+EXPERIMENT_FILE = Path(STATE_DIR) / "experiment"
 
 
 def experiment(path: Path = EXPERIMENT_FILE) -> str | None:

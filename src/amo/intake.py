@@ -21,6 +21,7 @@ from typing import Any
 
 from amo import data as contracts
 from amo.config import DataParams
+from amo.layout import STATE_DIR
 from amo.locks import file_lock
 from amo.routing import prompt_key
 from amo.validate import DataValidationError, validate_data
@@ -124,7 +125,7 @@ def add_rows(params: DataParams, data_dir: Path, routing: Path | None = None,
         if not path.is_file():
             raise FileNotFoundError(f"{path}: file not found")
     # Two adds at once would each pass the check against the old data, then both append.
-    with file_lock(data_dir.resolve().parent / ".amo" / "intake.lock", timeout=LOCK_WAIT_SECONDS,
+    with file_lock(data_dir.resolve().parent / STATE_DIR / "intake.lock", timeout=LOCK_WAIT_SECONDS,
                    owner=f"amo data add (pid {os.getpid()})"):
         _check(data_dir, params, incoming)
         return _add(data_dir, params, incoming)

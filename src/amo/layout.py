@@ -8,6 +8,10 @@ from pathlib import Path
 
 import yaml
 
+# The project's own state (locks, the data event's last state, the running experiment's name):
+# not data, not an artifact, never versioned.
+STATE_DIR = ".amo"
+
 
 def stage_output(stage: str, repo: Path = Path(".")) -> Path:
     """The first output of `stage` in `repo`/dvc.yaml, relative to `repo`."""

@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
+from amo.layout import STATE_DIR
 from amo.locks import LockBusy, file_lock
 
 DATA_UPDATED = "amo.data.updated"
-STATE_DIR = ".amo"
 LOCK_FILE = "retrain.lock"
 DATA_STATE = "data_state.json"
 TAIL_LINES = 25
