@@ -52,3 +52,19 @@ def test_ceilings_bound_every_threshold_rule():
 def test_ceilings_refuse_data_without_out_of_scope_prompts():
     with pytest.raises(ValueError, match="out-of-scope"):
         ceilings(SCORES[:3], EXAMPLES[:3], AGENTS)
+
+
+def test_benchmark_and_pipeline_count_a_multi_label_hit_alike():
+    """One definition (amo.metrics): any agent of the prompt's top grade is a hit, not only the
+    first label; the benchmarks once counted the first label only and under-counted multi-label
+    data sets."""
+    from amo.metrics import router_metrics
+    from amo.routing import select
+
+    both = [RoutingExample("balance and forecast", {"balance": 1, "weather": 1})]
+    scores = np.array([[0.5, 1.0, 0.0]], dtype=np.float32)  # weather first: a top-graded agent
+    metrics = routing_metrics(scores, both, AGENTS, margin=0.0)
+    assert metrics["in_scope_accuracy"] == 1.0
+    pipeline = router_metrics([select(scores[0], ["balance", "weather"], min_k=0, max_k=1, margin=0.0)], both,
+                              [["weather", "balance"]])
+    assert {k: metrics[k] for k in pipeline} == pipeline

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from amo.data import Agent, RoutingExample
-from amo.metrics import ndcg_at_k, set_f1
+from amo.metrics import router_metrics
 from amo.routing import Route, select
 
 OOS_LABEL = "__oos__"
@@ -115,33 +115,24 @@ def macro_f1(predicted: Sequence[str], gold: Sequence[str], labels: Sequence[str
 
 def routing_metrics(scores: np.ndarray, examples: Sequence[RoutingExample], agents: Sequence[Agent],
                     margin: float, max_k: int = 1) -> dict[str, float]:
-    """CLINC-style figures: in-scope accuracy (top selected agent, abstaining counts as wrong),
-    OOS recall and precision of abstaining, macro F1 over the agents plus "out of scope",
-    NDCG@5 of the ranking, domain accuracy of the top selected agent, selection set F1."""
+    """CLINC-style figures: the pipeline's own router metrics (`amo.metrics.router_metrics`: in-scope
+    accuracy, OOS recall and precision, selection F1, NDCG@5, one definition everywhere) plus
+    macro F1 over the agents and "out of scope" and the domain accuracy of the top selected agent
+    (both single-label: a prompt's first top-graded agent)."""
     ids = [a.id for a in agents]
     domain = {a.id: a.domain for a in agents}
     routes = route_all(scores, ids, margin, max_k)
     in_scope = [i for i, e in enumerate(examples) if e.labels]
     oos = [i for i, e in enumerate(examples) if not e.labels]
-    abstained = [i for i, r in enumerate(routes) if r.abstained]
     predicted = [top_label(r) for r in routes]
     gold = [gold_label(e) for e in examples]
-
-    def mean(values: list[float]) -> float:
-        return float(np.mean(values)) if values else 0.0
-
-    rankings = np.argsort(-scores[:, :-1], axis=1, kind="stable")[:, :5]
+    rankings = [[ids[j] for j in row] for row in np.argsort(-scores[:, :-1], axis=1, kind="stable")[:, :5]]
+    domain_hits = [predicted[i] != OOS_LABEL and domain[predicted[i]] == domain[gold[i]] for i in in_scope]
     return {
-        "in_scope_accuracy": mean([predicted[i] == gold[i] for i in in_scope]),
-        "oos_recall": mean([routes[i].abstained for i in oos]),
-        "oos_precision": mean([not examples[i].labels for i in abstained]),
+        **router_metrics(routes, examples, rankings),
         "macro_f1": macro_f1(predicted, gold, ids + ([OOS_LABEL] if oos else [])),
-        "ndcg_at_5": mean([ndcg_at_k([ids[j] for j in rankings[i]], examples[i].labels) for i in in_scope]),
-        "domain_accuracy": mean([predicted[i] != OOS_LABEL and domain[predicted[i]] == domain[gold[i]]
-                                 for i in in_scope]),
-        "selection_f1": mean([set_f1([a for a, _ in r.agents], e.labels) for r, e in zip(routes, examples)]),
+        "domain_accuracy": float(np.mean(domain_hits)) if domain_hits else 0.0,
         "margin": float(margin),
-        "prompts": len(examples),
     }
 
 
