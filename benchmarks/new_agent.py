@@ -481,8 +481,13 @@ def ask(
         }
         if copilot:
             start = time.monotonic()
-            answer = http.post(f"{url}/copilot", json={"prompt": prompt}, timeout=copilot_timeout).json()
-            bundles.add(answer["bundle_id"])
+            response = http.post(f"{url}/copilot", json={"prompt": prompt}, timeout=copilot_timeout)
+            answer = response.json()
+            if response.status_code != 200:  # e.g. 504: generation slower than the runtime's timeout
+                answer = {"calls": [], "out_of_scope": None, "error": {"status": response.status_code, **answer}}
+                row["copilot_error"] = answer["error"]
+            else:
+                bundles.add(answer["bundle_id"])
             row["calls"] = [f"{c['agent']}:{c['arm']}" if c["arm"] else c["agent"] for c in answer["calls"]]
             row["arm_calls"] = sum(1 for c in answer["calls"] if c["arm"] is not None)
             row["out_of_scope"] = answer["out_of_scope"]
@@ -677,7 +682,10 @@ def main(argv: list[str] | None = None) -> None:
     url = f"http://127.0.0.1:{port}"
     server_log = open(work / "logs" / "serve.log", "w")  # noqa: SIM115 -- open while the server runs
     server = subprocess.Popen(
-        ["amo", "serve", "--port", str(port)], cwd=work, env=shell.env, stdout=server_log, stderr=subprocess.STDOUT
+        ["amo", "serve", "--port", str(port)], cwd=work, stdout=server_log, stderr=subprocess.STDOUT,
+        # The runtime's request timeout (120 s) would cut off a first /copilot that loads the base
+        # model and generates at a lower CPU priority on a busy machine: give it the benchmark's.
+        env={**shell.env, "AMO_REQUEST_TIMEOUT_SECONDS": str(args.copilot_timeout)},
     )
     steps: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
