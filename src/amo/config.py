@@ -239,6 +239,17 @@ class ServeParams(_Section):
     generation_nice: int = Field(10, ge=0, le=19)
     # uvicorn worker processes; each loads the bundle, and its own base LM when arms load.
     workers: int = Field(1, ge=1)
+    # Folder of the decision log (each /route, /plan and /copilot answer) and the feedback on it
+    # (amo.decisions), relative to the working folder; None: nothing is logged and /feedback
+    # answers 503 decision_log_off.
+    decision_log: str | None = "logs/decisions"
+    # Write each decision's prompt into the log (harvestable); false: only its sha256.
+    log_prompts: bool = False
+    # A new log segment is started past this many bytes, or this many seconds after the last one began.
+    decision_segment_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    decision_segment_seconds: float = Field(3600.0, gt=0.0)
+    # A background thread fsyncs the log this often: power loss loses at most this window (kill -9 nothing).
+    decision_fsync_seconds: float = Field(1.0, gt=0.0)
 
 
 class OrchestrationParams(_Section):
