@@ -240,3 +240,16 @@ def _up(url: str) -> bool:
     except httpx.TransportError:
         time.sleep(0.2)
         return False
+
+
+def test_a_decision_log_turned_off_stays_off_in_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve.decision_log: null` reaches uvicorn workers (AMO_ variables) as off, not as the default."""
+    from amo.settings import load_settings
+
+    (tmp_path / "params.yaml").write_text("serve:\n  decision_log: null\n")
+    environment = load_settings(tmp_path / "params.yaml").environment()
+    assert environment["AMO_DECISION_LOG"] == "" and "AMO_VERIFY_KEY" not in environment
+    monkeypatch.chdir(tmp_path.parent)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert DecisionLog.from_settings(load_settings()) is None
