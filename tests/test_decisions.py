@@ -63,9 +63,14 @@ def test_prompts_are_logged_only_with_log_prompts_and_a_client_id_is_kept(tmp_pa
     """With log_prompts the prompt is in the log; a client's plain X-Request-ID is the decision's id."""
     with serve_logged(tmp_path, log_prompts=True) as url:
         answer = httpx.post(f"{url}/route", json={"prompt": "track parcel 7"}, headers={"x-request-id": "client-1"})
+        again = httpx.post(f"{url}/route", json={"prompt": "track parcel 8"}, headers={"x-request-id": "client-1"})
     assert answer.json()["request_id"] == "client-1"
-    (record,) = read_log(tmp_path / "log", "decisions")
-    assert record["prompt"] == "track parcel 7" and record["request_id"] == "client-1"
+    # a repeated client id gets a new one: feedback on the first decision never lands on the second
+    assert again.json()["request_id"] not in ("client-1", "") and again.headers["x-request-id"] == again.json()[
+        "request_id"]
+    first, second = read_log(tmp_path / "log", "decisions")
+    assert first["prompt"] == "track parcel 7" and first["request_id"] == "client-1"
+    assert second["request_id"] == again.json()["request_id"]
 
 
 def test_log_survives_a_restart_and_rotates(tmp_path: Path) -> None:

@@ -178,6 +178,10 @@ class KnownDecisions:
     def add(self, request_id: str) -> None:
         self._ids.add(request_id)
 
+    def seen(self, request_id: str) -> bool:
+        """Whether this process has met `request_id` already (memory only: for the answer path)."""
+        return request_id in self._ids
+
     def __contains__(self, request_id: object) -> bool:
         if request_id in self._ids:
             return True

@@ -431,14 +431,15 @@ class AccessLog:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
+                # the scope's id: the decision log may have replaced a client's repeated one
+                message["headers"] = [*headers, (b"x-request-id", str(scope[REQUEST_ID_KEY]).encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
             access_log.info("method=%s path=%s status=%d ms=%.1f request_id=%s", scope["method"],
-                            scope["path"], status, 1000 * (time.perf_counter() - start), request_id)
+                            scope["path"], status, 1000 * (time.perf_counter() - start), scope[REQUEST_ID_KEY])
 
 
 def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None = None, *,
@@ -567,6 +568,10 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
         before the answer is sent (amo.decisions' durability rule)."""
         request_id = str(request.scope.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16])
         if decisions is not None:
+            if decisions.known.seen(request_id):
+                # A client's X-Request-ID this runtime already logged a decision under: a new id, so
+                # feedback on the first decision can never land on this one.
+                request_id = request.scope[REQUEST_ID_KEY] = uuid.uuid4().hex[:16]
             started = request.scope.get(STARTED_KEY) or time.perf_counter()
             try:
                 decisions.decide(request_id, endpoint, current.bundle_id, prompt, route_, plan_,
