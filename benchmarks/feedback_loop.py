@@ -25,12 +25,10 @@ import json
 import os
 import random
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -105,7 +103,7 @@ def overhead(work: Path, tiny_lm: Path, clients: int, seconds: float, rounds: in
 
 def kill_points(work: Path, tiny_lm: Path, kills: int, seed: int = 0) -> dict[str, Any]:
     """`kills` servers, each killed with SIGKILL while 4 clients route; answered ids missing after."""
-    import httpx
+    from conftest import answered_until_killed
 
     from amo.decisions import read_log
 
@@ -115,24 +113,7 @@ def kill_points(work: Path, tiny_lm: Path, kills: int, seed: int = 0) -> dict[st
         folder = work / f"log-kill{point}"
         server, url = served(work, serve_params(work, tiny_lm, f"kill{point}", decision_log=str(folder),
                                                 decision_fsync_seconds=60.0))
-        answered: list[str] = []
-
-        def client(n: int, url: str = url, answered: list[str] = answered) -> None:
-            with httpx.Client(timeout=10) as http:
-                for i in range(100_000):
-                    try:
-                        answer = http.post(f"{url}/route", json={"prompt": f"where is order {n}-{i}"})
-                    except httpx.TransportError:
-                        return
-                    answered.append(answer.json()["request_id"])
-
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
-        for thread in threads:
-            thread.start()
-        time.sleep(rng.uniform(0.5, 3.0))
-        os.kill(server.pid, signal.SIGKILL)
-        for thread in threads:
-            thread.join()
+        answered = answered_until_killed(url, server.pid, lambda _: time.sleep(rng.uniform(0.5, 3.0)))
         server.wait()
         logged = {r["request_id"] for r in read_log(folder, "decisions")}
         points.append({"answered": len(answered), "logged": len(logged),

@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port, wait_until
+from conftest import answered_until_killed, free_port, wait_until
 from test_runtime_api import fake_runtime, in_process_server
 
 from amo.decisions import DecisionLog, read_log, segments
@@ -214,24 +213,7 @@ def test_kill_9_loses_no_answered_decision(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         assert wait_until(lambda: _up(url), 60)
-        answered: list[str] = []
-
-        def client(n: int) -> None:
-            with httpx.Client(timeout=5) as http:
-                for i in range(10_000):
-                    try:
-                        answer = http.post(f"{url}/route", json={"prompt": f"order {n} {i}"})
-                    except httpx.TransportError:
-                        return
-                    answered.append(answer.json()["request_id"])
-
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
-        for thread in threads:
-            thread.start()
-        assert wait_until(lambda: len(answered) > 200, 60)
-        os.kill(server.pid, signal.SIGKILL)
-        for thread in threads:
-            thread.join()
+        answered = answered_until_killed(url, server.pid, lambda ids: wait_until(lambda: len(ids) > 200, 60))
     finally:
         server.kill()
         server.wait()
