@@ -1,12 +1,14 @@
 """Feedback-loop figures (issue 15): what the decision log costs, what kill -9 loses, what a harvest does.
 
-    python benchmarks/feedback_loop.py [--clients 16] [--seconds 10] [--rounds 3] [--kills 10]
+    python benchmarks/feedback_loop.py [--clients 16] [--seconds 6] [--rounds 8] [--kills 10] [--control]
 
 On a tiny real bundle (tests/tiny_bundle.py: the real encoder and ONNX router, 4 agents), served
 by `amo serve` on 127.0.0.1 (benchmarks/reliability.py's server and load generator):
 
+0. `decision_write_us_p50/p99`: one DecisionLog.decide() in process (the write(2) an answer waits for).
 1. `p99_overhead_ratio`: POST /route p99 with the decision log on over off, `--clients` clients
-   for `--seconds` each, `--rounds` rounds alternating which goes first; the ratio of the medians.
+   for `--seconds` each: both servers up at once, loaded one at a time in `--rounds` pairs
+   alternating which goes first (ABBA); the ratio of the medians of the runs' p99.
 2. `lost_after_kill9`: 4 clients route until `kill -9` of the runtime at a random moment (`--kills`
    points, each on a fresh server); decisions answered to a client but missing from the log after.
    The log's fsync thread is set to 60 s, so only the write-before-answer rule is measured.
@@ -79,26 +81,53 @@ def served(work: Path, params: Path) -> tuple[subprocess.Popen[bytes], str]:
     return server, url
 
 
-def overhead(work: Path, tiny_lm: Path, clients: int, seconds: float, rounds: int) -> dict[str, Any]:
-    """Route p99 with the log on and off, alternating, `rounds` times."""
-    modes = {"on": serve_params(work, tiny_lm, "on", decision_log=str(work / "log-load")),
+def overhead(work: Path, tiny_lm: Path, clients: int, seconds: float, rounds: int,
+             control: bool = False) -> dict[str, Any]:
+    """Route p99 with the log on and off: both servers up at once, loaded one at a time in
+    `rounds` ABBA-ordered pairs, so the machine's drifting load falls on both alike. With
+    `control`, "on" logs nothing either (an A/A run: the ratio this machine gives by chance)."""
+    modes = {"on": serve_params(work, tiny_lm, "on", decision_log=None if control else str(work / "log-load")),
              "off": serve_params(work, tiny_lm, "off", decision_log=None)}
+    servers = {mode: served(work, params) for mode, params in modes.items()}
     runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
-    for i in range(rounds):
-        for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
-            server, url = served(work, modes[mode])
-            try:
-                runs[mode].append(run_load(url, clients, seconds))
-            finally:
-                stop(server)
+    try:
+        for i in range(rounds):
+            for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
+                runs[mode].append(run_load(servers[mode][1], clients, seconds))
+    finally:
+        for server, _ in servers.values():
+            stop(server)
     p99 = {mode: statistics.median(r["p99_ms"] for r in results) for mode, results in runs.items()}
+    pairs = [on["p99_ms"] / off["p99_ms"] for on, off in zip(runs["on"], runs["off"])]
     logged = sum(p.read_bytes().count(b"\n") for p in (work / "log-load").glob("decisions-*.jsonl"))
     return {"p99_overhead_ratio": round(p99["on"] / p99["off"], 3),
+            "p99_ratio_per_round": [round(r, 3) for r in pairs],
             "p99_ms": {mode: [r["p99_ms"] for r in results] for mode, results in runs.items()},
             "p50_ms": {mode: [r["p50_ms"] for r in results] for mode, results in runs.items()},
             "rps": {mode: [r["rps"] for r in results] for mode, results in runs.items()},
             "failed": sum(r["failed"] for results in runs.values() for r in results),
             "decisions_logged_during_load": logged}
+
+
+def write_cost(work: Path, n: int = 20_000) -> dict[str, float]:
+    """Microseconds one DecisionLog.decide() takes in this process (the answer path's share), with
+    the fsync thread running, over `n` decisions of a typical size."""
+    from amo.decisions import DecisionLog
+
+    log = DecisionLog(work / "log-cost", log_prompts=True, fsync_seconds=0.05)
+    log.start()
+    route = {"agents": [{"id": "order_status", "score": 2.3141}, {"id": "returns_refunds", "score": 1.0172}],
+             "separator": 0.4242, "abstained": False}
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        log.decide(f"r{i:015d}", "plan", "20261207T025753Z-4447c83b46", f"where is my order {i} and can I return it",
+                   route, {"path": ["order_status", "returns_refunds"], "abstained": False}, 6.2)
+        times.append(time.perf_counter() - start)
+    log.stop()
+    times.sort()
+    return {"decision_write_us_p50": round(1e6 * times[n // 2], 1),
+            "decision_write_us_p99": round(1e6 * times[int(n * 0.99)], 1)}
 
 
 def kill_points(work: Path, tiny_lm: Path, kills: int, seed: int = 0) -> dict[str, Any]:
@@ -169,9 +198,11 @@ def harvest_run(work: Path, tiny_lm: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--control", action="store_true", help="Only an A/A run (the log off on both "
+                        "servers), added to the results file as `control`.")
     args = parser.parse_args()
     from conftest import build_tiny_lm
     from tiny_bundle import build_tiny_bundle
@@ -185,11 +216,22 @@ def main() -> None:
         tiny_lm = build_tiny_lm(work / "tiny_lm")
         bundle = build_tiny_bundle(work / "build", tiny_lm)
         Registry(work / "registry").promote(bundle, GateParams(floors={}, tolerance=1.0))
+        if args.control:
+            control = overhead(work, tiny_lm, args.clients, args.seconds, args.rounds, control=True)
+            saved = json.loads(RESULT.read_text())
+            saved["control"] = {"command": shlex.join(["python", "benchmarks/feedback_loop.py", *sys.argv[1:]]),
+                                "p99_ratio": control["p99_overhead_ratio"], "p99_ms": control["p99_ms"],
+                                "p99_ratio_per_round": control["p99_ratio_per_round"],
+                                "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+            RESULT.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+            print(json.dumps(saved["control"]))
+            return
         result: dict[str, Any] = {
-            "command": "python benchmarks/feedback_loop.py " + shlex.join(sys.argv[1:]),
+            "command": shlex.join(["python", "benchmarks/feedback_loop.py", *sys.argv[1:]]),
             "bundle": "tiny bundle from tests/tiny_bundle.py: real all-MiniLM-L6-v2 encoder + ONNX router, 4 agents",
             "clients": args.clients, "seconds_per_run": args.seconds, "rounds": args.rounds,
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+        result.update(write_cost(work))
         result.update(overhead(work, tiny_lm, args.clients, args.seconds, args.rounds))
         print(json.dumps({k: result[k] for k in ("p99_overhead_ratio", "p99_ms")}), flush=True)
         result.update(kill_points(work, tiny_lm, args.kills))
