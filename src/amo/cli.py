@@ -384,11 +384,22 @@ def _registry() -> Any:
 def promote(bundle_dir: Path | None = typer.Argument(None, metavar="BUNDLE",
                                                    help="Default: the bundle stage's output in dvc.yaml."),
             force: bool = typer.Option(False, help="Promote even if the gate fails."),
-            report: Path | None = typer.Option(None, help="Write the decision as Markdown here.")) -> None:
+            report: Path | None = typer.Option(None, help="Write the decision as Markdown here."),
+            shadow: bool = typer.Option(False, "--shadow", help="Do not promote: verify the bundle, copy it into "
+                                        "the registry and make it the challenger the runtime scores in shadow "
+                                        "on live prompts (gate.shadow_min_decisions).")) -> None:
     """Gate a candidate bundle against floors and the champion (both scored on the current test
-    data); switch `current` if it passes. Exits 3 when the gate rejects it."""
+    data), and the shadow check when gate.shadow_min_decisions is set; switch `current` if it
+    passes. Exits 3 when the gate rejects it. With --shadow, make it the challenger instead."""
     from amo.orchestration import promote_bundle
 
+    if shadow:
+        from amo.layout import stage_output
+
+        bundle_id = _run(lambda: _registry().shadow(bundle_dir or stage_output("bundle", Path("."))))
+        typer.echo(f"challenger {bundle_id}: the runtime scores it in shadow at its next poll "
+                   "(agreement in the decision log; `amo promote` then applies gate.shadow_min_decisions)")
+        return
     decision, markdown = _run(lambda: promote_bundle(Path("."), bundle_dir, force, _params_file()))
     typer.echo(str(decision))
     if report is not None:

@@ -194,6 +194,10 @@ class GateParams(_Section):
     alpha: float = Field(0.05, ge=0.0, le=1.0)
     # Every arm must score at least this much above the base model on its task's test split.
     arm_min_gain: float = 0.0
+    # The shadow check (amo.shadow): a candidate needs this many decisions scored in shadow on live
+    # prompts (amo promote --shadow first), and where feedback says who was right, a share right
+    # not below the champion's; 0: no shadow check.
+    shadow_min_decisions: int = Field(0, ge=0)
 
 
 class RegistryParams(_Section):

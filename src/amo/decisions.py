@@ -36,9 +36,9 @@ from typing import Any
 
 log = logging.getLogger("amo.decisions")
 
-DECISIONS, FEEDBACK = "decisions", "feedback"
+DECISIONS, FEEDBACK, SHADOW = "decisions", "feedback", "shadow"  # shadow: amo.shadow's records
 FORMAT = 1  # the "v" of every line
-SEGMENT = re.compile(r"(decisions|feedback)-\d{8}T\d{12}Z-p\d+(-\d+)?\.jsonl")
+SEGMENT = re.compile(r"(decisions|feedback|shadow)-\d{8}T\d{12}Z-p\d+(-\d+)?\.jsonl")
 
 
 def utc_now() -> str:
@@ -219,6 +219,7 @@ class DecisionLog:
         self.folder, self.log_prompts, self.fsync_seconds = folder, log_prompts, fsync_seconds
         self.decisions = Segments(folder, DECISIONS, segment_bytes, segment_seconds)
         self.feedback_log = Segments(folder, FEEDBACK, segment_bytes, segment_seconds)
+        self.shadow_log = Segments(folder, SHADOW, segment_bytes, segment_seconds)
         self.known = KnownDecisions(folder)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -241,12 +242,12 @@ class DecisionLog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self.decisions.close()
-        self.feedback_log.close()
+        for part in (self.decisions, self.feedback_log, self.shadow_log):
+            part.close()
 
     def _sync_loop(self) -> None:
         while not self._stop.wait(self.fsync_seconds):
-            for part in (self.decisions, self.feedback_log):
+            for part in (self.decisions, self.feedback_log, self.shadow_log):
                 try:
                     part.sync()
                 except OSError as exc:

@@ -21,7 +21,9 @@ configured, amo.signing) on the side, then one reference is swapped. A request
 takes that reference once, so in-flight requests finish on the Brain they started with. A bundle
 that fails verification is refused (logged, shown by /healthz) and the old one keeps serving.
 With serve.decision_log, each /route, /plan and /copilot answer is logged before it is sent
-(amo.decisions: its request id is in the answer) and POST /feedback attaches a verdict to it.
+(amo.decisions: its request id is in the answer) and POST /feedback attaches a verdict to it;
+a challenger bundle (the registry's challenger.json) is scored on the logged prompts in shadow,
+on a thread of its own (amo.shadow).
 Arms are re-hashed when they load (first /invoke or /copilot, or with the bundle when serve.arms
 is eager). Errors are JSON: {"error": {"code": ..., "message": ...}}; a 500 carries only a request
 id, its traceback is logged.
@@ -70,7 +72,10 @@ class Runtime:
         self.arms = arms  # serve.arms: lazy, eager or off
         # serve.arms eager: `preload` loads a bundle's arms in the generation process
         self._load = load or partial(_load_brain, eager_arms=arms == "eager", preload=preload)
+        self._load_challenger = load or _load_brain  # its arms never load: it only routes, in shadow
         self.brain: Any = None  # swapped whole; readers take it once per request
+        self.challenger: Any = None  # the registry's challenger.json bundle, scored in shadow (amo.shadow)
+        self._challenger_pointer: str | None = None
         self.refused: dict[str, Any] | None = None
         self.loaded_at: str | None = None
         self.swaps = 0  # bundles swapped in, the first one included (for /metrics)
@@ -114,8 +119,36 @@ class Runtime:
         log.info("serving bundle %s", brain.bundle_id)
         return True
 
+    def refresh_challenger(self) -> None:
+        """Load the bundle `challenger.json` names when it changed (verified as any bundle); drop
+        it when the pointer is gone. A challenger that fails to load is logged and not scored."""
+        try:
+            text = self.registry.challenger_pointer()
+        except Exception as exc:  # noqa: BLE001 -- shadow scoring is optional
+            log.warning("cannot read the registry's challenger pointer: %s", exc)
+            return
+        if text == self._challenger_pointer:
+            return
+        self._challenger_pointer = text
+        if text is None:
+            self.challenger = None
+            return
+        try:
+            from amo.registry import CHALLENGER
+
+            bundle_id = self.registry.pointer_id(text, CHALLENGER)
+            if self.challenger is None or self.challenger.bundle_id != bundle_id:
+                path = self.registry.bundle_path(bundle_id)
+                self.registry.check_signed(path)
+                self.challenger = self._load_challenger(path)
+                log.info("scoring bundle %s in shadow", bundle_id)
+        except Exception as exc:  # noqa: BLE001 -- any load failure refuses the challenger
+            self.challenger = None
+            log.error("refused challenger bundle: %s", exc)
+
     def start(self) -> None:
         self.refresh()
+        self.refresh_challenger()
         self._thread = threading.Thread(target=self._poll, name="amo-bundle-poll", daemon=True)
         self._thread.start()
 
@@ -129,12 +162,14 @@ class Runtime:
         # holder stalls every request (seen: a 30 s stall under load).
         while not self._stop.wait(self.poll_seconds):
             self.refresh()
+            self.refresh_challenger()
 
     def health(self) -> dict[str, Any]:
         brain = self.brain
         return {"status": "ok" if brain is not None else "no_bundle",
                 "bundle_id": brain.bundle_id if brain is not None else None,
                 "loaded_at": self.loaded_at, "refused": self.refused,
+                "challenger": self.challenger.bundle_id if self.challenger is not None else None,
                 "arms": self.arms, "arms_loaded": getattr(brain, "_arms", None) is not None,
                 "registry": self.registry.url}
 
@@ -462,6 +497,7 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
     from amo.extras import ExtraNotInstalled, missing
     from amo.runtime_metrics import RequestMetrics, RuntimeMetrics
     from amo.settings import RuntimeSettings, load_settings
+    from amo.shadow import ShadowScorer
 
     if runtime is None:
         settings = settings or load_settings()
@@ -475,6 +511,7 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
     metrics = RuntimeMetrics(runtime)
     batcher = RouteBatcher(s.max_batch, metrics.batch_size.observe, window=s.batch_window_ms / 1000)
     decisions = DecisionLog.from_settings(s)
+    shadow = ShadowScorer(decisions, lambda: runtime.challenger) if decisions is not None else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
@@ -482,12 +519,14 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
         if manage_runtime:
             runtime.start()
         batcher.start()
-        if decisions is not None:
+        if decisions is not None and shadow is not None:
             decisions.start()
+            shadow.start()
         yield
         generation.stop()
         batcher.stop()
-        if decisions is not None:
+        if decisions is not None and shadow is not None:
+            shadow.stop()
             decisions.stop()
         if manage_runtime:
             runtime.stop()
@@ -580,6 +619,8 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
                 log.error("request %s: cannot log its decision in %s: %s", request_id, decisions.folder, exc)
                 raise ApiError(503, "decision_log_failed", f"the decision could not be logged (request id "
                                                            f"{request_id}), so it is not answered") from None
+            if shadow is not None and runtime.challenger is not None:  # scored later, on its own thread
+                shadow.offer(request_id, prompt, current.bundle_id, [a["id"] for a in route_["agents"]])
         return request_id
 
     posted = api.errors(400, 413, 422, 500, 503)

@@ -137,6 +137,7 @@ class HealthOut(BaseModel):
     bundle_id: str | None
     loaded_at: str | None
     refused: Refusal | None = Field(..., description="The last bundle that failed to load, and why.")
+    challenger: str | None = Field(None, description="The bundle scored in shadow (registry challenger.json).")
     arms: Literal["lazy", "eager", "off"] = Field(..., description="serve.arms: when arms load.")
     arms_loaded: bool
     registry: str
