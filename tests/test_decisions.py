@@ -229,14 +229,16 @@ def _up(url: str) -> bool:
         return False
 
 
-def test_a_decision_log_turned_off_stays_off_in_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`serve.decision_log: null` reaches uvicorn workers (AMO_ variables) as off, not as the default."""
+def test_the_decision_log_setting_reaches_uvicorn_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve.decision_log` and `log_prompts` reach uvicorn workers (AMO_ variables); unset, the log is off."""
     from amo.settings import load_settings
 
-    (tmp_path / "params.yaml").write_text("serve:\n  decision_log: null\n")
+    monkeypatch.chdir(tmp_path)
+    assert DecisionLog.from_settings(load_settings()) is None  # the default: off
+    (tmp_path / "params.yaml").write_text("serve:\n  decision_log: /srv/log\n  log_prompts: true\n")
     environment = load_settings(tmp_path / "params.yaml").environment()
-    assert environment["AMO_DECISION_LOG"] == "" and "AMO_VERIFY_KEY" not in environment
-    monkeypatch.chdir(tmp_path.parent)
+    (tmp_path / "params.yaml").unlink()
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    assert DecisionLog.from_settings(load_settings()) is None
+    log = DecisionLog.from_settings(load_settings())
+    assert log is not None and log.folder == Path("/srv/log") and log.log_prompts is True

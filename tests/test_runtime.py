@@ -36,7 +36,7 @@ def start_server(workdir: Path, tiny_lm: Path, registry: Path) -> tuple[subproce
     """`amo serve` in a subprocess on a free loopback port, once /healthz answers."""
     raw = tiny_params(tiny_lm)
     raw["registry"] = {"path": f"file://{registry}"}  # an fsspec URL, as a team would configure
-    raw["serve"] = {"poll_seconds": 0.2, "max_body_bytes": 65536}
+    raw["serve"] = {"poll_seconds": 0.2, "max_body_bytes": 65536, "decision_log": "logs/decisions"}
     params = workdir / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     port = free_port()

@@ -244,9 +244,10 @@ class ServeParams(_Section):
     # uvicorn worker processes; each loads the bundle, and its own base LM when arms load.
     workers: int = Field(1, ge=1)
     # Folder of the decision log (each /route, /plan and /copilot answer) and the feedback on it
-    # (amo.decisions), relative to the working folder; None: nothing is logged and /feedback
-    # answers 503 decision_log_off.
-    decision_log: str | None = "logs/decisions"
+    # (amo.decisions), relative to the working folder; None (the default: a runtime writes nothing
+    # unless told where, and a folder it cannot write would fail every answer): nothing is logged
+    # and /feedback answers 503 decision_log_off.
+    decision_log: str | None = None
     # Write each decision's prompt into the log (harvestable); false: only its sha256.
     log_prompts: bool = False
     # A new log segment is started past this many bytes, or this many seconds after the last one began.

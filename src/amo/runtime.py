@@ -482,7 +482,7 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
     """The FastAPI app over `runtime`, with `settings`; with manage_runtime it starts and stops
     the poller. Called with neither (`uvicorn --factory amo.runtime:create_app`), the settings
     come from the environment (amo.settings) and the runtime from the registry they name; with a
-    runtime but no settings, the built-in defaults apply, without a decision log."""
+    runtime but no settings, the built-in defaults apply."""
     from contextlib import asynccontextmanager, contextmanager
 
     from fastapi import FastAPI
@@ -502,7 +502,7 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
     if runtime is None:
         settings = settings or load_settings()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    s = settings or RuntimeSettings.model_construct(decision_log=None)
+    s = settings or RuntimeSettings.model_construct()
     generation = GenerationPool(s.generation_queue, s.request_timeout_seconds, s.generation_threads,
                                 process=s.generation_process, nice=s.generation_nice)
     if runtime is None:

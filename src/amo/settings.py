@@ -62,12 +62,9 @@ class RuntimeSettings(ServeParams, BaseSettings):
                                                    verify_key=self.verify_key), repo)
 
     def environment(self) -> dict[str, str]:
-        """These settings as AMO_ variables, for worker processes to read back whole: a None
-        whose default is not None (decision_log: off) as an empty value, so the default does not
-        come back."""
-        values = self.model_dump(exclude={"params"})
-        return {env_name(name): "" if value is None else str(value) for name, value in values.items()
-                if value is not None or type(self).model_fields[name].default is not None}
+        """These settings as AMO_ variables, for worker processes to read back whole."""
+        values = self.model_dump(exclude={"params"}, exclude_none=True)
+        return {env_name(name): str(value) for name, value in values.items()}
 
 
 def env_name(field: str) -> str:
