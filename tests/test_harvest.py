@@ -171,3 +171,31 @@ def test_served_feedback_is_harvested_and_announced(data_dir: Path, tmp_path: Pa
     bad = CliRunner().invoke(app, ["data", "harvest", "--log", str(tmp_path / "log"), "--data", str(data_dir),
                                    "--since", "soon"])
     assert bad.exit_code == 2 and "'soon' is not an ISO 8601 time" in bad.output
+
+
+@pytest.mark.integration
+def test_harvest_announces_amo_data_updated_on_a_real_prefect_api(prefect_api: str, data_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a Prefect API, `amo data harvest` emits `amo.data.updated` with the harvested data's
+    hash and why "amo data harvest", the event the on-new-data deployment triggers on."""
+    import time
+
+    from prefect import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    from amo import orchestration as orch
+
+    write_log(tmp_path / "log")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    result = CliRunner().invoke(app, ["data", "harvest", "--log", str(tmp_path / "log"), "--data", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    data_hash = orch.data_fingerprint(data_dir)
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while not found and time.monotonic() < deadline:
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[orch.DATA_UPDATED])), limit=50)
+            found = [e.payload for e in page.events if e.payload.get("data_hash") == data_hash]
+            time.sleep(0.5)
+    assert found and found[0]["why"] == "amo data harvest"
