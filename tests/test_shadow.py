@@ -177,3 +177,14 @@ def test_cli_promote_shadow_then_the_gate_reads_the_log(tmp_path: Path, monkeypa
     code, out = cli(params, "promote", str(tmp_path / "b" / "challenger-1"))
     assert code == 0 and "ok: shadow: 3 decisions scored in shadow >= gate.shadow_min_decisions 2" in out
     assert registry.current_id() == "challenger-1" and registry.challenger_id() is None
+
+
+def test_no_decision_log_no_challenger_loaded(tmp_path: Path) -> None:
+    """A runtime that logs nothing has nowhere to log agreement: it loads no challenger."""
+    registry = Registry(tmp_path / "registry")
+    registry.promote(fake_bundle(tmp_path / "b", "champion-1", 0.9), GateParams(floors={}, tolerance=1.0))
+    registry.shadow(fake_bundle(tmp_path / "b", "challenger-1", 0.9))
+    _, runtime = fake_runtime(tmp_path)
+    with in_process_server(runtime, decision_log=None):
+        runtime.refresh_challenger()
+        assert runtime.shadowing is False and runtime.challenger is None

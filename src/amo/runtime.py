@@ -76,6 +76,7 @@ class Runtime:
         self.brain: Any = None  # swapped whole; readers take it once per request
         self.challenger: Any = None  # the registry's challenger.json bundle, scored in shadow (amo.shadow)
         self._challenger_pointer: str | None = None
+        self.shadowing = True  # whether a challenger is loaded at all (create_app: only with a decision log)
         self.refused: dict[str, Any] | None = None
         self.loaded_at: str | None = None
         self.swaps = 0  # bundles swapped in, the first one included (for /metrics)
@@ -122,6 +123,8 @@ class Runtime:
     def refresh_challenger(self) -> None:
         """Load the bundle `challenger.json` names when it changed (verified as any bundle); drop
         it when the pointer is gone. A challenger that fails to load is logged and not scored."""
+        if not self.shadowing:
+            return
         try:
             text = self.registry.challenger_pointer()
         except Exception as exc:  # noqa: BLE001 -- shadow scoring is optional
@@ -512,6 +515,7 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
     batcher = RouteBatcher(s.max_batch, metrics.batch_size.observe, window=s.batch_window_ms / 1000)
     decisions = DecisionLog.from_settings(s)
     shadow = ShadowScorer(decisions, lambda: runtime.challenger) if decisions is not None else None
+    runtime.shadowing = shadow is not None  # no log to write agreement to: no second router in memory
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
