@@ -172,3 +172,35 @@ def wait_until(predicate: Any, seconds: float = 60) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def answered_until_killed(url: str, pid: int, kill_when: Any, clients: int = 4) -> list[str]:
+    """`clients` threads POST /route to `url` back to back until the server stops answering;
+    once `kill_when(answered)` returns, the server process `pid` gets SIGKILL. Returns the
+    request ids of every decision answered (the kill -9 test and benchmarks/feedback_loop.py)."""
+    import signal
+    import threading
+
+    import httpx
+
+    answered: list[str] = []
+
+    def client(n: int) -> None:
+        with httpx.Client(timeout=10) as http:
+            for i in range(1_000_000):
+                try:
+                    answer = http.post(f"{url}/route", json={"prompt": f"where is order {n}-{i}"})
+                except httpx.TransportError:
+                    return
+                answered.append(answer.json()["request_id"])
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        kill_when(answered)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        for thread in threads:
+            thread.join()
+    return answered

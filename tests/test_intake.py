@@ -145,3 +145,10 @@ def test_cli_data_add_prints_the_split_and_refuses_no_input(data_dir: Path, tmp_
     assert json.loads(result.output[:result.output.rindex("}") + 1])["routing"]["by_agent"][NEW] == {
         "train": 3, "val": 1, "test": 1}
     assert runner.invoke(app, ["data", "add", "--data", str(data_dir)]).exit_code == 2
+
+
+def test_an_abstained_trace_is_added_with_the_out_of_scope_ones(data_dir: Path, tmp_path: Path) -> None:
+    """A trace with an empty path (outcome abstained, as the contract allows) is split, not a crash."""
+    report = add_rows(DataParams(), data_dir, traces=_write(tmp_path / "t.jsonl", [
+        {"prompt": "sing me the gift card song please", "path": [], "outcome": "abstained"}]))
+    assert report["traces"]["by_agent"] == {"(out of scope)": {"train": 1, "test": 0}}

@@ -36,7 +36,7 @@ def start_server(workdir: Path, tiny_lm: Path, registry: Path) -> tuple[subproce
     """`amo serve` in a subprocess on a free loopback port, once /healthz answers."""
     raw = tiny_params(tiny_lm)
     raw["registry"] = {"path": f"file://{registry}"}  # an fsspec URL, as a team would configure
-    raw["serve"] = {"poll_seconds": 0.2, "max_body_bytes": 65536}
+    raw["serve"] = {"poll_seconds": 0.2, "max_body_bytes": 65536, "decision_log": "logs/decisions"}
     params = workdir / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     port = free_port()
@@ -670,3 +670,20 @@ def test_eager_arms_load_in_the_generation_process(tmp_path: Path, bundle: Path)
         assert client.get("/healthz").json()["arms_loaded"] is True
         invoked = client.post("/invoke", json={"input": "and the price?", "arm": "rewrite", "max_new_tokens": 2})
         assert invoked.status_code == 200 and isinstance(invoked.json()["output"], str), invoked.text
+
+
+def test_a_challenger_is_scored_in_shadow_by_the_served_runtime(served: dict[str, Any], fresh: dict[str, Any]) -> None:
+    """`Registry.shadow` of a real bundle: `amo serve` loads it beside the champion at its next poll
+    and logs a shadow record for each answered route (the real Brain, real HTTP)."""
+    from amo.decisions import read_log
+
+    challenger = variant(served["bundle"], served["workdir"] / "variants" / "shadowed", "shadowed")
+    challenger_id = served["registry"].shadow(challenger)
+    health = wait_for(served["url"], lambda h: h["challenger"] == challenger_id)
+    assert health["challenger"] == challenger_id and health["bundle_id"] == fresh["bundle_id"]
+    request_id = httpx.post(f"{served['url']}/route", json={"prompt": "where is my order 1234"}).json()["request_id"]
+    log = served["workdir"] / "logs" / "decisions"
+    assert wait_until(lambda: any(r["request_id"] == request_id for r in read_log(log, "shadow")), 30)
+    (record,) = [r for r in read_log(log, "shadow") if r["request_id"] == request_id]
+    assert record["challenger"] == challenger_id and record["champion"] == fresh["bundle_id"]
+    assert record["agree"] is True  # the same router, so the same selection

@@ -40,6 +40,7 @@ class FakeBrain:
     def __init__(self, gate: Gate, bundle_id: str = "fake-1") -> None:
         self.gate, self.bundle_id = gate, bundle_id
         self.runtime = {"arms": ["rewrite"]}
+        self.agent_ids = ["order_status", "returns_refunds", "product_search", "price_lookup"]
         self.manifest = {"bundle_id": bundle_id, "metrics": {}, "models": {}, "files": {}, "digest": "0" * 64}
 
     def route_many(self, prompts: list[str]) -> list[Any]:
@@ -237,7 +238,7 @@ def test_every_documented_error_status_is_produced_in_the_envelope(tmp_path: Pat
 
     gate, runtime = fake_runtime(tmp_path)
     with in_process_server(runtime, generation_queue=1, request_timeout_seconds=1.0,
-                           max_body_bytes=1024) as url:
+                           max_body_bytes=1024, decision_log=str(tmp_path / "decisions")) as url:
         spec = httpx.get(f"{url}/openapi.json").json()
         assert "HTTPValidationError" not in spec["components"]["schemas"]
         documented = [(path, method, int(status), response)
@@ -249,11 +250,15 @@ def test_every_documented_error_status_is_produced_in_the_envelope(tmp_path: Pat
             return httpx.request(method.upper(), f"{url}{path}", timeout=30, **kwargs)
 
         def body_for(path: str) -> dict[str, Any]:
+            if path == "/feedback":
+                return {"request_id": "never-logged", "outcome": "ok"}
             return {"input": "x", "arm": "rewrite"} if path == "/invoke" else {"prompt": "x"}
 
         def produce(path: str, method: str, status: int) -> httpx.Response:
             if status == 400:
                 return send(path, method, content=b'{"prompt": ', headers={"content-type": "application/json"})
+            if status == 404:
+                return send(path, method, json=body_for(path))
             if status == 413:
                 return send(path, method, json={"prompt": "x" * 2000})
             if status == 422:
@@ -290,8 +295,8 @@ def test_every_documented_error_status_is_produced_in_the_envelope(tmp_path: Pat
                 jsonschema.validate(response.json(), {**schema, "components": spec["components"]})
                 assert set(response.json()["error"]) >= {"code", "message"}
             checked.append((path, method, status))
-    assert len(checked) == len(documented) == 35, checked
-    assert {s for _, _, s in checked} == {400, 413, 422, 429, 500, 501, 503, 504}
+    assert len(checked) == len(documented) == 41, checked
+    assert {s for _, _, s in checked} == {400, 404, 413, 422, 429, 500, 501, 503, 504}
 
 
 def test_generation_without_the_arms_extra_is_a_501_naming_it(tmp_path: Path) -> None:

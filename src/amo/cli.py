@@ -205,6 +205,42 @@ def data_add(routing: Path | None = typer.Option(None, help="New routing rows (J
         typer.echo(f"event amo.data.updated {sent['event_id']} sent to {sent['api_url']}")
 
 
+@data_app.command("harvest")
+def data_harvest(since: str | None = typer.Option(None, help="Only decisions made at or after this ISO 8601 "
+                                                   "time (2026-12-01 or 2026-12-01T08:00:00Z)."),
+                 log_dir: Path | None = typer.Option(None, "--log", help="The decision log folder; default "
+                                                     "params.yaml serve.decision_log."),
+                 data_dir: Path | None = typer.Option(None, "--data", help="Default: params.yaml data.dir."),
+                 report: Path | None = typer.Option(None, help="Also write the report (JSON) here.")) -> None:
+    """Turn the runtime's logged decisions with feedback into routing rows and traces: graded as
+    the contracts grade them, deduplicated against the data, checked by the validation suites,
+    split as `amo data add` splits, provenance in data/provenance/. Prints the report (JSON:
+    rows in, appended, duplicates dropped, refused with reasons) and announces the change."""
+    from amo.harvest import harvest, parse_time
+    from amo.orchestration import emit_data_updated
+
+    params = _params()
+    folder = data_dir or Path(params.data.dir)
+    log_folder = log_dir or (Path(params.serve.decision_log) if params.serve.decision_log else None)
+    if log_folder is None:
+        raise typer.BadParameter("no decision log: give --log (params.yaml serve.decision_log is null)")
+    if since is not None:
+        try:
+            parse_time(since)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    result = _run(lambda: harvest(params.data, folder, log_folder, since))
+    if report is not None:
+        from amo.data import write_json
+
+        write_json(report, result)
+    _echo_json(result)
+    if sum(result["appended"].values()):
+        sent = _run(lambda: emit_data_updated(folder, Path("."), why="amo data harvest"))
+        if sent["event_id"] is not None:
+            typer.echo(f"event amo.data.updated {sent['event_id']} sent to {sent['api_url']}")
+
+
 @data_app.command("update")
 def data_update(data_dir: Path | None = typer.Option(None, "--data", help="Default: params.yaml data.dir.")
                 ) -> None:
@@ -348,11 +384,22 @@ def _registry() -> Any:
 def promote(bundle_dir: Path | None = typer.Argument(None, metavar="BUNDLE",
                                                    help="Default: the bundle stage's output in dvc.yaml."),
             force: bool = typer.Option(False, help="Promote even if the gate fails."),
-            report: Path | None = typer.Option(None, help="Write the decision as Markdown here.")) -> None:
+            report: Path | None = typer.Option(None, help="Write the decision as Markdown here."),
+            shadow: bool = typer.Option(False, "--shadow", help="Do not promote: verify the bundle, copy it into "
+                                        "the registry and make it the challenger the runtime scores in shadow "
+                                        "on live prompts (gate.shadow_min_decisions).")) -> None:
     """Gate a candidate bundle against floors and the champion (both scored on the current test
-    data); switch `current` if it passes. Exits 3 when the gate rejects it."""
+    data), and the shadow check when gate.shadow_min_decisions is set; switch `current` if it
+    passes. Exits 3 when the gate rejects it. With --shadow, make it the challenger instead."""
     from amo.orchestration import promote_bundle
 
+    if shadow:
+        from amo.layout import stage_output
+
+        bundle_id = _run(lambda: _registry().shadow(bundle_dir or stage_output("bundle", Path("."))))
+        typer.echo(f"challenger {bundle_id}: the runtime scores it in shadow at its next poll "
+                   "(agreement in the decision log; `amo promote` then applies gate.shadow_min_decisions)")
+        return
     decision, markdown = _run(lambda: promote_bundle(Path("."), bundle_dir, force, _params_file()))
     typer.echo(str(decision))
     if report is not None:

@@ -194,6 +194,10 @@ class GateParams(_Section):
     alpha: float = Field(0.05, ge=0.0, le=1.0)
     # Every arm must score at least this much above the base model on its task's test split.
     arm_min_gain: float = 0.0
+    # The shadow check (amo.shadow): a candidate needs this many decisions scored in shadow on live
+    # prompts (amo promote --shadow first), and where feedback says who was right, a share right
+    # not below the champion's; 0: no shadow check.
+    shadow_min_decisions: int = Field(0, ge=0)
 
 
 class RegistryParams(_Section):
@@ -239,6 +243,18 @@ class ServeParams(_Section):
     generation_nice: int = Field(10, ge=0, le=19)
     # uvicorn worker processes; each loads the bundle, and its own base LM when arms load.
     workers: int = Field(1, ge=1)
+    # Folder of the decision log (each /route, /plan and /copilot answer) and the feedback on it
+    # (amo.decisions), relative to the working folder; None (the default: a runtime writes nothing
+    # unless told where, and a folder it cannot write would fail every answer): nothing is logged
+    # and /feedback answers 503 decision_log_off.
+    decision_log: str | None = None
+    # Write each decision's prompt into the log (harvestable); false: only its sha256.
+    log_prompts: bool = False
+    # A new log segment is started past this many bytes, or this many seconds after the last one began.
+    decision_segment_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    decision_segment_seconds: float = Field(3600.0, gt=0.0)
+    # A background thread fsyncs the log this often: power loss loses at most this window (kill -9 nothing).
+    decision_fsync_seconds: float = Field(1.0, gt=0.0)
 
 
 class OrchestrationParams(_Section):

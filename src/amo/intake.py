@@ -14,7 +14,8 @@ import os
 import shutil
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,9 @@ def _top_agent(row: dict[str, Any]) -> str:
 
 
 def _rarest_agent(counts: Counter[str]) -> Callable[[dict[str, Any]], str]:
-    """A trace's group: the agent of its path that existing traces call least (a new agent)."""
-    return lambda row: min(sorted(set(row["path"])), key=lambda a: counts[a])
+    """A trace's group: the agent of its path that existing traces call least (a new agent);
+    an abstained trace (empty path) groups with the out-of-scope ones."""
+    return lambda row: min(sorted(set(row["path"])), key=lambda a: counts[a]) if row["path"] else OUT_OF_SCOPE
 
 
 def _check(data_dir: Path, params: DataParams, incoming: dict[str, Path]) -> None:
@@ -92,7 +94,7 @@ def _check(data_dir: Path, params: DataParams, incoming: dict[str, Path]) -> Non
                                        for p in err.problems]) from None
 
 
-def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Append whole lines through a temporary copy and a rename: a crash leaves the old file."""
     if not rows:
         return
@@ -124,11 +126,24 @@ def add_rows(params: DataParams, data_dir: Path, routing: Path | None = None,
     for path in incoming.values():
         if not path.is_file():
             raise FileNotFoundError(f"{path}: file not found")
-    # Two adds at once would each pass the check against the old data, then both append.
+    with data_lock(data_dir, "amo data add"):
+        return add_checked(params, data_dir, incoming)
+
+
+@contextmanager
+def data_lock(data_dir: Path, command: str) -> Iterator[Path]:
+    """Hold the data folder's intake lock (amo data add, amo data harvest): two writers at once
+    would each pass the check against the old data, then both append."""
     with file_lock(data_dir.resolve().parent / STATE_DIR / "intake.lock", timeout=LOCK_WAIT_SECONDS,
-                   owner=f"amo data add (pid {os.getpid()})"):
-        _check(data_dir, params, incoming)
-        return _add(data_dir, params, incoming)
+                   owner=f"{command} (pid {os.getpid()})") as path:
+        yield path
+
+
+def add_checked(params: DataParams, data_dir: Path, incoming: dict[str, Path]) -> dict[str, Any]:
+    """add_rows' work, for a caller holding data_lock: check `incoming` ({"routing"|"traces":
+    file}) against the data, then append it split per agent; nothing is written on any problem."""
+    _check(data_dir, params, incoming)
+    return _add(data_dir, params, incoming)
 
 
 def _add(data_dir: Path, params: DataParams, incoming: dict[str, Path]) -> dict[str, Any]:
@@ -146,7 +161,7 @@ def _add(data_dir: Path, params: DataParams, incoming: dict[str, Path]) -> dict[
         for name, part in parts.items():
             for row in part:
                 per_group[group_of(row)][name] += 1
-            _append(data_dir / kind / f"{name}.jsonl", part)
+            append_rows(data_dir / kind / f"{name}.jsonl", part)
         report[kind] = {"file": str(path), "rows": len(rows), "by_agent": dict(sorted(per_group.items()))}
     return report
 

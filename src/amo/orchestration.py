@@ -451,8 +451,21 @@ def promote_bundle(repo: Path, bundle_dir: Path | None = None, force: bool = Fal
     data = repo / params.data.dir
     tested = (data / "routing" / "test.jsonl").is_file() and (data / "traces" / "test.jsonl").is_file()
     decision = registry.promote(bundle_dir, params.gate, force=force,
-                                assess=partial(assess_bundle, data=data) if tested else None)
+                                assess=partial(assess_bundle, data=data) if tested else None,
+                                extra_checks=_shadow_checks(repo, params.gate.shadow_min_decisions,
+                                                            load_settings(params_file).decision_log))
     return decision, decision_markdown(decision)
+
+
+def _shadow_checks(repo: Path, min_decisions: int, decision_log: str | None
+                   ) -> Callable[[str], list[tuple[bool, str]]] | None:
+    """The gate's shadow check on the decision log (amo.shadow), when gate.shadow_min_decisions asks for it."""
+    if min_decisions <= 0:
+        return None
+    from amo.shadow import shadow_checks, shadow_summary
+
+    folder = (repo / decision_log) if decision_log else None
+    return lambda bundle_id: shadow_checks(shadow_summary(folder, bundle_id) if folder else None, min_decisions)
 
 
 def publish_index(repo: Path, params_file: Path | None = None) -> tuple[Any, str]:

@@ -36,6 +36,7 @@ from amo.locks import file_lock
 log = logging.getLogger("amo.registry")
 
 CURRENT = "current.json"
+CHALLENGER = "challenger.json"  # a bundle the runtime scores in shadow (amo.shadow), never served
 HISTORY = "history.jsonl"
 LOCK = "registry.lock"  # held by promote, rollback and gc: one at a time per local registry
 
@@ -248,9 +249,17 @@ class Registry:
         """The raw text of `current.json` (changes on every promotion and rollback)."""
         return self._read(CURRENT)
 
-    def pointer_id(self, text: str) -> str:
-        """The bundle id a `current.json` text names; BundleError naming the file if it names none."""
-        where = self._where(CURRENT)
+    def challenger_pointer(self) -> str | None:
+        """The raw text of `challenger.json` (None: no bundle in shadow)."""
+        return self._read(CHALLENGER)
+
+    def challenger_id(self) -> str | None:
+        text = self.challenger_pointer()
+        return None if text is None else self.pointer_id(text, CHALLENGER)
+
+    def pointer_id(self, text: str, name: str = CURRENT) -> str:
+        """The bundle id a `current.json` (or `name`) text names; BundleError naming the file if it names none."""
+        where = self._where(name)
         try:
             value = json.loads(text)
         except ValueError as exc:
@@ -365,14 +374,36 @@ class Registry:
             self.fs.pipe_file(self._key(HISTORY), (text + line).encode())
         self.checkpoint("history recorded")
 
-    def _point_to(self, bundle_id: str) -> None:
+    def _point_to(self, bundle_id: str, name: str = CURRENT) -> None:
         text = json.dumps({"bundle_id": bundle_id, "since": _now()}) + "\n"
         if self.local:
             self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.root / CURRENT, text, self.checkpoint)
+            atomic_write(self.root / name, text, self.checkpoint)
         else:
-            self.fs.pipe_file(self._key(CURRENT), text.encode())
-            self.checkpoint(f"{CURRENT}: written")
+            self.fs.pipe_file(self._key(name), text.encode())
+            self.checkpoint(f"{name}: written")
+
+    def shadow(self, candidate: Path) -> str:
+        """Verify a candidate, copy it in and point `challenger.json` at it (the runtime scores it
+        in shadow beside the champion; `current` is untouched); its bundle id."""
+        manifest = verify_bundle(candidate)
+        self.check_signed(candidate)
+        bundle_id = manifest["bundle_id"]
+        with self._locked(f"shadow {bundle_id}"):
+            note = self._copy_in(Path(candidate), bundle_id)
+            self._point_to(bundle_id, CHALLENGER)
+            self._record({"action": "shadow", "bundle_id": bundle_id, "previous": self.current_id(),
+                          "reasons": [f"{bundle_id} scored in shadow beside the champion"] + ([note] if note else [])})
+        return bundle_id
+
+    def _clear_challenger(self, bundle_id: str) -> None:
+        """No bundle in shadow any more, when `bundle_id` was it (it has just been promoted)."""
+        try:
+            challenger = self.challenger_id()
+        except BundleError:
+            challenger = bundle_id  # unreadable: clear it too
+        if challenger == bundle_id and self.fs.exists(self._key(CHALLENGER)):
+            self.fs.rm(self._key(CHALLENGER))
 
     # -- copying a bundle in ------------------------------------------------------------------
     def _copy_in(self, candidate: Path, bundle_id: str) -> str | None:
@@ -433,13 +464,16 @@ class Registry:
 
     # -- operations ---------------------------------------------------------------------------
     def promote(self, candidate: Path, params: GateParams, force: bool = False,
-                assess: Assess | None = None) -> Decision:
+                assess: Assess | None = None,
+                extra_checks: Callable[[str], list[tuple[bool, str]]] | None = None) -> Decision:
         """Verify, gate against floors and the champion, copy in, then switch `current`.
 
         With `assess` (a bundle folder -> its metrics on today's test data), candidate and
         champion are both scored by it, on the same data; without it, the gate compares the
         metrics each manifest carries, and the reasons say so. Promotions take the registry's
-        lock and read the champion inside it; promoting the current bundle changes nothing."""
+        lock and read the champion inside it; promoting the current bundle changes nothing.
+        `extra_checks` (the bundle id -> more (passed, reason) checks) joins the gate when there is
+        a champion: the shadow check (amo.shadow)."""
         manifest = verify_bundle(candidate)
         self.check_signed(candidate)
         self.checkpoint("candidate verified")
@@ -452,7 +486,8 @@ class Registry:
                 return Decision(bundle_id, True, [
                     f"{bundle_id} has the same files, models and data version as the current bundle {champion_id} "
                     "(a re-run on unchanged inputs): no gate, no switch, no history entry"], champion_id, unchanged=True)
-            return self._gate_and_switch(Path(candidate), manifest, champion_id, params, force, assess)
+            return self._gate_and_switch(Path(candidate), manifest, champion_id, params, force, assess,
+                                         extra_checks)
 
     def _same_contents(self, manifest: dict[str, Any], champion_id: str) -> bool:
         """The candidate holds the champion's exact files, models and data version: only its build
@@ -475,7 +510,8 @@ class Registry:
         return Decision(bundle_id, True, reasons, bundle_id, unchanged=True)
 
     def _gate_and_switch(self, candidate: Path, manifest: dict[str, Any], champion_id: str | None,
-                         params: GateParams, force: bool, assess: Assess | None) -> Decision:
+                         params: GateParams, force: bool, assess: Assess | None,
+                         extra_checks: Callable[[str], list[tuple[bool, str]]] | None = None) -> Decision:
         """Gate the verified candidate against `champion_id`; copy in and switch if it passes."""
         bundle_id = manifest["bundle_id"]
         # The champion's files, not its signature: it may predate the verify key, and is only read.
@@ -493,7 +529,7 @@ class Registry:
             measured = manifest["metrics"]
             champion = champion_manifest["metrics"] if champion_manifest else None
             basis = "metrics stored in each manifest (no test data given: not re-measured)"
-        checks = gate(measured, champion, params)
+        checks = gate(measured, champion, params) + (extra_checks(bundle_id) if extra_checks and champion_id else [])
         accepted = force or all(ok for ok, _ in checks)
         reasons = [f"basis: {basis}", *(("ok: " if ok else "FAILED: ") + why for ok, why in checks)]
         if force:
@@ -506,6 +542,7 @@ class Registry:
             if note is not None:
                 reasons.append(f"note: {note}")
             self._point_to(bundle_id)
+            self._clear_challenger(bundle_id)
         self._record({"action": "promote" if accepted else "reject", "bundle_id": bundle_id,
                       "previous": champion_id, "reasons": reasons})
         return decision
@@ -560,7 +597,11 @@ class Registry:
             current, switched = self._current_and_switched(say)
             recent = [b for b in dict.fromkeys(reversed(switched)) if isinstance(b, str)][:keep]
             stored = self._stored()
-            kept = sorted({b for b in (current, *recent) if b in stored})
+            try:
+                challenger = self.challenger_id()
+            except BundleError:
+                challenger = None
+            kept = sorted({b for b in (current, challenger, *recent) if b in stored})
             doomed = sorted([f"bundles/{name}" for name in stored if name not in kept] + self._leftovers())
             for path in [] if dry_run else doomed:
                 self._remove(path)

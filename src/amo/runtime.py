@@ -1,6 +1,6 @@
 """`amo serve`: the promoted bundle over HTTP (FastAPI + uvicorn, 127.0.0.1 by default).
 
-    POST /route  /plan  /invoke  /copilot
+    POST /route  /plan  /invoke  /copilot  /feedback
     GET  /healthz (liveness)  /readyz (a verified bundle is served)  /bundle  /metrics (Prometheus)
          /docs  /redoc (OpenAPI, assets served locally)
 
@@ -20,6 +20,10 @@ that bundle is loaded and verified in full (and its signature checked when a ver
 configured, amo.signing) on the side, then one reference is swapped. A request
 takes that reference once, so in-flight requests finish on the Brain they started with. A bundle
 that fails verification is refused (logged, shown by /healthz) and the old one keeps serving.
+With serve.decision_log, each /route, /plan and /copilot answer is logged before it is sent
+(amo.decisions: its request id is in the answer) and POST /feedback attaches a verdict to it;
+a challenger bundle (the registry's challenger.json) is scored on the logged prompts in shadow,
+on a thread of its own (amo.shadow).
 Arms are re-hashed when they load (first /invoke or /copilot, or with the bundle when serve.arms
 is eager). Errors are JSON: {"error": {"code": ..., "message": ...}}; a 500 carries only a request
 id, its traceback is logged.
@@ -41,6 +45,8 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
 
 # at module level: FastAPI resolves the endpoints' annotations in these globals
 from amo import runtime_api as api
@@ -66,7 +72,11 @@ class Runtime:
         self.arms = arms  # serve.arms: lazy, eager or off
         # serve.arms eager: `preload` loads a bundle's arms in the generation process
         self._load = load or partial(_load_brain, eager_arms=arms == "eager", preload=preload)
+        self._load_challenger = load or _load_brain  # its arms never load: it only routes, in shadow
         self.brain: Any = None  # swapped whole; readers take it once per request
+        self.challenger: Any = None  # the registry's challenger.json bundle, scored in shadow (amo.shadow)
+        self._challenger_pointer: str | None = None
+        self.shadowing = True  # whether a challenger is loaded at all (create_app: only with a decision log)
         self.refused: dict[str, Any] | None = None
         self.loaded_at: str | None = None
         self.swaps = 0  # bundles swapped in, the first one included (for /metrics)
@@ -110,8 +120,38 @@ class Runtime:
         log.info("serving bundle %s", brain.bundle_id)
         return True
 
+    def refresh_challenger(self) -> None:
+        """Load the bundle `challenger.json` names when it changed (verified as any bundle); drop
+        it when the pointer is gone. A challenger that fails to load is logged and not scored."""
+        if not self.shadowing:
+            return
+        try:
+            text = self.registry.challenger_pointer()
+        except Exception as exc:  # noqa: BLE001 -- shadow scoring is optional
+            log.warning("cannot read the registry's challenger pointer: %s", exc)
+            return
+        if text == self._challenger_pointer:
+            return
+        self._challenger_pointer = text
+        if text is None:
+            self.challenger = None
+            return
+        try:
+            from amo.registry import CHALLENGER
+
+            bundle_id = self.registry.pointer_id(text, CHALLENGER)
+            if self.challenger is None or self.challenger.bundle_id != bundle_id:
+                path = self.registry.bundle_path(bundle_id)
+                self.registry.check_signed(path)
+                self.challenger = self._load_challenger(path)
+                log.info("scoring bundle %s in shadow", bundle_id)
+        except Exception as exc:  # noqa: BLE001 -- any load failure refuses the challenger
+            self.challenger = None
+            log.error("refused challenger bundle: %s", exc)
+
     def start(self) -> None:
         self.refresh()
+        self.refresh_challenger()
         self._thread = threading.Thread(target=self._poll, name="amo-bundle-poll", daemon=True)
         self._thread.start()
 
@@ -125,12 +165,14 @@ class Runtime:
         # holder stalls every request (seen: a 30 s stall under load).
         while not self._stop.wait(self.poll_seconds):
             self.refresh()
+            self.refresh_challenger()
 
     def health(self) -> dict[str, Any]:
         brain = self.brain
         return {"status": "ok" if brain is not None else "no_bundle",
                 "bundle_id": brain.bundle_id if brain is not None else None,
                 "loaded_at": self.loaded_at, "refused": self.refused,
+                "challenger": self.challenger.bundle_id if self.challenger is not None else None,
                 "arms": self.arms, "arms_loaded": getattr(brain, "_arms", None) is not None,
                 "registry": self.registry.url}
 
@@ -402,6 +444,7 @@ def _replay(first: Message, receive: Receive) -> Receive:
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 REQUEST_ID_KEY = "amo.request_id"  # where AccessLog leaves a request's id in its ASGI scope
+STARTED_KEY = "amo.started"  # and its perf_counter() start, for the decision log's latency
 
 
 class AccessLog:
@@ -418,22 +461,23 @@ class AccessLog:
             return
         given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
-        scope[REQUEST_ID_KEY] = request_id
         start, status = time.perf_counter(), 500
+        scope[REQUEST_ID_KEY], scope[STARTED_KEY] = request_id, start
 
         async def sending(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
+                # the scope's id: the decision log may have replaced a client's repeated one
+                message["headers"] = [*headers, (b"x-request-id", str(scope[REQUEST_ID_KEY]).encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
             access_log.info("method=%s path=%s status=%d ms=%.1f request_id=%s", scope["method"],
-                            scope["path"], status, 1000 * (time.perf_counter() - start), request_id)
+                            scope["path"], status, 1000 * (time.perf_counter() - start), scope[REQUEST_ID_KEY])
 
 
 def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None = None, *,
@@ -444,7 +488,7 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
     runtime but no settings, the built-in defaults apply."""
     from contextlib import asynccontextmanager, contextmanager
 
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from fastapi_offline import FastAPIOffline
@@ -452,9 +496,11 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
     from starlette.exceptions import HTTPException
 
     from amo.brain import CopilotAnswer, step_arms
+    from amo.decisions import DecisionLog
     from amo.extras import ExtraNotInstalled, missing
     from amo.runtime_metrics import RequestMetrics, RuntimeMetrics
     from amo.settings import RuntimeSettings, load_settings
+    from amo.shadow import ShadowScorer
 
     if runtime is None:
         settings = settings or load_settings()
@@ -467,6 +513,9 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
                           preload=generation.preload if s.generation_process else None)
     metrics = RuntimeMetrics(runtime)
     batcher = RouteBatcher(s.max_batch, metrics.batch_size.observe, window=s.batch_window_ms / 1000)
+    decisions = DecisionLog.from_settings(s)
+    shadow = ShadowScorer(decisions, lambda: runtime.challenger) if decisions is not None else None
+    runtime.shadowing = shadow is not None  # no log to write agreement to: no second router in memory
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
@@ -474,9 +523,15 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
         if manage_runtime:
             runtime.start()
         batcher.start()
+        if decisions is not None and shadow is not None:
+            decisions.start()
+            shadow.start()
         yield
         generation.stop()
         batcher.stop()
+        if decisions is not None and shadow is not None:
+            shadow.stop()
+            decisions.stop()
         if manage_runtime:
             runtime.stop()
 
@@ -550,23 +605,52 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
                                        "message": f"internal error (request id {request_id})"}}, 500,
                             headers={"x-request-id": request_id})
 
+    def logged(request: Request, endpoint: str, current: Any, prompt: str, route_: dict[str, Any],
+               plan_: dict[str, Any] | None) -> str:
+        """The request's id, once its decision is in the log (serve.decision_log): one write(2)
+        before the answer is sent (amo.decisions' durability rule)."""
+        request_id = str(request.scope.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16])
+        if decisions is not None:
+            if decisions.known.seen(request_id):
+                # A client's X-Request-ID this runtime already logged a decision under: a new id, so
+                # feedback on the first decision can never land on this one.
+                request_id = request.scope[REQUEST_ID_KEY] = uuid.uuid4().hex[:16]
+            started = request.scope.get(STARTED_KEY) or time.perf_counter()
+            try:
+                decisions.decide(request_id, endpoint, current.bundle_id, prompt, route_, plan_,
+                                 1000 * (time.perf_counter() - started))
+            except OSError as exc:
+                log.error("request %s: cannot log its decision in %s: %s", request_id, decisions.folder, exc)
+                raise ApiError(503, "decision_log_failed", f"the decision could not be logged (request id "
+                                                           f"{request_id}), so it is not answered") from None
+            if shadow is not None and runtime.challenger is not None:  # scored later, on its own thread
+                shadow.offer(request_id, prompt, current.bundle_id, [a["id"] for a in route_["agents"]])
+        return request_id
+
     posted = api.errors(400, 413, 422, 500, 503)
 
     @app.post("/route", summary="Which agents answer the prompt (or abstain), best first", responses=posted)
-    async def route(body: api.PromptIn) -> api.RouteOut:
+    async def route(body: api.PromptIn, request: Request) -> api.RouteOut:
         current = brain()
-        result = await batcher.route(current, text(body.prompt, "prompt"))
+        prompt = text(body.prompt, "prompt")
+        result = await batcher.route(current, prompt)
         metrics.observe_route(result)
-        return api.RouteOut.model_validate({"bundle_id": current.bundle_id, "route": result.to_dict()})
+        answer = result.to_dict()
+        return api.RouteOut.model_validate({"request_id": logged(request, "route", current, prompt, answer, None),
+                                            "bundle_id": current.bundle_id, "route": answer})
 
     @app.post("/plan", summary="The ordered agent path for the prompt, with its decision rules",
               responses=posted)
-    def plan(body: api.PromptIn) -> api.PlanOut:
+    def plan(body: api.PromptIn, request: Request) -> api.PlanOut:
         current = brain()
-        route_, plan_ = current.plan(text(body.prompt, "prompt"))
+        prompt = text(body.prompt, "prompt")
+        route_, plan_ = current.plan(prompt)
         metrics.observe_route(route_)
+        answer = route_.to_dict()
+        request_id = logged(request, "plan", current, prompt, answer,
+                            {"path": plan_.path, "abstained": plan_.abstained})
         return api.PlanOut.model_validate({
-            "bundle_id": current.bundle_id, "route": route_.to_dict(),
+            "request_id": request_id, "bundle_id": current.bundle_id, "route": answer,
             "plan": {"path": plan_.path, "abstained": plan_.abstained, "rules": plan_.rules, "choice": plan_.choice}})
 
     generating = api.errors(400, 413, 422, 429, 500, 501, 503, 504)
@@ -587,7 +671,7 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
         return api.InvokeOut(bundle_id=current.bundle_id, arm=body.arm, output=output)
 
     @app.post("/copilot", summary="Route, plan and run the arms for the prompt: one answer", responses=generating)
-    async def copilot(body: api.PromptIn) -> api.CopilotOut:
+    async def copilot(body: api.PromptIn, request: Request) -> api.CopilotOut:
         current = brain()
         prompt = text(body.prompt, "prompt")
         if runtime.arms == "off":
@@ -602,7 +686,39 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
                 outputs = await generation.generate(current, [(arm, prompt) for arm in arms])
         answer = CopilotAnswer.of(prompt, route_, plan_, steps, outputs)
         metrics.observe_route(answer.route)
-        return api.CopilotOut.model_validate({"bundle_id": current.bundle_id, **answer.to_dict()})
+        request_id = logged(request, "copilot", current, prompt, route_.to_dict(),
+                            {"path": plan_.path, "abstained": plan_.abstained})
+        return api.CopilotOut.model_validate({"request_id": request_id, "bundle_id": current.bundle_id,
+                                              **answer.to_dict()})
+
+    @app.post("/feedback", summary="A verdict on a logged decision (ok, wrong, partial), for amo data harvest",
+              responses=api.errors(400, 404, 413, 422, 500, 503))
+    def feedback(body: api.FeedbackIn) -> api.FeedbackOut:
+        current = brain()
+        if decisions is None:
+            raise ApiError(503, "decision_log_off", "this runtime logs no decisions (serve.decision_log / "
+                                                    "AMO_DECISION_LOG is not set), so it takes no feedback")
+        if body.outcome == "partial" and not body.agents:
+            raise ApiError(422, "agents_required", "outcome partial needs `agents`: the agents that should "
+                                                   "have been selected")
+        if body.outcome == "ok" and body.agents is not None:
+            raise ApiError(422, "agents_with_ok", "outcome ok confirms the served selection: send no `agents` "
+                                                  "(or send outcome wrong with the right ones)")
+        named = [*(body.agents or []), *(body.path or [])]
+        known = set(current.agent_ids)
+        unknown = sorted({agent for agent in named if agent not in known})
+        if unknown:
+            raise ApiError(422, "unknown_agent", "unknown agent(s) " + ", ".join(repr(a) for a in unknown)
+                           + f" (not among the {len(known)} agents of bundle {current.bundle_id})")
+        if body.request_id not in decisions.known:
+            raise ApiError(404, "unknown_request_id", f"no decision with request id {body.request_id!r} "
+                                                      f"is in the decision log")
+        try:
+            record = decisions.feedback(body.request_id, body.outcome, body.agents, body.path, current.bundle_id)
+        except OSError as exc:
+            log.error("cannot log feedback on %s in %s: %s", body.request_id, decisions.folder, exc)
+            raise ApiError(503, "decision_log_failed", "the feedback could not be logged") from None
+        return api.FeedbackOut(request_id=body.request_id, outcome=body.outcome, time=record["time"])
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], responses=api.errors(500),
                    summary="Liveness (200 while the process is up): which bundle is served, any refused one")

@@ -28,6 +28,31 @@ class PromptIn(BaseModel):
     prompt: Text = Field(..., description="The user's prompt (at most serve's max_prompt_chars characters).")
 
 
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"  # what X-Request-ID accepts from a client
+AGENT_ID = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]  # amo.validate.AGENT_ID_PATTERN
+
+
+class FeedbackIn(BaseModel):
+    """A verdict on a logged decision (strict: no coercion, no unknown fields)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    request_id: str = Field(..., pattern=REQUEST_ID_PATTERN, description="The decision's id (its answer's "
+                            "`request_id`, also in X-Request-ID).")
+    outcome: Literal["ok", "wrong", "partial"] = Field(..., description="ok: the served selection was right; "
+                                                       "wrong: it was not (`agents`: the right ones, `[]`: "
+                                                       "out of scope); partial: some were right (`agents` required).")
+    agents: list[AGENT_ID] | None = Field(None, max_length=32, description="The agents that should have been "
+                                          "selected, the main one first (not with ok).")
+    path: list[AGENT_ID] | None = Field(None, max_length=32, description="The agents actually called, in "
+                                        "order (a trace).")
+
+
+class FeedbackOut(BaseModel):
+    request_id: str
+    outcome: str
+    time: str = Field(..., description="When the feedback was logged (UTC).")
+
+
 class InvokeIn(BaseModel):
     input: Text = Field(..., description="Text for the arm (or the base model).")
     arm: Text | None = Field(None, description="Arm name; null: the base model.")
@@ -48,6 +73,7 @@ class RouteBody(BaseModel):
 
 
 class RouteOut(BaseModel):
+    request_id: str = Field(..., description="The decision's id in the decision log (POST /feedback names it).")
     bundle_id: str
     route: RouteBody
 
@@ -60,6 +86,7 @@ class PlanBody(BaseModel):
 
 
 class PlanOut(BaseModel):
+    request_id: str
     bundle_id: str
     route: RouteBody
     plan: PlanBody
@@ -89,6 +116,7 @@ class Call(BaseModel):
 
 
 class CopilotOut(BaseModel):
+    request_id: str
     bundle_id: str
     prompt: str
     route: RouteBody
@@ -109,6 +137,7 @@ class HealthOut(BaseModel):
     bundle_id: str | None
     loaded_at: str | None
     refused: Refusal | None = Field(..., description="The last bundle that failed to load, and why.")
+    challenger: str | None = Field(None, description="The bundle scored in shadow (registry challenger.json).")
     arms: Literal["lazy", "eager", "off"] = Field(..., description="serve.arms: when arms load.")
     arms_loaded: bool
     registry: str
@@ -146,10 +175,13 @@ class ErrorOut(BaseModel):
 
 ERRORS: dict[int, str] = {
     400: "`invalid_json`: the body is not valid JSON.",
+    404: "`unknown_request_id`: /feedback names a request id the decision log does not hold.",
     413: "`body_too_large`: the body is larger than serve.max_body_bytes.",
     422: "`invalid_request`: a field is missing, mistyped or not text (the message names it); "
          "`empty_prompt`/`empty_input`, `prompt_too_long`/`input_too_long` (max_prompt_chars); "
-         "on /invoke also `unknown_arm` and `max_new_tokens_too_large` (serve.max_new_tokens).",
+         "on /invoke also `unknown_arm` and `max_new_tokens_too_large` (serve.max_new_tokens); on "
+         "/feedback `unknown_agent` (not one of the served bundle's agents), `agents_required` "
+         "(partial without agents) and `agents_with_ok`.",
     429: "`generation_busy`: serve.generation_queue /invoke and /copilot requests are already "
          "admitted; retry after the Retry-After header's seconds.",
     500: "`internal`: an unexpected failure; the message holds only a request id (also in "
@@ -159,7 +191,8 @@ ERRORS: dict[int, str] = {
     503: "`no_bundle` (`not_ready` on /readyz): no verified bundle is served yet, or only a refused "
          "one; on /invoke and /copilot also `arm_refused` (an arm failed its checksums), "
          "`arms_off` (serve.arms is off) and `generation_failed` (the generation process died; it "
-         "was restarted: retry).",
+         "was restarted: retry); `decision_log_failed` (the decision could not be logged, so it is "
+         "not answered) and, on /feedback, `decision_log_off` (serve.decision_log is not set).",
     504: "`timeout`: the generation took longer than serve.request_timeout_seconds.",
 }
 HEADERS: dict[int, dict[str, Any]] = {
