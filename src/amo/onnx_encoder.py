@@ -91,8 +91,12 @@ def export_encoder(model_dir: Path, out_dir: Path, opset: int = 17) -> Path:
                                "strategy": "LongestFirst", "stride": 0}
     tokenizer["padding"] = None  # OnnxEncoder pads each batch to its longest text
     (out_dir / ENCODER_TOKENIZER).write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    from amo.embeddings import encoder_identity
+
+    # source_identity: the exported encoder's content hash (amo.embeddings), so the cheap index
+    # step can tell that this ONNX file is the stage encoder and embed with it, without torch.
     meta = {"dim": int(transformer.config.hidden_size), "max_length": max_length,
-            "source": str(model_dir.name), "opset": opset}
+            "source": str(model_dir.name), "source_identity": encoder_identity(model_dir), "opset": opset}
     (out_dir / ENCODER_META).write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
