@@ -35,6 +35,7 @@ from router_seal_tools import recall_at_5
 
 from amo.benchmarking import compare_multilabel, routing_metrics
 from amo.config import load_params
+from amo.data import RoutingExample
 from amo.models import Encoder, resolve_encoder
 from amo.ranker import AgentRanker
 from amo.routing import AgentIndex, choose_margin, grade_matrix
@@ -75,6 +76,20 @@ class ServedRanker:
         return scores
 
 
+def recall_by_history(scores: np.ndarray, examples: list[RoutingExample], ids: list[str],
+                      seen: set[str]) -> dict[str, float]:
+    """recall@5 counting only the relevant tools seen in training, or only the unseen ones
+    (each over the prompts that have such a tool): which regime a system's recall comes from."""
+    out = {}
+    for name, keep in (("seen", True), ("unseen", False)):
+        rows = [(i, RoutingExample(e.prompt, {a: g for a, g in e.labels.items() if (a in seen) == keep}))
+                for i, e in enumerate(examples)]
+        rows = [(i, e) for i, e in rows if e.labels]
+        out[f"recall_at_5_tools_{name}_in_train"] = (
+            recall_at_5(scores[[i for i, _ in rows]], [e for _, e in rows], ids) if rows else 0.0)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the ranker's fold / epoch lines
@@ -103,14 +118,17 @@ def main(argv: list[str] | None = None) -> dict:
                 "amo_pipeline_margin": (amo_test, routing_metrics(amo_test, splits["test"], agents, chosen,
                                                                   args.max_k)),
                 "cosine": compared["cosine"], "classifier": compared["classifier"]}
+    seen = {agent for e in splits["train"] for agent in e.labels}
     systems = {}
     for name, (test_scores, metrics) in compared.items():
+        by_history = recall_by_history(test_scores, splits["test"], ids, seen)
         systems[name] = {"recall_at_5": round(recall_at_5(test_scores, splits["test"], ids), 4),
+                         **{k: round(v, 4) for k, v in by_history.items()},
                          **{k: round(float(metrics[k]), 4)
                             for k in ("selection_f1", "ndcg_at_5", "in_scope_accuracy", "domain_accuracy", "margin")}}
-        print(f"{name:20s} " + "  ".join(f"{k}={systems[name][k]:.4f}" for k in (*KEYS, "margin")), flush=True)
+        print(f"{name:20s} " + "  ".join(f"{k}={systems[name][k]:.4f}" for k in (*KEYS, *by_history, "margin")),
+              flush=True)
 
-    seen = {agent for e in splits["train"] for agent in e.labels}
     test_calls = [agent for e in splits["test"] for agent in e.labels]
     best = min(ranker.history_, key=lambda r: r.get("val_loss", r["train_loss"]))
     result = {
@@ -134,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "metrics_note": "in_scope_accuracy = the top selected tool is relevant (amo.metrics.router_metrics: any "
                         "top-graded tool is a hit); recall_at_5 = share of a prompt's relevant tools among the "
-                        "5 best-scoring (router_seal_tools.recall_at_5)",
+                        "5 best-scoring (router_seal_tools.recall_at_5); recall_at_5_tools_(un)seen_in_train "
+                        "counts only the relevant tools (not) relevant anywhere in train, over the prompts having one",
         "threads": args.threads,
         "systems": systems,
         "amo_training": {"fit_seconds": round(fit_seconds, 1), "epochs_run": len(ranker.history_),
