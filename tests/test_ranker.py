@@ -105,3 +105,19 @@ def test_margin_chosen_on_validation_meets_its_recall(fitted) -> None:
     assert np.mean([r.abstained for r, o in zip(routes, out_of_scope) if o]) >= 0.8
     assert np.mean([r.agents[0][0] == f"agent_{i // 30}" for i, r in enumerate(routes[:120]) if r.agents]) > 0.9
     assert choose_margin(scores, np.zeros(len(x), bool), 0.8) is None
+
+
+def test_every_tool_of_a_multi_label_row_gets_a_classifier_column() -> None:
+    """A tool that is only ever named second in multi-label rows is still one of the classifier's agents."""
+    rng = np.random.default_rng(1)
+    centres = unit(rng, 3)
+    agents = [Agent(f"tool_{i}", f"tool number {i} description") for i in range(3)]
+    rows, x = [], []
+    for i, labels in enumerate([{"tool_0": 1, "tool_1": 1}, {"tool_2": 1}] * 12):
+        v = centres[0 if "tool_0" in labels else 2] + 0.3 * rng.normal(size=DIM)
+        rows.append(RoutingExample(f"p{i}", labels))
+        x.append(v / np.linalg.norm(v))
+    index = AgentIndex(agents, centres)
+    ranker = AgentRanker(hidden=8, epochs=1, batch_size=8, folds=2, group_by="agent").fit(
+        index, np.array(x, np.float32), grade_matrix(rows, index.ids))
+    assert set(ranker.classifier_.agent_ids) == {"tool_0", "tool_1", "tool_2"}

@@ -81,6 +81,17 @@ def primary_labels(grades: np.ndarray) -> np.ndarray:
     return np.where(agents.max(1) > 0, agents.argmax(1), -1)
 
 
+def top_pairs(grades: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, agent column) for every agent of a row's top grade: the classifier's training pairs.
+    A multi-label row (a question needing several tools of equal grade) teaches every one of
+    them, not only its first column: an agent always listed second would otherwise get no
+    classifier column and look like an agent without history."""
+    agents = grades[:, :-1]
+    top = agents.max(1, keepdims=True)
+    rows, columns = np.nonzero((agents == top) & (top > 0))
+    return rows, columns
+
+
 def batched_features(x: np.ndarray, index: AgentIndex, classifier: Classifier | None,
                      batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """route_features in batches of prompts: the per-agent example similarities of a whole fold
@@ -129,6 +140,7 @@ class AgentRanker:
         -1), and the same for the `extra` (validation) rows, each given a random fold."""
         n, ids = len(x), index.ids
         labels = primary_labels(grades)
+        pair_rows, pair_agents = top_pairs(grades)
         relevant = grades[:, :-1] > 0
         fold_of_row = rng.permutation(np.arange(n) % self.folds)
         order = rng.permutation(np.unique(groups))
@@ -138,8 +150,8 @@ class AgentRanker:
         for f in range(self.folds):
             hidden = np.array([fold_of_group[int(g)] == f for g in groups])
             outside = fold_of_row != f
-            known = outside & (labels >= 0) & ~hidden[np.maximum(labels, 0)]
-            classifier = fit_classifier(x[known], labels[known], ids, self.classifier_c, self.seed)
+            known = outside[pair_rows] & ~hidden[pair_agents]
+            classifier = fit_classifier(x[pair_rows[known]], pair_agents[known], ids, self.classifier_c, self.seed)
             pairs = [np.argwhere(relevant & outside[:, None] & ~hidden[None, :])]
             for agent in np.flatnonzero(hidden):  # the index step's state: k examples, no classifier column
                 k = int(rng.choice(self.shots))
@@ -220,9 +232,8 @@ class AgentRanker:
         model.eval()
         self.model_ = model
         self.config_ = RankerConfig(self.hidden, self.dropout)
-        labels = primary_labels(grades)
-        self.classifier_ = fit_classifier(x[labels >= 0], labels[labels >= 0], index.ids, self.classifier_c,
-                                          self.seed)
+        pair_rows, pair_agents = top_pairs(grades)
+        self.classifier_ = fit_classifier(x[pair_rows], pair_agents, index.ids, self.classifier_c, self.seed)
         return self
 
     @staticmethod
