@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -149,11 +150,15 @@ def trained_repo(prefect_api: str, tiny_lm: Path, tmp_path_factory: pytest.TempP
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["orchestration"]["remote"] = f"file://{base / 'remote'}"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # A git remote `origin` (a bare repository), where the retrain pushes its DVC experiment.
+    subprocess.run(["git", "init", "-q", "--bare", str(base / "origin.git")], check=True)
+    subprocess.run(["git", "remote", "add", "origin", str(base / "origin.git")], cwd=repo, check=True)
     start = time.perf_counter()
     state = flows().retrain(repo=str(repo), overrides=["router.epochs=6"], return_state=True)
     seconds = time.perf_counter() - start
     assert state.is_completed(), state.message
-    return {"repo": repo, "remote": base / "remote", "result": state.result(), "seconds": seconds,
+    return {"repo": repo, "remote": base / "remote", "origin": base / "origin.git", "result": state.result(),
+            "seconds": seconds,
             "flow_run_id": state.state_details.flow_run_id}
 
 

@@ -86,6 +86,11 @@ def test_retrain_runs_the_graph_promotes_and_pushes(trained_repo: dict[str, Any]
     dvc = str(Path(sys.executable).parent / "dvc")
     listed = subprocess.run([dvc, "exp", "list", "--name-only"], cwd=repo, capture_output=True, text=True, check=True)
     assert result["experiment"] in listed.stdout.split()
+    # ... pushed to the git remote `origin` (`dvc exp pull origin NAME` elsewhere gets it back).
+    refs = subprocess.run(["git", "ls-remote", str(trained_repo["origin"])], capture_output=True, text=True,
+                          check=True).stdout
+    assert any(line.startswith(tuple("0123456789abcdef")) and line.endswith("/" + result["experiment"])
+               and "refs/exps/" in line for line in refs.splitlines()), refs
     assert not (repo / ".amo/experiment").exists()  # a plain `dvc repro` afterwards names no experiment
     with get_client(sync_client=True) as client:
         names = {run.name for run in client.read_task_runs()}
