@@ -319,3 +319,25 @@ def test_data_docs_are_written_on_success_and_failure(data: Path, tmp_path: Path
     assert ("<td>data/routing/train.jsonl</td><td>3</td><td>labels.ghost</td>"
             "<td>unknown agent id &#x27;ghost&#x27; (not in agents.jsonl)</td>") in index
     assert "FAILED" in index
+
+
+def test_a_partial_folder_is_checked_for_what_it_has(data: Path) -> None:
+    """An importer's part (e.g. Amazon HTC: agents and routing, no traces) is refused as a data
+    folder but passes with partial=True, its absent files listed; a bad row in a present file is
+    still refused, and a folder with nothing to check is refused."""
+    import shutil
+
+    shutil.rmtree(data / "traces")
+    with pytest.raises(DataValidationError, match="traces/train.jsonl.*file missing"):
+        validate_data(data)
+    report = validate_data(data, partial=True)
+    assert report["ok"] and report["absent"] == ["data/traces/train.jsonl", "data/traces/test.jsonl"]
+    assert "data/routing/train.jsonl" in report["files"]
+    with open(data / "routing" / "train.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"prompt": "", "labels": {}}\n')
+    with pytest.raises(DataValidationError, match="routing/train.jsonl row 5"):
+        validate_data(data, partial=True)
+    empty = data.parent / "empty"
+    empty.mkdir()
+    with pytest.raises(DataValidationError, match="no contract file"):
+        validate_data(empty, partial=True)

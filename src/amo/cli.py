@@ -270,13 +270,17 @@ def _required(help_text: str) -> Any:
 def validate(data: Path = _required("Data folder."),
              report: Path = _required("Report file (every file, every problem)."),
              parts: Path = _required("Folder of per-consumer reports (router.json, tasks/<task>.json)."),
-             docs: Path | None = typer.Option(None, help="great-expectations data docs folder.")) -> None:
+             docs: Path | None = typer.Option(None, help="great-expectations data docs folder."),
+             partial: bool = typer.Option(False, help="A part of a data folder (e.g. an import without "
+                                                      "traces): check the contract files it has, list the "
+                                                      "absent ones.")) -> None:
     """Stage: check the data contracts with great-expectations suites."""
     from amo.stages import validate as stage
 
-    result = _run(lambda: stage.run(_params().data, data, report, parts, docs))
+    result = _run(lambda: stage.run(_params().data, data, report, parts, docs, partial=partial))
     rows = sum(f["rows"] for f in result["files"].values())
     typer.echo(f"data valid: {len(result['files'])} files, {rows} rows"
+               + (f"; absent: {', '.join(result['absent'])}" if result.get("absent") else "")
                + (f" (data docs: {docs / 'index.html'})" if docs else ""))
 
 

@@ -576,8 +576,13 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
 def validate_data(data_dir: Path, *, tasks: list[str] | None = None,
                   min_description_chars: int = 20, max_description_chars: int = 4000,
                   max_prompt_chars: int = 4000, max_task_chars: int = 8000,
-                  report_path: Path | None = None, docs_dir: Path | None = None) -> dict[str, Any]:
+                  report_path: Path | None = None, docs_dir: Path | None = None,
+                  partial: bool = False) -> dict[str, Any]:
     """Check agents, routing, traces and task files under `data_dir`.
+
+    `partial`: a folder holding only some of the contracts (an importer's part meant to be
+    combined with others, e.g. routing without traces): the files it has are checked as always,
+    the absent ones are listed in the report's `absent` instead of refused; at least one must exist.
 
     Returns the report `{"ok", "files", "problems"}` (also written to `report_path`, even on
     failure); raises DataValidationError listing every problem if any contract is broken.
@@ -591,6 +596,18 @@ def validate_data(data_dir: Path, *, tasks: list[str] | None = None,
     traces = _split_files(data_dir / "traces", "traces", data_dir)
     task_files = {t: _split_files(data_dir / "tasks" / t, "tasks", data_dir)
                   for t in _task_names(data_dir, tasks)}
+    absent: list[str] = []
+    if partial:
+        present = [f for f in [agents, *routing, *traces, *(f for fs in task_files.values() for f in fs)]
+                   if f.exists]
+        if not present:
+            raise DataValidationError([Problem(str(data_dir), None, "", "no contract file to check")],
+                                      report_path, None)
+        absent = [f.name for f in [agents, *routing, *traces] if not f.exists]
+        for f in [agents, *routing, *traces]:
+            if not f.exists:
+                f.problems.clear()
+        routing, traces = [f for f in routing if f.exists], [f for f in traces if f.exists]
 
     # Without a readable agents file every reference would look dangling: skip those checks.
     known_ids = {i for r in agents.rows if (i := _text(r.data, "id"))} if agents.rows else None
@@ -615,6 +632,8 @@ def validate_data(data_dir: Path, *, tasks: list[str] | None = None,
               "files": {f.name: {"rows": f.n_rows, "expectations": f.expectations,
                                  "failed": f.failed} for f in all_files if f.exists},
               "problems": [asdict(p) for p in problems]}
+    if partial:
+        report["absent"] = absent
     if report_path is not None:
         _write_report(Path(report_path), report)
     docs_index = write_data_docs(Path(docs_dir), results, problems) if docs_dir is not None else None
