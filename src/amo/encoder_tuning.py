@@ -118,21 +118,6 @@ def stage_encoder(params: EncoderParams, router_dir: Path, store: Path | None = 
     return CachedEncoder(encoder, store)
 
 
-def index_step_encoder(params: EncoderParams, router_dir: Path, onnx_dir: Path | None) -> Any:
-    """The encoder the cheap index step (`amo agents add`) embeds a description with: export_router's
-    ONNX copy of the stage encoder when its `source_identity` names that very encoder (no torch
-    to import and no model to load: ~20 s of the step on this machine), else the stage encoder."""
-    from amo.embeddings import encoder_identity
-    from amo.onnx_encoder import ENCODER_META, OnnxEncoder, has_onnx_encoder
-
-    source = served_encoder(params, tuned_encoder_dir(router_dir))
-    if onnx_dir is not None and has_onnx_encoder(onnx_dir):
-        meta = json.loads((onnx_dir / ENCODER_META).read_text(encoding="utf-8"))
-        if meta.get("source_identity") == encoder_identity(source):
-            return OnnxEncoder(onnx_dir, params.batch_size)
-    return Encoder(source, params.batch_size)
-
-
 def served_encoder(params: EncoderParams, tuned: Path) -> Path:
     """`encoder.path` resolved, or with `finetune.enabled` the tuned copy at `tuned`, which must
     be whole (its manifest written last)."""
