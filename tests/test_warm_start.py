@@ -152,3 +152,35 @@ def test_no_champion_is_a_cold_retrain() -> None:
     """Nothing promoted yet: cold, said so."""
     parent, lineage = champion_ranker(params(), None, "enc-a")
     assert parent is None and "no champion" in lineage["reason"]
+
+
+@pytest.mark.slow  # the real encoder, two tiny train_router runs
+def test_train_router_stage_warm_starts_from_a_champion_folder_and_records_it(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second train_router run given the first's folder warm-starts from it: lineage.json names
+    the parent and the metrics count the new rows; without a champion the metrics say why it is cold."""
+    import yaml
+    from tiny_bundle import tiny_params, write_tiny_data
+
+    from amo.data import read_routing
+    from amo.stages import train_router
+
+    monkeypatch.chdir(tmp_path)
+    raw = tiny_params(tmp_path / "no-lm")
+    raw["router"] = {**raw["router"], "folds": 2, "warm_start": {"min_rows": 0}}
+    params = parse_params(raw)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    data = Path("data")
+    write_tiny_data(data)
+    cold = train_router.run(params, data, Path("champion"), Path("m1.json"))
+    assert cold["warm_start"]["mode"] == "cold" and "no champion" in cold["warm_start"]["reason"]
+    assert json.loads(Path("champion/lineage.json").read_text())["parent"] is None
+    routing = data / "routing" / "train.jsonl"
+    extra = [{"prompt": "where has my parcel 4411 got to", "labels": {"order_status": 1}},
+             {"prompt": "refund my cracked plate", "labels": {"returns_refunds": 1}}]
+    routing.write_text(routing.read_text() + "".join(json.dumps(r) + "\n" for r in extra))
+    warm = train_router.run(params, data, Path("child"), Path("m2.json"), champion=Path("champion"))
+    lineage = json.loads(Path("child/lineage.json").read_text())
+    assert warm["warm_start"]["mode"] == "warm" and warm["warm_start"]["reason"] is None
+    assert (lineage["parent"]["path"], lineage["new_rows"], lineage["generation"]) == ("champion", 2, 1)
+    assert lineage["rows"] == len(read_routing(routing))
