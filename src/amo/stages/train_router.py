@@ -162,14 +162,19 @@ def run(params: Params, data: Path, out: Path, metrics: Path, embeddings: Path |
     write_json(out / LINEAGE, lineage)
     if plots is not None:
         write_plots(plots, ranker, sweep)
-    best = min(ranker.history_, key=lambda r: r.get("val_loss", r["train_loss"]))
+    # A warm start's epoch 0 is the parent's weights, kept when no epoch beats them on val.
+    start_loss = (ranker.warm_ or {}).get("start_val_loss")
+    epochs: list[dict[str, float]] = [{"epoch": 0, "val_loss": start_loss}] if start_loss is not None else []
+    epochs += ranker.history_
+    best = min(epochs, key=lambda r: r.get("val_loss", r.get("train_loss", 0.0))) if epochs else {"epoch": 0}
+    warm_start: dict[str, Any] = {"mode": lineage["mode"], "reason": reason, "parent": lineage["parent"],
+                                  **{k: lineage[k] for k in ("new_rows", "replay_rows") if k in lineage}}
     result = {"agents": len(agents), "train_prompts": len(train_rows), "val_prompts": len(val_rows),
               "examples": len(index.examples), "epochs_run": len(ranker.history_), "best_epoch": best["epoch"],
               "val_loss": best.get("val_loss"), "margin": selection["margin"], "val": selection["val"],
               "val_separator_only": selection["val_separator_only"],
               "encoder_finetuned": params.encoder.finetune.enabled,
-              "warm_start": {"mode": lineage["mode"], "reason": reason, "parent": lineage["parent"],
-                             **{k: lineage[k] for k in ("new_rows", "replay_rows") if k in lineage}},
+              "warm_start": warm_start,
               "ranker_seconds": ranker.timings_,
               "encoder_seconds": round(encoder_seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
     write_json(metrics, result)
