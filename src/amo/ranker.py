@@ -171,7 +171,8 @@ class AgentRanker:
     model_: FeatureRanker
     classifier_: Classifier
     config_: RankerConfig
-    timings_: dict[str, float]  # seconds of the last fit: cross-fitting, epochs, serving classifier
+    timings_: dict[str, float]  # seconds of the last fit: cross-fitting (of which fold classifiers), epochs,
+    # serving classifier
 
     def __init__(self, hidden: int = 64, dropout: float = 0.0, epochs: int = 12, lr: float = 2e-3,
                  weight_decay: float = 1e-4, batch_size: int = 128, seed: int = 0, oos_weight: float = 1.0,
@@ -241,12 +242,15 @@ class AgentRanker:
         fold_of_row, fold_of_group = plan.fold_of_row, plan.fold_of_group
         extra_fold = rng.integers(0, self.folds, len(extra)) if extra is not None else None
         parts, extra_parts, classifiers = [], [], []
+        self.timings_ = {"fold_classifiers_seconds": 0.0}
         for f in range(self.folds):
             hidden = np.array([fold_of_group[int(g)] == f for g in groups])
             outside = fold_of_row != f
             if plan.classifiers is None:
                 known = outside & (labels >= 0) & ~hidden[np.maximum(labels, 0)]
+                clock = time.perf_counter()
                 classifiers.append(fit_classifier(x[known], labels[known], ids, self.classifier_c, self.seed))
+                self.timings_["fold_classifiers_seconds"] += round(time.perf_counter() - clock, 2)
                 classifier = classifiers[-1]
             else:  # reused: its agents hidden in this fold (new to it or regrouped) lose their column
                 classifiers.append(plan.classifiers[f])
@@ -308,7 +312,7 @@ class AgentRanker:
             plan = self._warm_plan(parent, keys, names, replay, rng)
         parts, val_parts, fold_classifiers = self._crossfit(index, x, grades, groups, rng,
                                                             None if val is None else val[0], plan)
-        self.timings_ = {"crossfit_seconds": round(time.perf_counter() - clock, 2)}
+        self.timings_["crossfit_seconds"] = round(time.perf_counter() - clock, 2)  # fold classifiers included
         clock = time.perf_counter()
         self.generation_ = 0 if parent is None else parent.generation_ + 1
         self.crossfit_ = None if keys is None else CrossFit(
