@@ -113,6 +113,20 @@ def without_agents(classifier: Classifier, agents: set[str]) -> Classifier:
     return Classifier(classifier.weights[keep], classifier.bias[keep], tuple(classifier.agent_ids[i] for i in keep))
 
 
+def _stack_and_free(parts: list[tuple], column: int) -> np.ndarray:
+    """np.concatenate of every part's `column`, each dropped from `parts` once copied: the agent
+    features of 100,000 rows are a gigabyte, and a plain concatenate holds them twice."""
+    first = parts[0][column]
+    out = np.empty((sum(len(p[column]) for p in parts), *first.shape[1:]), first.dtype)
+    start = 0
+    for i, part in enumerate(parts):
+        block = part[column]
+        out[start:start + len(block)] = block
+        start += len(block)
+        parts[i] = (*part[:column], None, *part[column + 1:])
+    return out
+
+
 @dataclass
 class CrossFit:
     """How a fit cross-fitted, kept so that a warm start can reuse it: each training row's key
@@ -318,8 +332,8 @@ class AgentRanker:
         self.crossfit_ = None if keys is None else CrossFit(
             keys, plan.fold_of_row, {names[g]: f for g, f in plan.fold_of_group.items()}, fold_classifiers)
         rows = np.concatenate([p[0] for p in parts])
-        agent_f = torch.from_numpy(np.concatenate([p[1] for p in parts]))
-        prompt_f = torch.from_numpy(np.concatenate([p[2] for p in parts]))
+        agent_f = torch.from_numpy(_stack_and_free(parts, 1))
+        prompt_f = torch.from_numpy(_stack_and_free(parts, 2))
         y = torch.from_numpy(grades[rows].astype(np.float32))
         weights = torch.where(y[:, :-1].max(1).values > 0, 1.0, float(self.oos_weight))
         # A row of a hidden agent loses that agent's whole group with probability drop_prob: a
