@@ -53,6 +53,7 @@ PLOT = ROOT / "benchmarks" / "results" / "retrain_scale_plot.csv"
 CACHE = ROOT / "benchmarks" / ".cache" / "retrain_scale"
 SIZES = (10_000, 50_000, 100_000)
 NEW = 0.01
+COMMIT = ""
 CHUNK = 5000  # training texts embedded (and timed) at a time
 SEED = 18
 PREFIXES = ("please ", "can you ", "i need to know: ", "hey, ", "quick question: ", "help me: ",
@@ -146,6 +147,11 @@ def main() -> None:
     parser.add_argument("--embed-only", action="store_true", help="fill the store (cold embedding) and stop")
     parser.add_argument("--datasets", type=Path, default=DATASETS)
     args = parser.parse_args()
+    global COMMIT  # the code this process runs: HEAD when it started (edits after start don't count)
+    COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() + (" + uncommitted changes" if subprocess.run(
+                                ["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip() else "")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     sizes = sorted(args.sizes)
     if not set(sizes) <= set(SIZES):
@@ -179,8 +185,9 @@ def main() -> None:
         embed_seconds = sum(times[name]["seconds"] for name in needed)
         entry, detail[str(size)] = measure(params, agents, train[:size], new_rows, val, test, embed_seconds)
         entries[size] = entry
+        detail[str(size)]["invocation"] = shlex.join(sys.argv[1:])  # a size at a time appends its entry
         result = {"command": "nice -n 10 env OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/retrain_scale.py "
-                             + shlex.join(sys.argv[1:]),
+                             + shlex.join(a for a in sys.argv[1:] if a not in ("--sizes", *map(str, sizes))),
                   "dataset": DATASET, "sizes": [entries[n] for n in sorted(entries)], "detail": detail}
         OUT.write_text(json.dumps(result, indent=1) + "\n")
         write_csv(PLOT, ["rows", "cold_seconds", "incremental_seconds"],
@@ -244,8 +251,7 @@ def measure(params: Any, agents: list[dict[str, Any]], train: list[RoutingExampl
              "incremental_seconds": round(incremental, 1), "embedded_texts": warm.embedded,
              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
              "cold": {"in_scope_accuracy": cold_accuracy}, "warm": {"in_scope_accuracy": warm_accuracy}}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    detail = {"commit": commit.strip(), "new_rows": len(new_rows), "cold_embed_seconds": round(embed_seconds, 1),
+    detail = {"commit": COMMIT, "new_rows": len(new_rows), "cold_embed_seconds": round(embed_seconds, 1),
               "cold_train_seconds": round(cold_train, 1), "cold_train_cpu_seconds": round(cold_cpu, 1),
               "incremental_cpu_seconds": round(warm_cpu, 1), "load_average": os.getloadavg(),
               "cold_ranker_seconds": cold_timings,
