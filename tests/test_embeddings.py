@@ -1,16 +1,18 @@
 """The embedding store: each text embedded once per encoder; a changed encoder misses exactly
-its own entries; torn or damaged shards are never read as vectors; concurrent writers are safe."""
+its own entries; torn or damaged shards are never read as vectors; concurrent writers are safe;
+a Dask fan-out stores the same vectors as a serial run."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from amo.embeddings import CachedEncoder, EmbeddingStore, encoder_identity, text_keys
+from amo.embeddings import CachedEncoder, EmbeddingStore, EncoderSpec, encoder_identity, fan_out, text_keys
 
 
 class CountingEncoder:
@@ -119,3 +121,32 @@ def test_concurrent_writers_leave_a_whole_store_and_compaction_keeps_every_entry
     assert merged.shards == 1
     np.testing.assert_array_equal(merged.lookup(keys)[0], vectors)
     np.testing.assert_array_equal(vectors, CountingEncoder(model_dir).encode(texts))
+
+
+@dataclass(frozen=True)
+class CountingSpec(EncoderSpec):
+    """The stand-in encoder, built by each Dask worker from its folder."""
+
+    def build(self) -> CountingEncoder:
+        return CountingEncoder(Path(self.path))
+
+
+def test_dask_fan_out_stores_the_same_vectors_as_serial_and_hits_them_next_time(model_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    """Texts embedded on Dask workers, a shard per chunk, read back equal to a serial embedding;
+    a second run finds every text in the store and embeds none."""
+    from distributed import Client
+
+    texts = [f"prompt number {i}" for i in range(23)] + ["prompt number 3"]
+    serial = CachedEncoder(CountingEncoder(model_dir), tmp_path / "serial", write=True).encode(texts)
+    store = tmp_path / "fanned"
+    with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        cached = CachedEncoder(CountingEncoder(model_dir), store, write=True)
+        assert fan_out(cached, texts, client, CountingSpec(str(model_dir)), chunk=5) == 23
+        assert cached.store.shards == 5 and cached.encoder.seen == []  # the workers embedded, not this process
+        again = CachedEncoder(CountingEncoder(model_dir), store, write=True)
+        assert fan_out(again, texts, client, CountingSpec(str(model_dir)), chunk=5) == 0
+    assert (again.embedded, again.reused) == (0, 24)
+    reader = CachedEncoder(CountingEncoder(model_dir), store)
+    np.testing.assert_array_equal(reader.encode(texts), serial)
+    assert (reader.embedded, reader.reused) == (0, 24)

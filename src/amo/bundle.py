@@ -35,6 +35,9 @@ BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # In a manifest's metrics: the bundle whose arm stages measured the arm scores, when the arms are
 # byte-identical copies of that bundle's (an index-only bundle carries its parent's arms).
 ARMS_MEASURED_IN = "arms_measured_in"
+# The champion's ranker as a warm start: weights, layout, cross-fit state (amo.ranker) and lineage
+# (amo.stages.train_router); names written here so that serving never imports torch's ranker.
+WARM_START_FILES = ("ranker.safetensors", "ranker.json", "crossfit.safetensors", "lineage.json")
 
 
 class BundleError(ValueError):
@@ -157,6 +160,9 @@ def build_bundle(params: Params, raw_params: dict[str, Any], out: Path, *, route
             _copy(onnx_path.parent / name, partial / "router" / name)
     for name in ("agents.json", "agent_index.safetensors", Classifier.FILE):
         _copy(router_dir / name, partial / "router" / name)
+    for name in WARM_START_FILES:  # the next retrain warm-starts from these (amo.ranker); never served
+        if (router_dir / name).is_file():
+            _copy(router_dir / name, partial / "router" / name)
     _copy(planner_dir / "planner.json", partial / "planner" / "planner.json")
     arm_agents: dict[str, list[str]] = {}
     for task_name, task in sorted(params.arms.tasks.items()):

@@ -289,22 +289,42 @@ _EMBEDDINGS = typer.Option(None, help="Embedding store (the embed stage's output
 
 @app.command()
 def embed(data: Path = _required("Data folder."), out: Path = _required("Embedding store folder (kept between runs)."),
-          metrics: Path = _required("Metrics file to write.")) -> None:
+          metrics: Path = _required("Metrics file to write."),
+          dask_address: str | None = typer.Option(None, help="Dask scheduler whose workers embed the new texts; "
+                                                  "default: env AMO_DASK_ADDRESS, then orchestration.dask_address "
+                                                  "(none: embed here).")) -> None:
     """Stage: embed every text of the data once into the embedding store (only new texts on a re-run)."""
     from amo.stages import embed as stage
 
-    _echo_json(_run(lambda: stage.run(_params().encoder, data, out, metrics)))
+    params = _params()
+    address = dask_address or os.environ.get("AMO_DASK_ADDRESS") or params.orchestration.dask_address
+    _echo_json(_run(lambda: stage.run(params.encoder, data, out, metrics, address)))
 
 
 @app.command("train-router")
 def train_router(data: Path = _required("Data folder."), out: Path = _required("Router folder to write."),
                  metrics: Path = _required("Metrics file to write."), embeddings: Path | None = _EMBEDDINGS,
-                 plots: Path | None = typer.Option(None, help="Folder for the plots' data (loss.csv, margin.csv).")
+                 plots: Path | None = typer.Option(None, help="Folder for the plots' data (loss.csv, margin.csv)."),
+                 champion: Path | None = typer.Option(None, help="Router or bundle folder to warm-start from; "
+                                                      "default: the registry's promoted bundle "
+                                                      "(with router.warm_start.enabled).")
                  ) -> None:
-    """Stage: fit the listwise router with its separator."""
+    """Stage: fit the listwise router with its separator (warm-started from the champion's)."""
     from amo.stages import train_router as stage
 
-    _echo_json(_run(lambda: stage.run(_params(), data, out, metrics, embeddings, plots)))
+    params = _params()
+    if champion is None and params.router.warm_start.enabled:
+        champion = _run(lambda: _promoted_bundle(params))
+    _echo_json(_run(lambda: stage.run(params, data, out, metrics, embeddings, plots, champion)))
+
+
+def _promoted_bundle(params: Any) -> Path | None:
+    """The registry's current bundle folder (downloaded from a remote registry), None before the
+    first promotion."""
+    from amo.registry import Registry
+
+    registry = Registry.from_params(params.registry)
+    return None if registry.current_id() is None else registry.current_path()
 
 
 @app.command("export-router")

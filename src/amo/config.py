@@ -70,6 +70,21 @@ class EncoderParams(_Section):
     finetune: FinetuneParams = FinetuneParams()
 
 
+class WarmStartParams(_Section):
+    """Warm-started retraining (amo.ranker, docs/router.md "Retraining cost"): the ranker starts
+    from the promoted bundle's (the champion's) and trains on the rows the champion never saw plus
+    a replay sample of the old ones; it goes cold, saying why in the router's `lineage.json`, when
+    this is off, there is no champion, or the champion was made with another encoder or layout."""
+
+    enabled: bool = True
+    replay: float = Field(4.0, ge=0.0)  # old rows replayed per new row (a seeded sample)
+    # A champion trained on fewer rows is retrained cold: cheap, and no drift to bound.
+    min_rows: int = Field(5000, ge=0)
+    # Warm retrains in a row reuse the cross-fit classifiers of the last cold one; after this many
+    # the next retrain is cold, so they never grow stale.
+    max_generations: int = Field(10, ge=1)
+
+
 class RouterParams(_Section):
     """The ranker (amo.ranker) and the selection rule; every default here is params.yaml's."""
 
@@ -94,6 +109,7 @@ class RouterParams(_Section):
     min_k: int = Field(0, ge=0)  # 0 lets the router abstain; 1 always answers with its best agent
     max_k: int = Field(3, ge=1)
     target_oos_recall: float = Field(0.7, ge=0.0, le=1.0)
+    warm_start: WarmStartParams = WarmStartParams()
 
     @model_validator(mode="after")
     def _k_order(self) -> RouterParams:

@@ -7,7 +7,9 @@ shards (`keys` (N, 8) uint8, `vectors` (N, D) float32), each named by the hash o
 written to a temporary name then renamed: a reader lists only whole shards, a torn write is never
 read, two writers of the same texts write the same shard. The `embed` stage is the one writer in
 the pipeline (after validation, before every stage that embeds); the stages read it through
-`CachedEncoder`, which embeds what the store misses in memory.
+`CachedEncoder`, which embeds what the store misses in memory. A large first embedding fans out
+over a Dask cluster (`fan_out`): chunks of texts embedded by the workers, each written as its own
+shard as it arrives, so an interrupted run keeps what it finished.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ log = logging.getLogger("amo")
 SUFFIX = ".safetensors"
 KEY_BYTES = 8
 _IDENTITIES: dict[tuple[str, float, int], str] = {}
+_WORKER_ENCODERS: dict[Any, Any] = {}  # per worker process: each encoder loaded once
 
 
 def encoder_identity(path: Path) -> str:
@@ -218,3 +222,52 @@ class CachedEncoder:
         for i in missing:
             out[i] = by_text[texts[i]]
         return out
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a Dask worker needs to load the encoder itself (picklable, and the key of its
+    per-process cache): the folder, which must hold the same files on every worker."""
+
+    path: str
+    batch_size: int = 64
+
+    def build(self) -> Any:
+        from amo.models import Encoder
+
+        return Encoder(Path(self.path), self.batch_size)
+
+
+def embed_on_worker(spec: EncoderSpec, texts: list[str]) -> tuple[str, np.ndarray]:
+    """A Dask task: (the identity of the encoder the worker loaded, its (N, D) vectors of `texts`)."""
+    if spec not in _WORKER_ENCODERS:
+        _WORKER_ENCODERS[spec] = spec.build()
+    return encoder_identity(Path(spec.path)), _WORKER_ENCODERS[spec].encode(texts)
+
+
+def fan_out(cached: CachedEncoder, texts: Sequence[str], client: Any, spec: EncoderSpec,
+            chunk: int = 2048) -> int:
+    """Embed the texts the store lacks on the Dask cluster behind `client` (distributed.Client),
+    `chunk` texts a task; each finished chunk is written to the store as one shard as it arrives,
+    with a progress bar (a log line per chunk off a terminal). A worker whose encoder files hash
+    to another identity is refused. The number of texts embedded."""
+    from distributed import as_completed
+
+    _, found = cached.store.lookup(text_keys(list(texts))) if texts else (None, np.zeros(0, bool))
+    missing = list(dict.fromkeys(t for t, hit in zip(texts, found) if not hit))
+    cached.reused += int(found.sum())
+    chunks = [missing[start:start + chunk] for start in range(0, len(missing), chunk)]
+    futures = client.map(embed_on_worker, [spec] * len(chunks), chunks, pure=False)
+    position = {future.key: i for i, future in enumerate(futures)}
+    done = 0
+    with Progress("embedding texts on dask", len(missing), log.info) as bar:
+        for future, (identity, vectors) in as_completed(futures, with_results=True):
+            if identity != cached.store.identity:
+                raise ValueError(f"a Dask worker's encoder at {spec.path} is {identity}, this store's is "
+                                 f"{cached.store.identity}: the workers need the same encoder files")
+            part = chunks[position[future.key]]
+            cached.store.add(text_keys(part), vectors)
+            done += len(part)
+            bar.update(done, f"{len(chunks)} chunks")
+    cached.embedded += len(missing)
+    return len(missing)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +40,9 @@ from amo.routing import AGENT_FEATURES, PROMPT_FEATURES, AgentIndex, Classifier,
 log = logging.getLogger("amo")
 WEIGHTS = "ranker.safetensors"
 META = "ranker.json"
+CROSSFIT = "crossfit.safetensors"  # the training rows' keys and folds, the fold classifiers: what a warm start reuses
 FORMAT_VERSION = 1
+FEATURES = [*AGENT_FEATURES, *PROMPT_FEATURES]  # the layout the MLP's first layer reads
 
 
 class FeatureRanker(nn.Module):
@@ -59,15 +62,30 @@ class FeatureRanker(nn.Module):
         return self.mlp(x).squeeze(-1)
 
 
-def fit_classifier(x: np.ndarray, labels: np.ndarray, ids: Sequence[str], c: float, seed: int) -> Classifier:
-    """Multinomial logistic regression (scikit-learn, lbfgs) on rows with a label (column of `ids`)."""
+def fit_classifier(x: np.ndarray, labels: np.ndarray, ids: Sequence[str], c: float, seed: int,
+                   init: Classifier | None = None) -> Classifier:
+    """Multinomial logistic regression (scikit-learn, lbfgs) on rows with a label (column of `ids`).
+    With `init` (a classifier of the same encoder) lbfgs starts from its weights, agent by agent
+    (zeros for an agent it lacks): the problem is strictly convex, so the optimum is the same and
+    only the iterations to reach it are fewer."""
     from sklearn.linear_model import LogisticRegression
 
-    if len(np.unique(labels)) < 2:  # one class: a constant column, no evidence either way
-        classes = np.unique(labels)
+    classes = np.unique(labels)
+    if len(classes) < 2:  # one class: a constant column, no evidence either way
         return Classifier(np.zeros((len(classes), x.shape[1]), np.float32), np.zeros(len(classes), np.float32),
                           tuple(ids[int(c)] for c in classes))
-    model = LogisticRegression(C=c, max_iter=1000, random_state=seed).fit(x, labels)
+    model = LogisticRegression(C=c, max_iter=1000, random_state=seed)
+    if init is not None and len(classes) > 2 and init.weights.shape[1] == x.shape[1]:
+        row_of = {agent: i for i, agent in enumerate(init.agent_ids)}
+        known = [(j, row_of[ids[int(k)]]) for j, k in enumerate(classes) if ids[int(k)] in row_of]
+        coef, intercept = np.zeros((len(classes), x.shape[1])), np.zeros(len(classes))
+        for j, i in known:
+            coef[j], intercept[j] = init.weights[i], init.bias[i]
+        model.set_params(warm_start=True)
+        model.coef_, model.intercept_ = coef, intercept
+    model.fit(x, labels)
+    log.info("classifier: %d rows, %d agents, %d lbfgs iterations%s", len(x), len(classes), int(model.n_iter_[0]),
+             " (warm-started)" if model.warm_start else "")
     weights, bias = model.coef_, model.intercept_
     if len(model.classes_) == 2:  # scikit-learn keeps one row for two classes: sigmoid(w x + b) = softmax([0, w x + b])
         weights, bias = np.vstack([np.zeros_like(weights), weights]), np.concatenate([[0.0], bias])
@@ -100,6 +118,72 @@ def batched_features(x: np.ndarray, index: AgentIndex, classifier: Classifier | 
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def without_agents(classifier: Classifier, agents: set[str]) -> Classifier:
+    """The classifier with no column for `agents` (the softmax over the others)."""
+    keep = [i for i, agent in enumerate(classifier.agent_ids) if agent not in agents]
+    return Classifier(classifier.weights[keep], classifier.bias[keep], tuple(classifier.agent_ids[i] for i in keep))
+
+
+def _stack_and_free(parts: list[tuple], column: int) -> np.ndarray:
+    """np.concatenate of every part's `column`, each dropped from `parts` once copied: the agent
+    features of 100,000 rows are a gigabyte, and a plain concatenate holds them twice."""
+    first = parts[0][column]
+    out = np.empty((sum(len(p[column]) for p in parts), *first.shape[1:]), first.dtype)
+    start = 0
+    for i, part in enumerate(parts):
+        block = part[column]
+        out[start:start + len(block)] = block
+        start += len(block)
+        parts[i] = (*part[:column], None, *part[column + 1:])
+    return out
+
+
+@dataclass
+class CrossFit:
+    """How a fit cross-fitted, kept so that a warm start can reuse it: each training row's key
+    (`amo.embeddings.text_keys`, (N, 8) uint8) and fold, each agent group's fold (by name) and the
+    classifier each fold's features came from."""
+
+    keys: np.ndarray
+    folds: np.ndarray
+    group_folds: dict[str, int]
+    classifiers: list[Classifier]
+
+    def save(self, directory: Path) -> None:
+        from safetensors.numpy import save_file
+
+        tensors = {"keys": np.ascontiguousarray(self.keys, np.uint8), "folds": self.folds.astype(np.int8)}
+        for f, c in enumerate(self.classifiers):
+            tensors[f"weights.{f}"] = np.ascontiguousarray(c.weights, np.float32)
+            tensors[f"bias.{f}"] = np.ascontiguousarray(c.bias, np.float32)
+        save_file(tensors, str(directory / CROSSFIT), metadata={
+            "group_folds": json.dumps(self.group_folds, sort_keys=True),
+            "agent_ids": json.dumps([list(c.agent_ids) for c in self.classifiers])})
+
+    @classmethod
+    def load(cls, directory: Path) -> CrossFit:
+        from safetensors import safe_open
+        from safetensors.numpy import load_file
+
+        with safe_open(str(directory / CROSSFIT), framework="np") as handle:
+            meta = handle.metadata() or {}
+        tensors = load_file(str(directory / CROSSFIT))
+        ids = json.loads(meta["agent_ids"])
+        return cls(tensors["keys"], tensors["folds"].astype(np.int64), json.loads(meta["group_folds"]),
+                   [Classifier(tensors[f"weights.{f}"], tensors[f"bias.{f}"], tuple(a)) for f, a in enumerate(ids)])
+
+
+@dataclass
+class _Plan:
+    """Which fold each row and each agent group is in, the rows to featurize and, when reused,
+    each fold's classifier."""
+
+    fold_of_row: np.ndarray
+    fold_of_group: dict[int, int]
+    featurize: np.ndarray
+    classifiers: list[Classifier] | None = None
+
+
 @dataclass
 class RankerConfig:
     hidden: int = 64
@@ -109,6 +193,12 @@ class RankerConfig:
 class AgentRanker:
     """Scikit-learn-style: `fit(...)` returns self; learned state ends in `_`."""
 
+    model_: FeatureRanker
+    classifier_: Classifier
+    config_: RankerConfig
+    timings_: dict[str, float]  # seconds of the last fit: cross-fitting (of which fold classifiers), epochs,
+    # serving classifier
+
     def __init__(self, hidden: int = 64, dropout: float = 0.0, epochs: int = 12, lr: float = 2e-3,
                  weight_decay: float = 1e-4, batch_size: int = 128, seed: int = 0, oos_weight: float = 1.0,
                  folds: int = 5, shots: Sequence[int] = (0, 0, 0, 1, 5, 20), drop_prob: float = 0.5,
@@ -117,6 +207,9 @@ class AgentRanker:
         self.weight_decay, self.batch_size, self.seed, self.oos_weight = weight_decay, batch_size, seed, oos_weight
         self.folds, self.shots, self.drop_prob, self.classifier_c = folds, tuple(shots), drop_prob, classifier_c
         self.patience, self.group_by = patience, group_by
+        self.generation_ = 0  # warm starts since the last cold fit
+        self.crossfit_: CrossFit | None = None
+        self.warm_: dict[str, Any] | None = None
 
     @classmethod
     def from_params(cls, params: Any) -> AgentRanker:
@@ -125,33 +218,70 @@ class AgentRanker:
                                                        "batch_size", "seed", "oos_weight", "folds", "shots",
                                                        "drop_prob", "classifier_c", "patience", "group_by")})
 
-    def _groups(self, index: AgentIndex, rng: np.random.Generator) -> np.ndarray:
-        """Agents hidden together in cross-fitting: by domain when there are enough domains
-        (a new domain arrives as a block of related agents), else one agent each."""
+    def _groups(self, index: AgentIndex) -> tuple[np.ndarray, list[str]]:
+        """Agents hidden together in cross-fitting, (group of each agent, name of each group): by
+        domain when there are enough domains (a new domain arrives as a block of related agents),
+        else one agent each."""
         if self.group_by == "domain":
             domains = [agent.domain for agent in index.agents]
             if all(domains) and len(set(domains)) >= self.folds:
-                return np.unique(domains, return_inverse=True)[1]
-        return np.arange(len(index.agents))
+                names, groups = np.unique(domains, return_inverse=True)
+                return groups, [f"domain:{name}" for name in names]
+        return np.arange(len(index.agents)), [f"agent:{agent}" for agent in index.ids]
+
+    def _cold_plan(self, n: int, groups: np.ndarray, rng: np.random.Generator) -> _Plan:
+        """Rows in random folds, agent groups dealt round-robin over the folds in random order."""
+        fold_of_row = rng.permutation(np.arange(n) % self.folds)
+        order = rng.permutation(np.unique(groups))
+        return _Plan(fold_of_row, dict(zip(order.tolist(), (np.arange(len(order)) % self.folds).tolist())),
+                     np.ones(n, bool))
+
+    def _warm_plan(self, parent: AgentRanker, keys: np.ndarray, names: list[str], replay: float,
+                   rng: np.random.Generator) -> _Plan:
+        """The parent's folds for its rows and groups (new ones drawn at random), its fold
+        classifiers, and the rows to train on: those it never saw plus `replay` old rows per new one."""
+        assert parent.crossfit_ is not None
+        seen = {k.tobytes(): int(f) for k, f in zip(parent.crossfit_.keys, parent.crossfit_.folds)}
+        fold_of_row = np.array([seen.get(k.tobytes(), -1) for k in keys], np.int64)
+        new = fold_of_row < 0
+        fold_of_row[new] = rng.integers(0, self.folds, int(new.sum()))
+        fold_of_group = {g: parent.crossfit_.group_folds.get(name, -1) for g, name in enumerate(names)}
+        for g in (g for g, f in fold_of_group.items() if f < 0):
+            fold_of_group[g] = int(rng.integers(0, self.folds))
+        old = np.flatnonzero(~new)
+        replayed = rng.choice(old, min(len(old), round(replay * int(new.sum()))), replace=False)
+        featurize = new.copy()
+        featurize[replayed] = True
+        self.warm_ = {"new_rows": int(new.sum()), "replay_rows": len(replayed), "old_rows": len(old)}
+        return _Plan(fold_of_row, fold_of_group, featurize, parent.crossfit_.classifiers)
 
     def _crossfit(self, index: AgentIndex, x: np.ndarray, grades: np.ndarray, groups: np.ndarray,
-                  rng: np.random.Generator, extra: np.ndarray | None) -> tuple[list[tuple], list[tuple]]:
+                  rng: np.random.Generator, extra: np.ndarray | None, plan: _Plan
+                  ) -> tuple[list[tuple], list[tuple], list[Classifier]]:
         """Per fold: (rows, agent features, prompt features, hidden group of the row's agent or
-        -1), and the same for the `extra` (validation) rows, each given a random fold."""
-        n, ids = len(x), index.ids
+        -1) of the plan's rows to featurize, the same for the `extra` (validation) rows, each
+        given a random fold, and each fold's classifier (fitted, or the plan's)."""
+        ids = index.ids
         labels = primary_labels(grades)
         pair_rows, pair_agents = top_pairs(grades)
         relevant = grades[:, :-1] > 0
-        fold_of_row = rng.permutation(np.arange(n) % self.folds)
-        order = rng.permutation(np.unique(groups))
-        fold_of_group = dict(zip(order.tolist(), (np.arange(len(order)) % self.folds).tolist()))
+        fold_of_row, fold_of_group = plan.fold_of_row, plan.fold_of_group
         extra_fold = rng.integers(0, self.folds, len(extra)) if extra is not None else None
-        parts, extra_parts = [], []
+        parts, extra_parts, classifiers = [], [], []
+        self.timings_ = {"fold_classifiers_seconds": 0.0}
         for f in range(self.folds):
             hidden = np.array([fold_of_group[int(g)] == f for g in groups])
             outside = fold_of_row != f
-            known = outside[pair_rows] & ~hidden[pair_agents]
-            classifier = fit_classifier(x[pair_rows[known]], pair_agents[known], ids, self.classifier_c, self.seed)
+            if plan.classifiers is None:
+                known = outside[pair_rows] & ~hidden[pair_agents]
+                clock = time.perf_counter()
+                classifiers.append(fit_classifier(x[pair_rows[known]], pair_agents[known], ids, self.classifier_c,
+                                                  self.seed))
+                self.timings_["fold_classifiers_seconds"] += round(time.perf_counter() - clock, 2)
+                classifier = classifiers[-1]
+            else:  # reused: its agents hidden in this fold (new to it or regrouped) lose their column
+                classifiers.append(plan.classifiers[f])
+                classifier = without_agents(plan.classifiers[f], {ids[a] for a in np.flatnonzero(hidden)})
             pairs = [np.argwhere(relevant & outside[:, None] & ~hidden[None, :])]
             for agent in np.flatnonzero(hidden):  # the index step's state: k examples, no classifier column
                 k = int(rng.choice(self.shots))
@@ -161,7 +291,7 @@ class AgentRanker:
                     pairs.append(np.stack([chosen, np.full(len(chosen), agent)], 1))
             bank = np.concatenate(pairs)
             fold_index = AgentIndex(index.agents, index.embeddings, x[bank[:, 0]], bank[:, 1])
-            rows = np.flatnonzero(fold_of_row == f)
+            rows = np.flatnonzero((fold_of_row == f) & plan.featurize)
             row_hidden = (labels[rows] >= 0) & hidden[np.maximum(labels[rows], 0)]
             parts.append((rows, *batched_features(x[rows], fold_index, classifier),
                           np.where(row_hidden, groups[np.maximum(labels[rows], 0)], -1)))
@@ -170,22 +300,53 @@ class AgentRanker:
                 extra_parts.append((chosen, *batched_features(extra[chosen], fold_index, classifier)))
             log.info("router cross-fit fold %d/%d: %d agents hidden, %d rows, %d examples",
                      f + 1, self.folds, int(hidden.sum()), len(rows), len(bank))
-        return parts, extra_parts
+        return parts, extra_parts, classifiers
+
+    def compatible(self, parent: AgentRanker) -> str | None:
+        """Why `parent` cannot warm-start this ranker (None: it can)."""
+        if parent.crossfit_ is None:
+            return "the champion's ranker kept no cross-fit state (rows, folds, fold classifiers)"
+        if parent.config_ != RankerConfig(self.hidden, self.dropout):
+            return (f"the champion's ranker is {asdict(parent.config_)}, params ask for hidden={self.hidden}, "
+                    f"dropout={self.dropout}")
+        if len(parent.crossfit_.classifiers) != self.folds:
+            return f"the champion cross-fitted {len(parent.crossfit_.classifiers)} folds, params ask for {self.folds}"
+        return None
 
     def fit(self, index: AgentIndex, x: np.ndarray, grades: np.ndarray,
             val: tuple[np.ndarray, np.ndarray] | None = None,
-            progress: Callable[[dict[str, float]], None] | None = None) -> AgentRanker:
+            progress: Callable[[dict[str, float]], None] | None = None,
+            keys: np.ndarray | None = None, parent: AgentRanker | None = None, replay: float = 4.0) -> AgentRanker:
         """index: the agents (descriptions; its examples are not used), x (N, D) unit prompt
         embeddings with grades (N, A + 1) from `grade_matrix`; val likewise, for early stopping
         (the epoch with the lowest validation loss is kept, `patience` epochs without a better one
-        stop training). The serving classifier is then fitted on every labelled row."""
+        stop training). The serving classifier is then fitted on every labelled row.
+
+        keys (N, 8): the rows' prompt keys, kept (with the folds) so that this ranker can be a
+        parent. parent: a fitted ranker (`compatible`) to warm-start from: its MLP weights are the
+        start (and the one to beat on val), its folds and fold classifiers are reused, and only
+        the rows it never saw plus `replay` old rows per new one are featurized and trained on;
+        its serving classifier starts lbfgs."""
+        if parent is not None and (keys is None or self.compatible(parent) is not None):
+            raise ValueError(f"cannot warm-start: {self.compatible(parent) or 'no keys for the rows'}")
         rng = np.random.default_rng(self.seed)
         torch.manual_seed(self.seed)
-        groups = self._groups(index, rng)
-        parts, val_parts = self._crossfit(index, x, grades, groups, rng, None if val is None else val[0])
+        clock = time.perf_counter()
+        groups, names = self._groups(index)
+        if parent is None or keys is None:
+            plan, self.warm_ = self._cold_plan(len(x), groups, rng), None
+        else:
+            plan = self._warm_plan(parent, keys, names, replay, rng)
+        parts, val_parts, fold_classifiers = self._crossfit(index, x, grades, groups, rng,
+                                                            None if val is None else val[0], plan)
+        self.timings_["crossfit_seconds"] = round(time.perf_counter() - clock, 2)  # fold classifiers included
+        clock = time.perf_counter()
+        self.generation_ = 0 if parent is None else parent.generation_ + 1
+        self.crossfit_ = None if keys is None else CrossFit(
+            keys, plan.fold_of_row, {names[g]: f for g, f in plan.fold_of_group.items()}, fold_classifiers)
         rows = np.concatenate([p[0] for p in parts])
-        agent_f = torch.from_numpy(np.concatenate([p[1] for p in parts]))
-        prompt_f = torch.from_numpy(np.concatenate([p[2] for p in parts]))
+        agent_f = torch.from_numpy(_stack_and_free(parts, 1))
+        prompt_f = torch.from_numpy(_stack_and_free(parts, 2))
         y = torch.from_numpy(grades[rows].astype(np.float32))
         weights = torch.where(y[:, :-1].max(1).values > 0, 1.0, float(self.oos_weight))
         # A row of a hidden agent loses that agent's whole group with probability drop_prob: a
@@ -193,13 +354,20 @@ class AgentRanker:
         drop_group = torch.from_numpy(np.concatenate([p[3] for p in parts]))
         group_of = torch.from_numpy(np.concatenate([groups, [-2]]))
         model = FeatureRanker(self.hidden, self.dropout)
+        best: tuple[float, dict[str, torch.Tensor]] | None = None
+        if parent is not None:  # the parent's weights are the start, and the model to beat on val
+            model.load_state_dict(parent.model_.state_dict())
+            if val is not None and val_parts:
+                best = (round(self._val_loss(model, val_parts, val[1]), 5),
+                        {k: v.clone() for k, v in model.state_dict().items()})
+                assert self.warm_ is not None
+                self.warm_["start_val_loss"] = best[0]
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         generator = torch.Generator().manual_seed(self.seed)
-        best: tuple[float, dict[str, torch.Tensor]] | None = None
         stale = 0
         self.history_: list[dict[str, float]] = []
         bar = Progress("router epoch", self.epochs, log.info)  # a bar on a terminal, else a line per epoch
-        for epoch in range(self.epochs):
+        for epoch in range(self.epochs if len(y) else 0):
             model.train()
             total, batches = 0.0, torch.randperm(len(y), generator=generator).split(self.batch_size)
             for batch in batches:
@@ -232,8 +400,12 @@ class AgentRanker:
         model.eval()
         self.model_ = model
         self.config_ = RankerConfig(self.hidden, self.dropout)
+        self.timings_["epochs_seconds"] = round(time.perf_counter() - clock, 2)
+        clock = time.perf_counter()
         pair_rows, pair_agents = top_pairs(grades)
-        self.classifier_ = fit_classifier(x[pair_rows], pair_agents, index.ids, self.classifier_c, self.seed)
+        self.classifier_ = fit_classifier(x[pair_rows], pair_agents, index.ids, self.classifier_c, self.seed,
+                                          init=None if parent is None else parent.classifier_)
+        self.timings_["classifier_seconds"] = round(time.perf_counter() - clock, 2)
         return self
 
     @staticmethod
@@ -265,8 +437,12 @@ class AgentRanker:
         directory.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.model_.state_dict().items()}, str(directory / WEIGHTS))
         self.classifier_.save(directory)
+        if self.crossfit_ is not None:
+            self.crossfit_.save(directory)
         (directory / META).write_text(json.dumps({"format_version": FORMAT_VERSION, "config": asdict(self.config_),
-                                                  "history": self.history_}, indent=1, sort_keys=True) + "\n")
+                                                  "features": FEATURES, "generation": self.generation_,
+                                                  "warm": self.warm_, "history": self.history_},
+                                                 indent=1, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, directory: Path) -> AgentRanker:
@@ -276,9 +452,14 @@ class AgentRanker:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{directory / META}: format version {meta.get('format_version')!r}, this amo "
                              f"reads {FORMAT_VERSION}: retrain with `amo train-router`")
+        if meta.get("features", FEATURES) != FEATURES:
+            raise ValueError(f"{directory / META}: features {meta['features']}, this amo computes {FEATURES}: "
+                             "retrain with `amo train-router`")
         config = RankerConfig(**meta["config"])
         ranker = cls(hidden=config.hidden, dropout=config.dropout)
         ranker.config_, ranker.history_ = config, meta.get("history", [])
+        ranker.generation_, ranker.warm_ = meta.get("generation", 0), meta.get("warm")
+        ranker.crossfit_ = CrossFit.load(directory) if (directory / CROSSFIT).is_file() else None
         ranker.model_ = FeatureRanker(config.hidden, config.dropout)
         ranker.model_.load_state_dict(load_file(str(directory / WEIGHTS)))
         ranker.model_.eval()

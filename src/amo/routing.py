@@ -159,23 +159,21 @@ class AgentIndex:
         return {key.tobytes(): row for key, row in zip(self.example_keys, self.examples) if key.any()}
 
     def packed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The examples padded per agent (A * P, D), which slots hold one (A, P), how many each
-        agent has (A,), and each agent's unit centroid (A, D); computed once per index."""
+        """The examples grouped by agent (E, D), where each agent's group starts (A,), how many
+        each agent has (A,), and each agent's unit centroid (A, D); computed once per index. Not
+        padded to the largest agent's count: at 100,000 rows one agent can hold thousands of
+        examples, and (agents x that count) slots would take gigabytes."""
         if self._packed is None:
             a, dim = len(self.agents), self.embeddings.shape[1]
             counts = np.bincount(self.example_agents, minlength=a)
-            p = max(int(counts.max()) if a else 0, 1)
             order = np.argsort(self.example_agents, kind="stable")
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            slot = np.zeros(len(order), np.int64)
-            slot[order] = np.arange(len(order)) - np.repeat(starts, counts)
-            padded = np.zeros((a, p, dim), np.float32)
-            valid = np.zeros((a, p), bool)
-            padded[self.example_agents, slot] = self.examples
-            valid[self.example_agents, slot] = True
-            centroid = padded.sum(1)
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            bank = np.ascontiguousarray(self.examples[order], np.float32).reshape(len(order), dim)
+            centroid = np.zeros((a, dim), np.float32)
+            for j in np.flatnonzero(counts):
+                centroid[j] = bank[starts[j]:starts[j] + counts[j]].sum(0)
             centroid /= np.maximum(np.linalg.norm(centroid, axis=1, keepdims=True), 1e-9)
-            self._packed = (padded.reshape(a * p, dim), valid, counts, centroid.astype(np.float32))
+            self._packed = (bank, starts, counts, centroid)
         return self._packed
 
     def save(self, directory: Path) -> None:
@@ -246,16 +244,17 @@ def route_features(prompts: np.ndarray, index: AgentIndex, classifier: Classifie
     zeros there and its flag off: the ranker learned what "no history" means."""
     q = np.ascontiguousarray(prompts, np.float32)
     n, a = len(q), len(index.agents)
-    bank, valid, counts, centroid = index.packed()
-    p = valid.shape[1]
+    bank, starts, counts, centroid = index.packed()
     desc = q @ index.embeddings.T
     has_ex = counts > 0
     if has_ex.any():
-        sims = np.where(valid[None], (q @ bank.T).reshape(n, a, p), -np.inf)
-        k = min(3, p)
-        top = -np.sort(-np.partition(sims, p - k, axis=2)[:, :, p - k:], axis=2)
-        ex_max = np.where(has_ex, top[:, :, 0], 0.0)
-        ex_top3 = np.where(has_ex, np.where(np.isfinite(top), top, 0.0).sum(2) / np.clip(counts, 1, k), 0.0)
+        sims = q @ bank.T  # (n, E): an agent's examples are one slice
+        ex_max, ex_top3 = np.zeros((n, a), np.float32), np.zeros((n, a), np.float64)
+        for j in np.flatnonzero(has_ex):
+            c = int(counts[j])
+            k = min(3, c)  # the mean of the agent's best k example similarities, best first
+            top = -np.sort(-np.partition(sims[:, starts[j]:starts[j] + c], c - k, axis=1)[:, c - k:], axis=1)
+            ex_max[:, j], ex_top3[:, j] = top[:, 0], top.sum(1) / k
         ex_cent = np.where(has_ex, q @ centroid.T, 0.0)
         best_max = np.where(has_ex, ex_max, -1).max(1, keepdims=True)
         best_top3 = np.where(has_ex, ex_top3, -1).max(1, keepdims=True)
