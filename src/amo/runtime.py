@@ -712,7 +712,7 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
         current = brain()
         if decisions is None:
             raise ApiError(503, "decision_log_off", "this runtime logs no decisions (serve.decision_log / "
-                                                    "AMO_DECISION_LOG is not set), so it takes no feedback")
+                                                    "AMO_DECISION_LOG is off), so it takes no feedback")
         if body.outcome == "partial" and not body.agents:
             raise ApiError(422, "agents_required", "outcome partial needs `agents`: the agents that should "
                                                    "have been selected")
