@@ -2,7 +2,7 @@
 #   runtime (the default)  amo[serve] only: onnxruntime + FastAPI, no torch; `amo serve` on the promoted
 #                          bundle, non-root, /readyz as its health check
 #     docker build -t amo-runtime .
-#     docker run -p 8000:8000 -v /srv/amo/registry:/srv/amo/registry:ro amo-runtime
+#     docker run -p 8000:8000 -v /srv/amo/registry:/srv/amo/registry:ro -v amo-decisions:/srv/amo/decisions amo-runtime
 #   train                  the whole pipeline (`make install`: CPU torch, every extra) for dvc repro,
 #                          the Prefect flows and the tests
 #     docker build --target train -t amo-train .
@@ -46,6 +46,12 @@ RUN python -m venv "$VENV" && "$VENV/bin/pip" install --quiet --no-cache-dir "$(
 # The registry is mounted (or AMO_REGISTRY names an s3:// or gs:// URL); bundles of a remote registry
 # are downloaded into AMO_CACHE_DIR and verified there.
 ENV PATH=/opt/amo/bin:$PATH AMO_REGISTRY=/srv/amo/registry AMO_CACHE_DIR=/tmp/amo-cache AMO_PORT=8000
+# The decision log (docs/runtime.md): a folder the amo user owns, a volume so it outlives the
+# container (-v amo-decisions:/srv/amo/decisions); AMO_DECISION_LOG= (empty) turns it off.
+ENV AMO_DECISION_LOG=/srv/amo/decisions
+RUN mkdir -p "$AMO_DECISION_LOG"
+RUN chown amo:amo "$AMO_DECISION_LOG"
+VOLUME /srv/amo/decisions
 USER amo
 WORKDIR /home/amo
 EXPOSE 8000

@@ -230,15 +230,48 @@ def _up(url: str) -> bool:
 
 
 def test_the_decision_log_setting_reaches_uvicorn_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`serve.decision_log` and `log_prompts` reach uvicorn workers (AMO_ variables); unset, the log is off."""
+    """`serve.decision_log` and `log_prompts` reach uvicorn workers (AMO_ variables); unset, the log
+    goes to logs/decisions; null in the params file or AMO_DECISION_LOG= (empty) turns it off, in
+    the workers too."""
     from amo.settings import load_settings
 
+    for name in [n for n in os.environ if n.startswith("AMO_")]:
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    assert DecisionLog.from_settings(load_settings()) is None  # the default: off
+    default = DecisionLog.from_settings(load_settings())
+    assert default is not None and default.folder == Path("logs/decisions") and default.log_prompts is False
     (tmp_path / "params.yaml").write_text("serve:\n  decision_log: /srv/log\n  log_prompts: true\n")
     environment = load_settings(tmp_path / "params.yaml").environment()
+    (tmp_path / "params.yaml").write_text("serve:\n  decision_log: null\n")
+    off = load_settings(tmp_path / "params.yaml").environment()
     (tmp_path / "params.yaml").unlink()
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     log = DecisionLog.from_settings(load_settings())
     assert log is not None and log.folder == Path("/srv/log") and log.log_prompts is True
+    assert off["AMO_DECISION_LOG"] == ""
+    monkeypatch.setenv("AMO_DECISION_LOG", "")
+    assert DecisionLog.from_settings(load_settings()) is None
+
+
+def test_an_unwritable_decision_log_stops_the_start_naming_the_setting(tmp_path: Path) -> None:
+    """A decision log folder that cannot be created stops `uvicorn --factory` (its workers exit
+    with uvicorn's startup-failure status, so it stops rather than restarting them) and `amo
+    serve` (status 1) before they serve
+    anything, with a message naming the folder, serve.decision_log and AMO_DECISION_LOG= to turn
+    it off; nothing is answered with 503 decision_log_failed."""
+    (tmp_path / "a-file").write_text("not a folder")
+    unwritable = str(tmp_path / "a-file" / "decisions")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMO_")}
+    env.update(AMO_REGISTRY=str(tmp_path / "registry"), AMO_DECISION_LOG=unwritable, OMP_NUM_THREADS="1")
+    factory = subprocess.run([sys.executable, "-m", "uvicorn", "--factory", "amo.runtime:create_app", "--workers",
+                              "2", "--port", str(free_port())], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=120)
+    served = subprocess.run([str(Path(sys.executable).parent / "amo"), "serve", "--port", str(free_port())],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    for done in (factory, served):
+        output = done.stdout + done.stderr
+        assert f"serve.decision_log: cannot write the decision log folder {unwritable}" in output, output
+        assert "AMO_DECISION_LOG= (empty)" in output
+    assert "failed to start, stopping the parent process" in factory.stderr and "died" not in factory.stderr
+    assert served.returncode == 1 and "Traceback" not in served.stderr

@@ -102,3 +102,17 @@ def test_query_rewrite_needs_the_history(demo) -> None:
     assert len(questions) >= 40
     assert any("the first one" in q or "the second one" in q for q in questions)
     assert any("order #" in r["output"] and "order #" not in r["input"].split("Question: ")[1] for r in examples)
+
+
+def test_traffic_is_held_back_wordings_the_data_never_holds(demo) -> None:
+    """`traffic` (benchmarks' live prompts) repeats for a seed, holds none of the data's prompts
+    in any split (so no test prompt is replayed), and labels only the data's agents."""
+    from amo.demo import ASKS, traffic
+
+    out, _ = demo
+    known = [r["prompt"] for part in ("routing/train", "routing/val", "routing/test", "traces/train", "traces/test")
+             for r in rows(out / f"{part}.jsonl")]
+    sent = traffic(known)
+    assert sent == traffic(known) and len(sent) > 300
+    assert not {p.strip().lower() for p in known} & {r["prompt"].strip().lower() for r in sent}
+    assert {agent for r in sent for agent in r["labels"]} <= set(ASKS) and any(not r["labels"] for r in sent)

@@ -72,15 +72,22 @@ def test_runtime_image_has_no_torch(runtime_image: Result) -> None:
     found = subprocess.run(["python", "-c", probe], env=runtime_image.env, capture_output=True, text=True,
                            check=True).stdout.strip()
     assert found == "['onnxruntime', 'fastapi']"
-    assert runtime_image.skipped == ["useradd --create-home --uid 10001 amo"] * 2  # base, under wheel and runtime
+    # base, under wheel and runtime; then the decision log folder given to the amo user
+    useradd, chown = "useradd --create-home --uid 10001 amo", 'chown amo:amo "$AMO_DECISION_LOG"'
+    assert runtime_image.skipped == [useradd, useradd, chown]
 
 
 def test_runtime_image_serves_route_plan_and_refuses_generation_with_501(served: dict[str, Any]) -> None:
     """With amo[serve] only, /route and /plan answer 200 with real scores, /readyz and /metrics
-    answer, /invoke answers 501 naming `pip install 'amo[arms]'`."""
+    answer, /invoke answers 501 naming `pip install 'amo[arms]'`; the route is in the decision
+    log the image names (AMO_DECISION_LOG, a folder the image creates)."""
+    from amo.decisions import read_log
+
     url = served["url"]
     routed = httpx.post(f"{url}/route", json={"prompt": "where is my order 1234"})
     assert routed.status_code == 200, routed.text
+    logged = [r["request_id"] for r in read_log(Path(served["env"]["AMO_DECISION_LOG"]), "decisions")]
+    assert routed.json()["request_id"] in logged
     route = routed.json()["route"]
     assert isinstance(route["separator"], float) and route["separator"] != 0.0
     planned = httpx.post(f"{url}/plan", json={"prompt": "refund for a broken mug"})

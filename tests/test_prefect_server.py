@@ -117,8 +117,9 @@ def wait_for_deployments(server: dict[str, Any], serving: subprocess.Popen[bytes
         if serving.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"deployments not served (exit {serving.poll()}); have {sorted(names)}")
         time.sleep(1)
+        deployments = api(server, "/deployments/filter")  # first: a deployment's flow exists before it
         flows = {f["id"]: f["name"] for f in api(server, "/flows/filter")}
-        names = {f"{flows[d['flow_id']]}/{d['name']}" for d in api(server, "/deployments/filter")}
+        names = {f"{flows[d['flow_id']]}/{d['name']}" for d in deployments}
     return next(d for d in api(server, "/deployments/filter") if d["name"] == "on-new-agent-data")
 
 

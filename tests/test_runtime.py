@@ -32,6 +32,14 @@ def bundle(tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bundle(tmp_path_factory.mktemp("build"), tiny_lm)
 
 
+def unlogged() -> Any:
+    """The built-in settings without the decision log (the default folder is relative to the
+    working folder, which is the repository in these in-process tests)."""
+    from amo.settings import RuntimeSettings
+
+    return RuntimeSettings.model_construct(decision_log=None)
+
+
 def start_server(workdir: Path, tiny_lm: Path, registry: Path) -> tuple[subprocess.Popen[str], str]:
     """`amo serve` in a subprocess on a free loopback port, once /healthz answers."""
     raw = tiny_params(tiny_lm)
@@ -192,7 +200,7 @@ def test_internal_error_hides_the_exception_and_logs_it_with_a_request_id(
 
     runtime = Runtime(Registry(tmp_path / "registry"))
     runtime.brain = Failing()
-    with TestClient(create_app(runtime, manage_runtime=False), raise_server_exceptions=False) as client:
+    with TestClient(create_app(runtime, unlogged(), manage_runtime=False), raise_server_exceptions=False) as client:
         response = client.post("/route", json={"prompt": "where is my order"})
     assert response.status_code == 500
     assert "secret" not in response.text and "RuntimeError" not in response.text
@@ -410,7 +418,7 @@ def test_no_bundle_yet_is_a_503_until_one_is_promoted(tmp_path: Path, bundle: Pa
 
     registry = Registry(tmp_path / "registry")
     runtime = Runtime(registry, poll_seconds=0.1)
-    with TestClient(create_app(runtime)) as client:
+    with TestClient(create_app(runtime, unlogged())) as client:
         assert client.get("/healthz").json()["status"] == "no_bundle"
         response = client.post("/route", json={"prompt": "where is my order"})
         assert response.status_code == 503 and response.json()["error"]["code"] == "no_bundle"
@@ -433,7 +441,7 @@ def test_arm_changed_after_the_bundle_was_verified_is_refused_by_name(tmp_path: 
     registry = Registry(tmp_path / "registry")
     registry.promote(variant(bundle, tmp_path / "arms", "arms"), GATE)
     runtime = Runtime(registry, poll_seconds=60)
-    with TestClient(create_app(runtime)) as client:
+    with TestClient(create_app(runtime, unlogged())) as client:
         assert client.get("/healthz").json()["bundle_id"] == runtime.brain.bundle_id
         adapter = runtime.brain.path / "arms" / "rewrite" / "adapter_model.safetensors"
         other = {name: tensor + 1.0 for name, tensor in load_file(adapter).items()}
@@ -466,7 +474,7 @@ def test_readyz_is_503_until_a_verified_bundle_is_loaded(tmp_path: Path, bundle:
     bad = bad.rename(registry.bundles / bad_id)
     tamper(bad, "byte", "router/router.onnx")
     runtime = Runtime(registry, poll_seconds=0.1)
-    with TestClient(create_app(runtime)) as client:
+    with TestClient(create_app(runtime, unlogged())) as client:
         for state in ("nothing promoted", "refused"):
             assert client.get("/healthz").status_code == 200 and client.head("/healthz").status_code == 200
             response = client.get("/readyz")
@@ -552,7 +560,8 @@ def test_uvicorn_factory_with_two_workers_from_a_bare_folder(bundle: Path, tmp_p
     """`uvicorn --factory amo.runtime:create_app --workers 2`, run from a folder holding nothing
     and configured by AMO_REGISTRY alone, serves /route from two worker processes; each response
     carries an X-Request-ID (the client's own when it sends one) and each request is logged once
-    with method, path, status, milliseconds and that id."""
+    with method, path, status, milliseconds and that id. The only thing written into the folder
+    is the decision log's default, logs/decisions, holding the answered route."""
     registry = Registry(tmp_path / "registry")
     first = registry.promote(bundle, GATE).bundle_id
     bare = tmp_path / "bare"
@@ -575,7 +584,10 @@ def test_uvicorn_factory_with_two_workers_from_a_bare_folder(bundle: Path, tmp_p
         process.terminate()
         output = process.communicate(timeout=30)[0]
     assert output.count("Started server process") == 2, output
-    assert os.listdir(bare) == []
+    assert os.listdir(bare) == ["logs"] and os.listdir(bare / "logs") == ["decisions"]
+    segments = sorted((bare / "logs" / "decisions").iterdir())
+    assert segments and all(p.name.startswith("decisions-") for p in segments), segments
+    assert '"request_id":"ops-check-1"' in "".join(p.read_text() for p in segments)
     assert "method=POST path=/route status=200 ms=" in output and "request_id=ops-check-1" in output
     assert "status=422 ms=" in output and f"request_id={generated.headers['x-request-id']}" in output
 
@@ -665,7 +677,8 @@ def test_eager_arms_load_in_the_generation_process(tmp_path: Path, bundle: Path)
     from amo.settings import load_settings
 
     Registry(tmp_path / "registry").promote(bundle, GATE)
-    settings = load_settings(registry=str(tmp_path / "registry"), arms="eager", poll_seconds=60)
+    settings = load_settings(registry=str(tmp_path / "registry"), arms="eager", poll_seconds=60,
+                             decision_log=str(tmp_path / "decisions"))
     with TestClient(create_app(settings=settings)) as client:
         assert client.get("/healthz").json()["arms_loaded"] is True
         invoked = client.post("/invoke", json={"input": "and the price?", "arm": "rewrite", "max_new_tokens": 2})

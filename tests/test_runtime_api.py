@@ -93,6 +93,7 @@ def in_process_server(runtime: Any, **settings: Any) -> Iterator[str]:
     from amo.settings import RuntimeSettings
 
     settings.setdefault("generation_process", False)  # the fake brain's generation blocks on this process's gate
+    settings.setdefault("decision_log", None)  # the default folder is relative to the working folder: the repository
     app = create_app(runtime, RuntimeSettings.model_construct(**settings), manage_runtime=False)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

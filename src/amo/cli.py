@@ -211,7 +211,7 @@ def data_add(routing: Path | None = typer.Option(None, help="New routing rows (J
 def data_harvest(since: str | None = typer.Option(None, help="Only decisions made at or after this ISO 8601 "
                                                    "time (2026-12-01 or 2026-12-01T08:00:00Z)."),
                  log_dir: Path | None = typer.Option(None, "--log", help="The decision log folder; default "
-                                                     "params.yaml serve.decision_log."),
+                                                     "AMO_DECISION_LOG, params.yaml serve.decision_log."),
                  data_dir: Path | None = typer.Option(None, "--data", help="Default: params.yaml data.dir."),
                  report: Path | None = typer.Option(None, help="Also write the report (JSON) here.")) -> None:
     """Turn the runtime's logged decisions with feedback into routing rows and traces: graded as
@@ -223,9 +223,10 @@ def data_harvest(since: str | None = typer.Option(None, help="Only decisions mad
 
     params = _params()
     folder = data_dir or Path(params.data.dir)
-    log_folder = log_dir or (Path(params.serve.decision_log) if params.serve.decision_log else None)
+    configured = _settings().decision_log  # AMO_DECISION_LOG as the runtime reads it, else params.yaml
+    log_folder = log_dir or (Path(configured) if configured else None)
     if log_folder is None:
-        raise typer.BadParameter("no decision log: give --log (params.yaml serve.decision_log is null)")
+        raise typer.BadParameter("no decision log: give --log (serve.decision_log / AMO_DECISION_LOG is off)")
     if since is not None:
         try:
             parse_time(since)
@@ -508,11 +509,17 @@ def serve(host: str | None = typer.Option(None, help="Default: AMO_HOST, serve.h
     Every setting of params.yaml's serve section is also an AMO_ variable (AMO_REGISTRY,
     AMO_ARMS, AMO_MAX_NEW_TOKENS, AMO_GENERATION_QUEUE, ...; README "Release and runtime"), so
     it runs from any folder; params.yaml, when present, gives the defaults."""
+    from amo.decisions import DecisionLog
     from amo.runtime import serve as run_server
 
     settings = _settings(host=host, port=port, poll_seconds=poll_seconds, workers=workers)
+    decisions = DecisionLog.from_settings(settings)
+    if decisions is not None:
+        _run(decisions.check)  # here too, so an unwritable folder is one line and exit 1
+    logged = (f"decisions logged in {settings.decision_log} (prompts {'too' if settings.log_prompts else 'hashed'})"
+              if decisions is not None else "decision log off")
     typer.echo(f"amo runtime on http://{settings.host}:{settings.port} (docs: /docs), registry "
-               f"{settings.registry}, {settings.workers} worker(s), arms {settings.arms}", err=True)
+               f"{settings.registry}, {settings.workers} worker(s), arms {settings.arms}, {logged}", err=True)
     run_server(settings)
 
 

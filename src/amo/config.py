@@ -260,10 +260,11 @@ class ServeParams(_Section):
     # uvicorn worker processes; each loads the bundle, and its own base LM when arms load.
     workers: int = Field(1, ge=1)
     # Folder of the decision log (each /route, /plan and /copilot answer) and the feedback on it
-    # (amo.decisions), relative to the working folder; None (the default: a runtime writes nothing
-    # unless told where, and a folder it cannot write would fail every answer): nothing is logged
-    # and /feedback answers 503 decision_log_off.
-    decision_log: str | None = None
+    # (amo.decisions), relative to the working folder (the project, where `amo data harvest` and
+    # `amo promote` read it); created and test-written once at startup, which fails naming this
+    # setting when it cannot be. None or "" (AMO_DECISION_LOG=): nothing is logged and /feedback
+    # answers 503 decision_log_off.
+    decision_log: str | None = "logs/decisions"
     # Write each decision's prompt into the log (harvestable); false: only its sha256.
     log_prompts: bool = False
     # A new log segment is started past this many bytes, or this many seconds after the last one began.
@@ -271,6 +272,11 @@ class ServeParams(_Section):
     decision_segment_seconds: float = Field(3600.0, gt=0.0)
     # A background thread fsyncs the log this often: power loss loses at most this window (kill -9 nothing).
     decision_fsync_seconds: float = Field(1.0, gt=0.0)
+
+    @field_validator("decision_log")
+    @classmethod
+    def _empty_is_off(cls, value: str | None) -> str | None:
+        return value or None  # AMO_DECISION_LOG= (empty) turns the log off, as null does
 
 
 class OrchestrationParams(_Section):

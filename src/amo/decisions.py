@@ -28,11 +28,14 @@ import json
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from amo.config import ConfigError
 
 log = logging.getLogger("amo.decisions")
 
@@ -233,6 +236,22 @@ class DecisionLog:
                    segment_bytes=settings.decision_segment_bytes,
                    segment_seconds=settings.decision_segment_seconds,
                    fsync_seconds=settings.decision_fsync_seconds)
+
+    def check(self) -> None:
+        """Create the folder and write (then remove) a probe file in it: run once at startup, so a
+        folder the runtime cannot write stops it there with the fix named (ConfigError), instead
+        of every answer failing with 503 decision_log_failed."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".probe-", dir=self.folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ConfigError(
+                f"serve.decision_log: cannot write the decision log folder {os.path.abspath(self.folder)} "
+                f"({exc.strerror or exc}). Give a writable folder (AMO_DECISION_LOG=/path or params.yaml "
+                "serve.decision_log), or turn the log off: AMO_DECISION_LOG= (empty) or "
+                "serve.decision_log: null") from None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._sync_loop, name="amo-decision-fsync", daemon=True)

@@ -496,6 +496,15 @@ def _split(records: list, fractions: list[float]) -> list[list]:
     return [*out, records[start:]]
 
 
+def traffic(known: list[str], share: float = 0.3, seed: int = 1013) -> list[dict]:
+    """Routing rows worded only in the held-back wordings (every fifth of each pool, which
+    training never sees and val/test only now and then) and none of the `known` prompts (compared
+    stripped and lower-cased, as amo.validate does): live traffic for benchmarks/feedback_loop.py.
+    Its own seeded generator, so write_demo_data's files are untouched by it."""
+    rng = random.Random(seed)
+    return _routing(rng, share, 1.0, {prompt.strip().lower() for prompt in known})
+
+
 def write_demo_data(out_dir: Path, seed: int = 13) -> dict[str, int]:
     """Write the demo copilot's agents, routing splits, traces and two arm tasks into out_dir."""
     rng = random.Random(seed)

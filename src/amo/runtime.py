@@ -20,8 +20,10 @@ that bundle is loaded and verified in full (and its signature checked when a ver
 configured, amo.signing) on the side, then one reference is swapped. A request
 takes that reference once, so in-flight requests finish on the Brain they started with. A bundle
 that fails verification is refused (logged, shown by /healthz) and the old one keeps serving.
-With serve.decision_log, each /route, /plan and /copilot answer is logged before it is sent
-(amo.decisions: its request id is in the answer) and POST /feedback attaches a verdict to it;
+With serve.decision_log (logs/decisions by default; its folder is checked writable once, at
+start, and an unwritable one stops the start naming the setting), each /route, /plan and /copilot
+answer is logged before it is sent (amo.decisions: its request id is in the answer) and POST
+/feedback attaches a verdict to it;
 a challenger bundle (the registry's challenger.json) is scored on the logged prompts in shadow,
 on a thread of its own (amo.shadow).
 Arms are re-hashed when they load (first /invoke or /copilot, or with the bundle when serve.arms
@@ -442,6 +444,7 @@ def _replay(first: Message, receive: Receive) -> Receive:
 
 
 
+STARTUP_FAILURE = 3  # uvicorn.config.STARTUP_FAILURE: a worker that exits with it is not restarted
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 REQUEST_ID_KEY = "amo.request_id"  # where AccessLog leaves a request's id in its ASGI scope
 STARTED_KEY = "amo.started"  # and its perf_counter() start, for the decision log's latency
@@ -496,16 +499,29 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
     from starlette.exceptions import HTTPException
 
     from amo.brain import CopilotAnswer, step_arms
+    from amo.config import ConfigError
     from amo.decisions import DecisionLog
     from amo.extras import ExtraNotInstalled, missing
     from amo.runtime_metrics import RequestMetrics, RuntimeMetrics
     from amo.settings import RuntimeSettings, load_settings
     from amo.shadow import ShadowScorer
 
+    factory = runtime is None and settings is None  # uvicorn --factory, or a worker of amo serve
     if runtime is None:
-        settings = settings or load_settings()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    s = settings or RuntimeSettings.model_construct()
+    try:
+        if runtime is None:
+            settings = settings or load_settings()
+        s = settings or RuntimeSettings.model_construct()
+        decisions = DecisionLog.from_settings(s)
+        if decisions is not None:
+            decisions.check()  # once, here: an unwritable folder stops the start, not every answer
+    except ConfigError as exc:
+        if not factory:
+            raise
+        log.error("%s", exc)
+        # uvicorn's startup-failure status: its supervisor stops instead of restarting the worker
+        raise SystemExit(STARTUP_FAILURE) from None
     generation = GenerationPool(s.generation_queue, s.request_timeout_seconds, s.generation_threads,
                                 process=s.generation_process, nice=s.generation_nice)
     if runtime is None:
@@ -513,7 +529,6 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
                           preload=generation.preload if s.generation_process else None)
     metrics = RuntimeMetrics(runtime)
     batcher = RouteBatcher(s.max_batch, metrics.batch_size.observe, window=s.batch_window_ms / 1000)
-    decisions = DecisionLog.from_settings(s)
     shadow = ShadowScorer(decisions, lambda: runtime.challenger) if decisions is not None else None
     runtime.shadowing = shadow is not None  # no log to write agreement to: no second router in memory
 
@@ -697,7 +712,7 @@ def create_app(runtime: Runtime | None = None, settings: RuntimeSettings | None 
         current = brain()
         if decisions is None:
             raise ApiError(503, "decision_log_off", "this runtime logs no decisions (serve.decision_log / "
-                                                    "AMO_DECISION_LOG is not set), so it takes no feedback")
+                                                    "AMO_DECISION_LOG is off), so it takes no feedback")
         if body.outcome == "partial" and not body.agents:
             raise ApiError(422, "agents_required", "outcome partial needs `agents`: the agents that should "
                                                    "have been selected")

@@ -192,7 +192,7 @@ ERRORS: dict[int, str] = {
          "one; on /invoke and /copilot also `arm_refused` (an arm failed its checksums), "
          "`arms_off` (serve.arms is off) and `generation_failed` (the generation process died; it "
          "was restarted: retry); `decision_log_failed` (the decision could not be logged, so it is "
-         "not answered) and, on /feedback, `decision_log_off` (serve.decision_log is not set).",
+         "not answered) and, on /feedback, `decision_log_off` (serve.decision_log is off).",
     504: "`timeout`: the generation took longer than serve.request_timeout_seconds.",
 }
 HEADERS: dict[int, dict[str, Any]] = {

@@ -64,7 +64,10 @@ class RuntimeSettings(ServeParams, BaseSettings):
     def environment(self) -> dict[str, str]:
         """These settings as AMO_ variables, for worker processes to read back whole."""
         values = self.model_dump(exclude={"params"}, exclude_none=True)
-        return {env_name(name): str(value) for name, value in values.items()}
+        environment = {env_name(name): str(value) for name, value in values.items()}
+        if self.decision_log is None:  # off: said explicitly, or a worker would fall back to the default
+            environment[env_name("decision_log")] = ""
+        return environment
 
 
 def env_name(field: str) -> str:
