@@ -53,13 +53,17 @@ def champion_ranker(params: Params, champion: Path | None, encoder: str) -> tupl
     which, or why not."""
     w = params.router.warm_start
     record: dict[str, Any] = {"mode": "cold", "parent": None, "encoder": encoder}
+    # The champion as the project names it (registry/bundles/ID), not this machine's absolute
+    # path: the record goes into the committed metrics.
+    shown = (str(champion.resolve().relative_to(Path.cwd().resolve()))
+             if champion is not None and champion.resolve().is_relative_to(Path.cwd().resolve()) else str(champion))
     if champion is not None and (champion / "router" / WEIGHTS).is_file():
         manifest = champion / "manifest.json"
-        record["parent"] = {"path": str(champion), "bundle_id": json.loads(manifest.read_text()).get("bundle_id")
+        record["parent"] = {"path": shown, "bundle_id": json.loads(manifest.read_text()).get("bundle_id")
                             if manifest.is_file() else None}
         champion = champion / "router"
     elif champion is not None:
-        record["parent"] = {"path": str(champion), "bundle_id": None}
+        record["parent"] = {"path": shown, "bundle_id": None}
 
     def cold(reason: str) -> tuple[None, dict[str, Any]]:
         log.info("router: cold retrain: %s", reason)
@@ -70,7 +74,7 @@ def champion_ranker(params: Params, champion: Path | None, encoder: str) -> tupl
     if champion is None:
         return cold("no champion: nothing promoted in the registry")
     if not (champion / WEIGHTS).is_file():
-        return cold(f"the champion ({champion}) carries no ranker weights (built before warm start)")
+        return cold(f"the champion ({shown}) carries no ranker weights (built before warm start)")
     lineage = json.loads((champion / LINEAGE).read_text()) if (champion / LINEAGE).is_file() else {}
     if lineage.get("encoder") != encoder:
         return cold(f"the encoder changed: the champion embedded with {lineage.get('encoder')}, this run with {encoder}")
