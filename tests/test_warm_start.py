@@ -184,3 +184,19 @@ def test_train_router_stage_warm_starts_from_a_champion_folder_and_records_it(tm
     assert warm["warm_start"]["mode"] == "warm" and warm["warm_start"]["reason"] is None
     assert (lineage["parent"]["path"], lineage["new_rows"], lineage["generation"]) == ("champion", 2, 1)
     assert lineage["rows"] == len(read_routing(routing))
+
+
+def test_crossfit_file_is_the_same_bytes_from_every_process(champion, tmp_path: Path) -> None:
+    """safetensors orders metadata by a hash map that changes from process to process: the cross-fit
+    file must write one metadata entry, or a forced re-run's router folder differs byte for byte
+    (test_end_to_end's forced re-run caught it). Saved in two fresh interpreters, the bytes agree."""
+    import subprocess
+    import sys
+
+    champion[0].save(tmp_path / "first")
+    code = ("import sys; from pathlib import Path; from amo.ranker import AgentRanker; "
+            "AgentRanker.load(Path(sys.argv[1])).save(Path(sys.argv[2]))")
+    for out in ("second", "third"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "first"), str(tmp_path / out)], check=True)
+    first = (tmp_path / "first" / CROSSFIT).read_bytes()
+    assert first == (tmp_path / "second" / CROSSFIT).read_bytes() == (tmp_path / "third" / CROSSFIT).read_bytes()

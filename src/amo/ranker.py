@@ -41,6 +41,7 @@ log = logging.getLogger("amo")
 WEIGHTS = "ranker.safetensors"
 META = "ranker.json"
 CROSSFIT = "crossfit.safetensors"  # the training rows' keys and folds, the fold classifiers: what a warm start reuses
+CROSSFIT_META = "crossfit"  # its one metadata entry (JSON: group_folds, agent_ids)
 FORMAT_VERSION = 1
 FEATURES = [*AGENT_FEATURES, *PROMPT_FEATURES]  # the layout the MLP's first layer reads
 
@@ -156,9 +157,11 @@ class CrossFit:
         for f, c in enumerate(self.classifiers):
             tensors[f"weights.{f}"] = np.ascontiguousarray(c.weights, np.float32)
             tensors[f"bias.{f}"] = np.ascontiguousarray(c.bias, np.float32)
-        save_file(tensors, str(directory / CROSSFIT), metadata={
-            "group_folds": json.dumps(self.group_folds, sort_keys=True),
-            "agent_ids": json.dumps([list(c.agent_ids) for c in self.classifiers])})
+        # One metadata entry: safetensors keeps metadata in a hash map whose order changes from
+        # process to process, so two entries would make a forced re-run's file differ byte for byte.
+        save_file(tensors, str(directory / CROSSFIT), metadata={CROSSFIT_META: json.dumps(
+            {"group_folds": self.group_folds, "agent_ids": [list(c.agent_ids) for c in self.classifiers]},
+            sort_keys=True)})
 
     @classmethod
     def load(cls, directory: Path) -> CrossFit:
@@ -166,10 +169,10 @@ class CrossFit:
         from safetensors.numpy import load_file
 
         with safe_open(str(directory / CROSSFIT), framework="np") as handle:
-            meta = handle.metadata() or {}
+            meta = json.loads((handle.metadata() or {})[CROSSFIT_META])
         tensors = load_file(str(directory / CROSSFIT))
-        ids = json.loads(meta["agent_ids"])
-        return cls(tensors["keys"], tensors["folds"].astype(np.int64), json.loads(meta["group_folds"]),
+        ids = meta["agent_ids"]
+        return cls(tensors["keys"], tensors["folds"].astype(np.int64), meta["group_folds"],
                    [Classifier(tensors[f"weights.{f}"], tensors[f"bias.{f}"], tuple(a)) for f, a in enumerate(ids)])
 
 
