@@ -31,7 +31,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,16 @@ def _records(path: Path, data: bytes, first_line: int = 1) -> Iterator[dict[str,
             log.warning("%s line %d: not a JSON object, skipped", path, number)
 
 
+def latest_by_request(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The latest record (by its `time`) per request id: feedback given twice, or a client that
+    reused its X-Request-ID."""
+    out: dict[str, dict[str, Any]] = {}
+    for record in sorted(records, key=lambda r: str(r.get("time", ""))):
+        if isinstance(record.get("request_id"), str):
+            out[record["request_id"]] = record
+    return out
+
+
 def read_log(folder: Path, kind: str) -> Iterator[dict[str, Any]]:
     """Every record of `kind` in `folder`, segment by segment; torn or bad lines skipped (warned)."""
     for path in segments(folder, kind):
@@ -205,13 +215,7 @@ class KnownDecisions:
                 continue
             whole = data[:data.rfind(b"\n") + 1]  # a line being written is read next time
             self._read[path] = done + len(whole)
-            for line in whole.splitlines():
-                try:
-                    request_id = json.loads(line).get("request_id")
-                except (ValueError, AttributeError):
-                    continue
-                if isinstance(request_id, str):
-                    self._ids.add(request_id)
+            self._ids.update(r["request_id"] for r in _records(path, whole) if isinstance(r.get("request_id"), str))
 
 
 class DecisionLog:

@@ -35,7 +35,7 @@ from typing import Any
 
 from amo import data as contracts
 from amo.config import DataParams
-from amo.decisions import DECISIONS, FEEDBACK, read_log
+from amo.decisions import DECISIONS, FEEDBACK, latest_by_request, read_log
 from amo.intake import add_checked, append_rows, data_lock
 from amo.validate import _prompt_key as leakage_key  # the key validation compares splits by
 
@@ -58,15 +58,6 @@ def graded(agents: list[str]) -> dict[str, int]:
     return {agent: 2 if i == 0 else 1 for i, agent in enumerate(ordered)}
 
 
-def _latest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The latest record per request id (a client may reuse its X-Request-ID)."""
-    out: dict[str, dict[str, Any]] = {}
-    for record in sorted(records, key=lambda r: str(r.get("time", ""))):
-        if isinstance(record.get("request_id"), str):
-            out[record["request_id"]] = record
-    return out
-
-
 def corrected_labels(decision: dict[str, Any], feedback: dict[str, Any]) -> dict[str, int] | None:
     """The routing row's labels the feedback gives the decision, or None when it gives none."""
     outcome, agents = feedback.get("outcome"), feedback.get("agents")
@@ -80,8 +71,8 @@ def corrected_labels(decision: dict[str, Any], feedback: dict[str, Any]) -> dict
 def candidates(log_dir: Path, known_agents: set[str], since: datetime | None = None) -> dict[str, Any]:
     """Routing rows and traces from the log's decisions with feedback, before deduplication,
     each with its provenance; and what was refused or not harvestable."""
-    decisions = _latest(list(read_log(log_dir, DECISIONS)))
-    verdicts = _latest(list(read_log(log_dir, FEEDBACK)))
+    decisions = latest_by_request(read_log(log_dir, DECISIONS))
+    verdicts = latest_by_request(read_log(log_dir, FEEDBACK))
     rows: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {kind: [] for kind in KINDS}
     refused: list[dict[str, Any]] = []
     unlogged: list[str] = []

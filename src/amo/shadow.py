@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from amo.decisions import DECISIONS, FEEDBACK, SHADOW, DecisionLog, read_log, utc_now
+from amo.decisions import DECISIONS, FEEDBACK, SHADOW, DecisionLog, latest_by_request, read_log, utc_now
 
 log = logging.getLogger("amo.shadow")
 
@@ -84,9 +84,8 @@ def shadow_summary(log_dir: Path, challenger_id: str) -> dict[str, Any]:
     from amo.harvest import corrected_labels
 
     shadows = {r["request_id"]: r for r in read_log(log_dir, SHADOW) if r.get("challenger") == challenger_id}
-    decisions = {r["request_id"]: r for r in read_log(log_dir, DECISIONS) if r.get("request_id") in shadows}
-    verdicts = {r["request_id"]: r for r in sorted(read_log(log_dir, FEEDBACK), key=lambda r: str(r.get("time")))
-                if r.get("request_id") in shadows}
+    decisions = latest_by_request(r for r in read_log(log_dir, DECISIONS) if r.get("request_id") in shadows)
+    verdicts = latest_by_request(r for r in read_log(log_dir, FEEDBACK) if r.get("request_id") in shadows)
     judged = champion_right = challenger_right = 0
     for request_id, feedback in verdicts.items():
         decision = decisions.get(request_id)
