@@ -315,16 +315,14 @@ def train_router(data: Path = _required("Data folder."), out: Path = _required("
 
     params = _params()
     if champion is None and params.router.warm_start.enabled:
-        champion = _run(lambda: _promoted_bundle(params))
+        champion = _run(_promoted_bundle)
     _echo_json(_run(lambda: stage.run(params, data, out, metrics, embeddings, plots, champion)))
 
 
-def _promoted_bundle(params: Any) -> Path | None:
-    """The registry's current bundle folder (downloaded from a remote registry), None before the
-    first promotion."""
-    from amo.registry import Registry
-
-    registry = Registry.from_params(params.registry)
+def _promoted_bundle() -> Path | None:
+    """The current bundle folder of the registry `amo promote` and `amo serve` use (AMO_REGISTRY,
+    else params.yaml; downloaded from a remote registry), None before the first promotion."""
+    registry = _registry()
     return None if registry.current_id() is None else registry.current_path()
 
 
