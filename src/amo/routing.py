@@ -112,6 +112,7 @@ class AgentIndex:
         if len(self.example_agents) and not 0 <= int(self.example_agents.min()) <= int(self.example_agents.max()) < len(agents):
             raise ValueError("an example names an agent outside the index")
         self._packed: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._columns: tuple[Classifier | None, np.ndarray, np.ndarray] | None = None
 
     @property
     def ids(self) -> list[str]:
@@ -176,6 +177,20 @@ class AgentIndex:
             self._packed = (bank, starts, counts, centroid)
         return self._packed
 
+    def classifier_columns(self, classifier: Classifier | None) -> tuple[np.ndarray, np.ndarray]:
+        """(the classifier's classes naming an agent of this index, that agent's column), kept for
+        the last classifier asked about: routing one prompt should not rebuild an id map of
+        thousands of agents."""
+        cached = self._columns
+        if cached is not None and cached[0] is classifier:
+            return cached[1], cached[2]
+        column = {agent_id: i for i, agent_id in enumerate(self.ids)}
+        known = [(k, column[agent_id]) for k, agent_id in enumerate(classifier.agent_ids if classifier else ())
+                 if agent_id in column]
+        classes, columns = (np.array(v, np.int64) for v in zip(*known)) if known else (np.zeros(0, np.int64),) * 2
+        self._columns = (classifier, classes, columns)
+        return classes, columns
+
     def save(self, directory: Path) -> None:
         from safetensors.numpy import save_file
 
@@ -237,6 +252,43 @@ PROMPT_FEATURES = ("best_desc", "desc_gap", "best_example_max", "best_example_to
 LOGP_FLOOR = -15.0
 
 
+EXAMPLE_CHUNK = 1 << 22  # similarities (prompts x examples) handled at once by example_evidence
+
+
+def example_evidence(q: np.ndarray, bank: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, A) each agent's best example similarity and the mean of its best min(3, count), for
+    unit prompts `q` against the examples grouped by agent (`AgentIndex.packed`); 0 for agents
+    without examples. Segment reductions over one (prompts x examples) product, no loop over
+    agents: the top 3 of a group are its maximum, then the maximum below it unless the maximum
+    is repeated, and so on (ties kept, so the values equal a per-group sort's)."""
+    n, a = len(q), len(counts)
+    ex_max, ex_top3 = np.zeros((n, a), np.float32), np.zeros((n, a), np.float64)
+    present = np.flatnonzero(counts)
+    if not len(present):
+        return ex_max, ex_top3
+    c = counts[present]
+    starts = np.concatenate([[0], np.cumsum(c)[:-1]])
+    k = np.minimum(c, 3).astype(np.float32)
+    low = np.float32(-np.inf)
+    step = max(1, EXAMPLE_CHUNK // max(len(bank), 1))
+    for lo in range(0, n, step):
+        sims = q[lo:lo + step] @ bank.T  # (m, E): an agent's examples are one slice
+        first = np.maximum.reduceat(sims, starts, axis=1)
+        at_first = sims == np.repeat(first, c, axis=1)
+        ties1 = np.add.reduceat(at_first, starts, axis=1, dtype=np.int64)
+        below = np.where(at_first, low, sims)  # every copy of the maximum removed
+        second_value = np.maximum.reduceat(below, starts, axis=1)
+        at_second = below == np.repeat(second_value, c, axis=1)
+        ties2 = np.add.reduceat(at_second & (below > low), starts, axis=1, dtype=np.int64)
+        third_value = np.maximum.reduceat(np.where(at_second, low, below), starts, axis=1)
+        second = np.where(ties1 >= 2, first, second_value)
+        third = np.where(ties1 >= 3, first, np.where((ties1 == 2) | (ties2 >= 2), second_value, third_value))
+        top = np.stack([first, np.where(c >= 2, second, 0), np.where(c >= 3, third, 0)], axis=2)
+        ex_max[lo:lo + step, present] = first
+        ex_top3[lo:lo + step, present] = top.sum(2) / k
+    return ex_max, ex_top3
+
+
 def route_features(prompts: np.ndarray, index: AgentIndex, classifier: Classifier | None) -> tuple[np.ndarray, np.ndarray]:
     """(n, A, len(AGENT_FEATURES)) agent features and (n, len(PROMPT_FEATURES)) prompt
     features for unit prompt embeddings (n, D): matrix products against the index only, so
@@ -244,17 +296,11 @@ def route_features(prompts: np.ndarray, index: AgentIndex, classifier: Classifie
     zeros there and its flag off: the ranker learned what "no history" means."""
     q = np.ascontiguousarray(prompts, np.float32)
     n, a = len(q), len(index.agents)
-    bank, starts, counts, centroid = index.packed()
+    bank, _, counts, centroid = index.packed()
     desc = q @ index.embeddings.T
     has_ex = counts > 0
     if has_ex.any():
-        sims = q @ bank.T  # (n, E): an agent's examples are one slice
-        ex_max, ex_top3 = np.zeros((n, a), np.float32), np.zeros((n, a), np.float64)
-        for j in np.flatnonzero(has_ex):
-            c = int(counts[j])
-            k = min(3, c)  # the mean of the agent's best k example similarities, best first
-            top = -np.sort(-np.partition(sims[:, starts[j]:starts[j] + c], c - k, axis=1)[:, c - k:], axis=1)
-            ex_max[:, j], ex_top3[:, j] = top[:, 0], top.sum(1) / k
+        ex_max, ex_top3 = example_evidence(q, bank, counts)
         ex_cent = np.where(has_ex, q @ centroid.T, 0.0)
         best_max = np.where(has_ex, ex_max, -1).max(1, keepdims=True)
         best_top3 = np.where(has_ex, ex_top3, -1).max(1, keepdims=True)
@@ -262,13 +308,10 @@ def route_features(prompts: np.ndarray, index: AgentIndex, classifier: Classifie
     else:
         ex_max = ex_top3 = ex_cent = np.zeros((n, a), np.float32)
         best_max = best_top3 = best_cent = np.zeros((n, 1), np.float32)
-    column = {agent_id: i for i, agent_id in enumerate(index.ids)}
-    known = [(k, column[agent_id]) for k, agent_id in enumerate(classifier.agent_ids if classifier else ())
-             if agent_id in column]
+    classes, columns = index.classifier_columns(classifier)
     has_clf = np.zeros(a, bool)
     logp = np.zeros((n, a), np.float32)
-    if classifier is not None and known:
-        classes, columns = (np.array(v, np.int64) for v in zip(*known))
+    if classifier is not None and len(classes):
         z = q @ classifier.weights.T + classifier.bias
         z = z - z.max(1, keepdims=True)
         lp = (z - np.log(np.exp(z).sum(1, keepdims=True)))[:, classes]
