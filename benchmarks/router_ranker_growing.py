@@ -18,7 +18,8 @@ over the held-out / the other intents (router_growing.py's definitions).
 
 Few-shot, in the same run: for k in --shots (0, 1, 5, 20), k training prompts per new agent (a
 fixed random order per agent, so the k sets are nested) are added to amo's serving index only
-(`served.with_examples(rows, embeddings=...)`: no refit, margin unchanged), against the
+(`served.with_examples(rows, embeddings=...)`, and the index step's classifier column for each new
+agent, `AgentRanker.index_step`: no refit of the ranker, margin unchanged), against the
 classifier *retrained* on the fold's prompts plus those k per new agent (threshold re-tuned on
 the reduced val). Cosine does not use examples (its figures repeat across k).
 
@@ -152,8 +153,8 @@ def run_fold(domain: str, args: argparse.Namespace, params, agents, splits, agen
             rows = np.concatenate([order[agent][:k] for agent in sorted(order)]).astype(np.int64)
             examples = [splits["train"][i] for i in rows]
             served_k = served.with_examples(examples, embeddings=x["train"][rows])
-            amo_k = f1s(ranker.score(x["test"], served_k), margin, splits["test"], ids, new,
-                        agent_margins(served_k, margin))
+            amo_k = f1s(ranker.score(x["test"], served_k, classifier=ranker.index_step(served_k)), margin,
+                        splits["test"], ids, new, agent_margins(served_k, margin))
             all_rows = np.concatenate([np.asarray(train_rows, np.int64), rows])
             retrained = fit_classifier(x["train"][all_rows], [splits["train"][i] for i in all_rows], ids,
                                        c=args.classifier_c, seed=args.seed)

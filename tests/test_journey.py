@@ -136,3 +136,38 @@ def test_publish_refused_by_the_gate_leaves_the_champion(repo: Path) -> None:
     refused = amo(repo, "agents", "publish")
     assert refused.returncode == 1 and "agents.jsonl" in refused.stderr
     assert (repo / "data.dvc").read_text() == version and current(repo) == champion
+
+
+def test_new_rows_reach_the_served_index_and_classifier_without_retraining(repo: Path, tmp_path: Path) -> None:
+    """A new agent's first routing rows, added with `amo data add` and published with `amo agents
+    publish`, become its examples in the agent index and give it a classifier column fitted on
+    them (the other columns, the ranker and the planner byte-identical): no retraining."""
+    from amo.routing import Classifier
+
+    assert amo(repo, "agents", "add", "gift_cards", "--description", GIFT, "--publish").returncode == 0
+    described = current(repo)
+    before = Classifier.load(repo / "registry/bundles" / described / "router")
+    assert "gift_cards" not in before.agent_ids
+    wordings = ["buy a {} gift card for my {}", "check the balance of my {} gift card from my {}",
+                "send a {} e-gift card to my {}", "redeem the {} gift card my {} gave me"]
+    rows = [{"prompt": w.format(amount, who), "labels": {"gift_cards": 1}}
+            for w in wordings for amount, who in [("$20", "sister"), ("$50", "boss"), ("$100", "uncle")]]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    added = amo(repo, "data", "add", "--routing", str(tmp_path / "rows.jsonl"))
+    assert added.returncode == 0, added.stdout + added.stderr
+    published = amo(repo, "agents", "publish")
+    assert published.returncode == 0 and "PROMOTED" in published.stdout, published.stdout + published.stderr
+    new = current(repo)
+    manifest = verify_bundle(repo / "registry/bundles" / new)
+    parent = verify_bundle(repo / "registry/bundles" / described)
+    assert manifest["derived"]["changes"]["classifier_columns_added"] == ["gift_cards"]
+    changed = {f for f in manifest["files"] if manifest["files"][f] != parent["files"].get(f)}
+    assert changed == {"router/agent_index.safetensors", "router/classifier.safetensors"}
+    after = Classifier.load(repo / "registry/bundles" / new / "router")
+    assert after.agent_ids == (*before.agent_ids, "gift_cards")
+    assert (after.weights[:-1] == before.weights).all() and (after.bias[:-1] == before.bias).all()
+    brain = Brain(repo / "registry/bundles" / new)
+    assert brain.scorer.classifier.agent_ids == after.agent_ids  # what the runtime serves
+    column = brain.agent_ids.index("gift_cards")
+    own = brain.score_many(GIFT_PROMPTS)[:, column]
+    assert (own > Brain(repo / "registry/bundles" / described).score_many(GIFT_PROMPTS)[:, column]).mean() >= 0.75

@@ -121,3 +121,66 @@ def test_every_tool_of_a_multi_label_row_gets_a_classifier_column() -> None:
     ranker = AgentRanker(hidden=8, epochs=1, batch_size=8, folds=2, group_by="agent").fit(
         index, np.array(x, np.float32), grade_matrix(rows, index.ids))
     assert set(ranker.classifier_.agent_ids) == {"tool_0", "tool_1", "tool_2"}
+
+
+def clusters(rng: np.random.Generator, centres: np.ndarray, per: int, spread: float = 0.5) -> np.ndarray:
+    x = np.repeat(centres, per, axis=0) + spread * rng.normal(size=(len(centres) * per, centres.shape[1]))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_a_new_column_is_fitted_with_the_others_fixed(monkeypatch: pytest.MonkeyPatch, sampled: bool) -> None:
+    """add_columns: the existing columns are untouched, the new agents' columns name their own
+    prompts about as well as a classifier refitted on everything (also when the known agents'
+    rows are sampled), and bad requests are refused by name."""
+    from amo import routing
+    from amo.ranker import fit_classifier
+    from amo.routing import add_columns
+
+    if sampled:
+        monkeypatch.setattr(routing, "COLUMN_FIT_ROWS", 50)
+    rng = np.random.default_rng(2)
+    centres, ids = unit(rng, 5), [f"agent_{i}" for i in range(5)]
+    x, y = clusters(rng, centres, 40, 0.25), np.repeat(np.arange(5), 40)
+    old = fit_classifier(x[y < 3], y[y < 3], ids, 10.0, 0)
+    grown = add_columns(old, x, [ids[i] for i in y], ["agent_3", "agent_4"], 10.0)
+    assert grown.agent_ids == (*old.agent_ids, "agent_3", "agent_4")
+    np.testing.assert_array_equal(grown.weights[:3], old.weights)
+    np.testing.assert_array_equal(grown.bias[:3], old.bias)
+    test_x, test_y = clusters(rng, centres, 100, 0.25), np.repeat(np.arange(5), 100)
+    refitted = fit_classifier(x, y, ids, 10.0, 0)
+
+    def accuracy(c: Classifier) -> float:
+        predicted = np.array([ids.index(c.agent_ids[i]) for i in (test_x @ c.weights.T + c.bias).argmax(1)])
+        return float((predicted == test_y).mean())
+
+    assert accuracy(grown) >= accuracy(refitted) - 0.03 and accuracy(grown) > 0.8
+    with pytest.raises(ValueError, match="already have a column"):
+        add_columns(old, x, [ids[i] for i in y], ["agent_0"], 10.0)
+    with pytest.raises(ValueError, match="outside the classifier"):
+        add_columns(old, x, [ids[i] for i in y], ["agent_3"], 10.0)
+
+
+def test_the_index_step_gives_an_agent_with_examples_a_column() -> None:
+    """AgentRanker.index_step: an agent the index gives examples gets a column fitted on them; an
+    agent known by its description alone gets none; the ranker's own classifier is unchanged."""
+    rng = np.random.default_rng(3)
+    centres = unit(rng, 4)
+    agents = [Agent(f"agent_{i}", f"agent number {i} description", domain=f"d{i}") for i in range(4)]
+    x = clusters(rng, centres[:3], 30, 0.15)
+    rows = [RoutingExample(f"p{i}", {f"agent_{i // 30}": 1}) for i in range(90)]
+    index = AgentIndex(agents[:3], centres[:3])
+    ranker = AgentRanker(hidden=8, epochs=2, batch_size=16, folds=3, group_by="agent").fit(
+        index, x, grade_matrix(rows, index.ids))
+    before = ranker.classifier_
+    served = AgentIndex(agents, centres).with_examples(rows, embeddings=x)
+    assert ranker.index_step(served) is before  # agent_3 has no examples: nothing to fit
+    shots = clusters(rng, centres[3:], 5, 0.15)
+    grown = served.with_examples([RoutingExample(f"s{i}", {"agent_3": 1}) for i in range(5)], embeddings=shots)
+    classifier = ranker.index_step(grown)
+    assert classifier.agent_ids == (*before.agent_ids, "agent_3") and ranker.classifier_ is before
+    probe = clusters(rng, centres[3:], 20, 0.15)
+    assert ((probe @ classifier.weights.T + classifier.bias).argmax(1) == 3).mean() >= 0.9
+    flag = AGENT_FEATURES.index("has_classifier")
+    assert route_features(probe[:1], grown, classifier)[0][0, 3, flag] == 1
+    assert not np.array_equal(ranker.score(probe, grown, classifier=classifier), ranker.score(probe, grown))

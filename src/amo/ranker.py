@@ -35,7 +35,15 @@ from torch import nn
 
 from amo.progress import Progress
 from amo.router import listwise_loss
-from amo.routing import AGENT_FEATURES, PROMPT_FEATURES, AgentIndex, Classifier, route_features
+from amo.routing import (
+    AGENT_FEATURES,
+    PROMPT_FEATURES,
+    AgentIndex,
+    Classifier,
+    add_columns,
+    index_step_classifier,
+    route_features,
+)
 
 log = logging.getLogger("amo")
 WEIGHTS = "ranker.safetensors"
@@ -205,11 +213,12 @@ class AgentRanker:
     def __init__(self, hidden: int = 64, dropout: float = 0.0, epochs: int = 12, lr: float = 2e-3,
                  weight_decay: float = 1e-4, batch_size: int = 128, seed: int = 0, oos_weight: float = 1.0,
                  folds: int = 5, shots: Sequence[int] = (0, 0, 0, 1, 5, 20), drop_prob: float = 0.5,
-                 classifier_c: float = 10.0, patience: int = 3, group_by: str = "domain") -> None:
+                 classifier_c: float = 10.0, patience: int = 3, group_by: str = "domain",
+                 shot_columns: bool = True) -> None:
         self.hidden, self.dropout, self.epochs, self.lr = hidden, dropout, epochs, lr
         self.weight_decay, self.batch_size, self.seed, self.oos_weight = weight_decay, batch_size, seed, oos_weight
         self.folds, self.shots, self.drop_prob, self.classifier_c = folds, tuple(shots), drop_prob, classifier_c
-        self.patience, self.group_by = patience, group_by
+        self.patience, self.group_by, self.shot_columns = patience, group_by, shot_columns
         self.generation_ = 0  # warm starts since the last cold fit
         self.crossfit_: CrossFit | None = None
         self.warm_: dict[str, Any] | None = None
@@ -219,17 +228,26 @@ class AgentRanker:
         """From params.yaml's `router` section (amo.config.RouterParams)."""
         return cls(**{k: getattr(params, k) for k in ("hidden", "dropout", "epochs", "lr", "weight_decay",
                                                        "batch_size", "seed", "oos_weight", "folds", "shots",
-                                                       "drop_prob", "classifier_c", "patience", "group_by")})
+                                                       "drop_prob", "classifier_c", "patience", "group_by",
+                                                       "shot_columns")})
 
     def _groups(self, index: AgentIndex) -> tuple[np.ndarray, list[str]]:
         """Agents hidden together in cross-fitting, (group of each agent, name of each group): by
         domain when there are enough domains (a new domain arrives as a block of related agents),
-        else one agent each."""
-        if self.group_by == "domain":
+        else one agent each. `mixed`: half of the domains (a seeded choice) as blocks, the agents
+        of the other half one by one, so training sees both a new domain and a new agent among
+        known neighbours."""
+        if self.group_by in ("domain", "mixed"):
             domains = [agent.domain for agent in index.agents]
             if all(domains) and len(set(domains)) >= self.folds:
                 names, groups = np.unique(domains, return_inverse=True)
-                return groups, [f"domain:{name}" for name in names]
+                if self.group_by == "domain":
+                    return groups, [f"domain:{name}" for name in names]
+                split = set(np.random.default_rng(self.seed).permutation(len(names))[:len(names) // 2].tolist())
+                labels = [f"agent:{agent.id}" if int(g) in split else f"domain:{names[g]}"
+                          for agent, g in zip(index.agents, groups)]
+                group_names, mixed = np.unique(labels, return_inverse=True)
+                return mixed, group_names.tolist()
         return np.arange(len(index.agents)), [f"agent:{agent}" for agent in index.ids]
 
     def _cold_plan(self, n: int, groups: np.ndarray, rng: np.random.Generator) -> _Plan:
@@ -275,8 +293,8 @@ class AgentRanker:
         for f in range(self.folds):
             hidden = np.array([fold_of_group[int(g)] == f for g in groups])
             outside = fold_of_row != f
+            known = outside[pair_rows] & ~hidden[pair_agents]
             if plan.classifiers is None:
-                known = outside[pair_rows] & ~hidden[pair_agents]
                 clock = time.perf_counter()
                 classifiers.append(fit_classifier(x[pair_rows[known]], pair_agents[known], ids, self.classifier_c,
                                                   self.seed))
@@ -286,12 +304,17 @@ class AgentRanker:
                 classifiers.append(plan.classifiers[f])
                 classifier = without_agents(plan.classifiers[f], {ids[a] for a in np.flatnonzero(hidden)})
             pairs = [np.argwhere(relevant & outside[:, None] & ~hidden[None, :])]
+            shots = []
             for agent in np.flatnonzero(hidden):  # the index step's state: k examples, no classifier column
                 k = int(rng.choice(self.shots))
                 pool = np.flatnonzero(outside & relevant[:, agent])
                 if k and len(pool):
                     chosen = rng.choice(pool, min(k, len(pool)), replace=False)
-                    pairs.append(np.stack([chosen, np.full(len(chosen), agent)], 1))
+                    shots.append(np.stack([chosen, np.full(len(chosen), agent)], 1))
+            pairs.extend(shots)
+            if shots and self.shot_columns:  # ... and the column the index step fits on those k
+                classifier = self._shot_columns(classifier, x, pair_rows[known], pair_agents[known],
+                                                np.concatenate(shots), ids)
             bank = np.concatenate(pairs)
             fold_index = AgentIndex(index.agents, index.embeddings, x[bank[:, 0]], bank[:, 1])
             rows = np.flatnonzero((fold_of_row == f) & plan.featurize)
@@ -304,6 +327,22 @@ class AgentRanker:
             log.info("router cross-fit fold %d/%d: %d agents hidden, %d rows, %d examples",
                      f + 1, self.folds, int(hidden.sum()), len(rows), len(bank))
         return parts, extra_parts, classifiers
+
+    def _shot_columns(self, classifier: Classifier, x: np.ndarray, rows: np.ndarray, agents: np.ndarray,
+                      shots: np.ndarray, ids: list[str]) -> Classifier:
+        """A fold's classifier with a column for each hidden agent fitted on its shots alone, as
+        the index step fits one for a new agent's examples (amo.routing.add_columns)."""
+        has = set(classifier.agent_ids)
+        keep = np.array([ids[a] in has for a in agents], bool)
+        labels = [ids[a] for a in agents[keep]] + [ids[a] for a in shots[:, 1]]
+        new = list(dict.fromkeys(ids[a] for a in shots[:, 1]))
+        return add_columns(classifier, np.concatenate([x[rows[keep]], x[shots[:, 0]]]), labels, new,
+                           self.classifier_c, self.seed)
+
+    def index_step(self, index: AgentIndex) -> Classifier:
+        """The classifier that serves `index`: this ranker's, plus a column for every agent the
+        index gives examples but the classifier never saw (amo.routing.index_step_classifier)."""
+        return index_step_classifier(self.classifier_, index, self.classifier_c, self.seed)
 
     def compatible(self, parent: AgentRanker) -> str | None:
         """Why `parent` cannot warm-start this ranker (None: it can)."""
@@ -426,11 +465,13 @@ class AgentRanker:
         return total / max(count, 1)
 
     @torch.no_grad()
-    def score(self, prompts: np.ndarray, index: AgentIndex, batch: int = 512) -> np.ndarray:
-        """(N, A + 1) scores for the index's agents, the separator last."""
+    def score(self, prompts: np.ndarray, index: AgentIndex, batch: int = 512,
+              classifier: Classifier | None = None) -> np.ndarray:
+        """(N, A + 1) scores for the index's agents, the separator last; with the ranker's own
+        classifier unless `classifier` (e.g. `index_step(index)`'s) is given."""
         parts = []
         for start in range(0, len(prompts), batch):
-            agent_f, prompt_f = route_features(prompts[start:start + batch], index, self.classifier_)
+            agent_f, prompt_f = route_features(prompts[start:start + batch], index, classifier or self.classifier_)
             parts.append(self.model_(torch.from_numpy(agent_f), torch.from_numpy(prompt_f)).numpy())
         return np.concatenate(parts) if parts else np.zeros((0, len(index.agents) + 1), np.float32)
 

@@ -243,6 +243,80 @@ class Classifier:
             return cls(handle.get_tensor("weights"), handle.get_tensor("bias"), tuple(ids))
 
 
+COLUMN_FIT_ROWS = 20_000  # rows of the known agents a new column is fitted against (a seeded sample beyond)
+
+
+def add_columns(classifier: Classifier, x: np.ndarray, labels: Sequence[str], new_ids: Sequence[str], c: float,
+                seed: int = 0) -> Classifier:
+    """`classifier` with one column per agent of `new_ids`, fitted on the rows `x` (unit prompt
+    embeddings) labelled `labels` (an agent of the classifier or of `new_ids`) while every
+    existing column stays fixed: the softmax log-likelihood of the rows plus the L2 penalty
+    ||w||^2 / (2c) of scikit-learn's LogisticRegression(C=c), over the new columns only
+    (L-BFGS). The index step gives an agent its first examples this way, without refitting the
+    classifier; cross-fitting does the same for a hidden agent's few examples, so the ranker
+    learns how far a column fitted on k examples can be trusted. Rows of known agents beyond
+    COLUMN_FIT_ROWS are sampled (seeded) and weighted to stand for all of them."""
+    from scipy.optimize import minimize
+
+    old = {agent: i for i, agent in enumerate(classifier.agent_ids)}
+    new = {agent: i for i, agent in enumerate(new_ids)}
+    if set(old) & set(new):
+        raise ValueError(f"agents already have a column: {sorted(set(old) & set(new))}")
+    if not new:
+        return classifier
+    labels = list(labels)
+    unknown = sorted({a for a in labels if a not in old and a not in new})
+    if unknown:
+        raise ValueError(f"rows labelled with agents outside the classifier and the new ones: {unknown[:5]}")
+    x = np.asarray(x, np.float64)
+    new_rows = np.array([i for i, a in enumerate(labels) if a in new], np.int64)
+    old_rows = np.array([i for i, a in enumerate(labels) if a in old], np.int64)
+    weight_old = 1.0
+    if len(old_rows) > COLUMN_FIT_ROWS:
+        weight_old = len(old_rows) / COLUMN_FIT_ROWS
+        old_rows = np.sort(np.random.default_rng(seed).choice(old_rows, COLUMN_FIT_ROWS, replace=False))
+    rows = np.concatenate([new_rows, old_rows])
+    xr = x[rows]
+    weight = np.concatenate([np.ones(len(new_rows)), np.full(len(old_rows), weight_old)])
+    z_old = xr @ classifier.weights.T.astype(np.float64) + classifier.bias
+    top = z_old.max(1)
+    lse_old = top + np.log(np.exp(z_old - top[:, None]).sum(1))
+    own = np.zeros(len(rows))  # the logit of each row's own agent, when it is an old one
+    own[len(new_rows):] = z_old[np.arange(len(new_rows), len(rows)), [old[labels[i]] for i in old_rows]]
+    target = np.zeros((len(rows), len(new)))
+    target[np.arange(len(new_rows)), [new[labels[i]] for i in new_rows]] = 1.0
+    m, d = len(new), x.shape[1]
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:m * d].reshape(m, d), theta[m * d:]
+        z = xr @ w.T + b
+        high = np.maximum(z.max(1), lse_old)
+        lse = high + np.log(np.exp(lse_old - high) + np.exp(z - high[:, None]).sum(1))
+        picked = np.where(target.any(1), (z * target).sum(1), own)
+        value = float((weight * (lse - picked)).sum() + (w * w).sum() / (2 * c))
+        g = weight[:, None] * (np.exp(z - lse[:, None]) - target)
+        return value, np.concatenate([(g.T @ xr + w / c).ravel(), g.sum(0)])
+
+    fit = minimize(loss, np.zeros(m * d + m), jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    w, b = fit.x[:m * d].reshape(m, d), fit.x[m * d:]
+    return Classifier(np.vstack([classifier.weights, w]).astype(np.float32),
+                      np.concatenate([classifier.bias, b]).astype(np.float32),
+                      (*classifier.agent_ids, *new_ids))
+
+
+def index_step_classifier(classifier: Classifier, index: AgentIndex, c: float, seed: int = 0) -> Classifier:
+    """The classifier for `index` after the index step: a column for every agent that has
+    examples in the index but none in `classifier` (add_columns, fitted on the index's examples,
+    which are the training prompts of every agent), the other columns untouched."""
+    known = set(classifier.agent_ids)
+    counts = index.packed()[2]
+    missing = [agent for agent, count in zip(index.ids, counts) if count and agent not in known]
+    if not missing:
+        return classifier
+    ids = index.ids
+    return add_columns(classifier, index.examples, [ids[int(a)] for a in index.example_agents], missing, c, seed)
+
+
 # Features of one (prompt, agent) pair, and of the prompt alone (the same for every candidate).
 AGENT_FEATURES = ("desc", "desc_lead", "has_examples", "log_examples", "example_max", "example_top3",
                   "example_centroid", "example_max_lead", "example_top3_lead", "has_classifier",
