@@ -4,14 +4,17 @@ scores, and the margin chosen on validation data meets its out-of-scope recall."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import amo.ranker
 from amo.data import Agent, RoutingExample
+from amo.demo import write_demo_data
 from amo.onnx_router import ONNX_FILE, OnnxRanker, export_ranker
-from amo.ranker import AgentRanker
+from amo.ranker import AgentRanker, classifier_pairs, top_pairs
 from amo.routing import (
     AGENT_FEATURES,
     AgentError,
@@ -184,3 +187,77 @@ def test_the_index_step_gives_an_agent_with_examples_a_column() -> None:
     flag = AGENT_FEATURES.index("has_classifier")
     assert route_features(probe[:1], grown, classifier)[0][0, 3, flag] == 1
     assert not np.array_equal(ranker.score(probe, grown, classifier=classifier), ranker.score(probe, grown))
+
+
+def demo_grades(tmp_path: Path) -> np.ndarray:
+    """The demo data set's training grades: single-label rows (grade 2), graded pairs ({first: 2,
+    second: 1}) and out-of-scope rows."""
+    write_demo_data(tmp_path, seed=13)
+    ids = [json.loads(line)["id"] for line in (tmp_path / "agents.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "routing" / "train.jsonl").read_text().splitlines()]
+    return grade_matrix([RoutingExample(r["prompt"], r["labels"]) for r in rows], ids)
+
+
+def test_classifier_pairs_are_the_top_pairs_when_every_agent_tops_some_row(tmp_path: Path) -> None:
+    """Single-label rows, equal-grade multi-label rows and the demo's graded pairs: the classifier
+    learns from exactly the pairs it learned from before graded parents were handled."""
+    rng = np.random.default_rng(2)
+    single = np.zeros((50, 7), np.float32)
+    single[np.arange(40), rng.integers(0, 6, 40)] = 1.0  # the last 10 rows out of scope
+    multi = (rng.random((50, 7)) < 0.3).astype(np.float32)
+    demo = demo_grades(tmp_path)
+    assert (demo[:, :-1] == 1).any()  # the demo does have rows with a lower-graded second agent
+    for grades in (single, multi, demo):
+        grades[:, -1] = 0.5
+        for new, old in zip(classifier_pairs(grades), top_pairs(grades)):
+            np.testing.assert_array_equal(new, old)
+
+
+def test_single_label_and_demo_fits_are_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fit on single-label rows plus graded pairs whose second agent is also top-graded elsewhere
+    gives the same classifier and the same scores, bit for bit, with the old pairs (top_pairs)."""
+    rng = np.random.default_rng(3)
+    centres = unit(rng, 4)
+    agents = [Agent(f"agent_{i}", f"agent number {i}") for i in range(4)]
+    rows, x = [], []
+    for i in range(60):
+        a = i % 4
+        labels = {agents[a].id: 2} if i % 3 else {agents[a].id: 2, agents[(a + 1) % 4].id: 1}
+        v = centres[a] + 0.4 * rng.normal(size=DIM)
+        rows.append(RoutingExample(f"p{i}", labels if i < 56 else {}))
+        x.append(v / np.linalg.norm(v))
+    x = np.array(x, np.float32)
+    index = AgentIndex(agents, centres)
+    grades = grade_matrix(rows, index.ids)
+
+    def fit() -> tuple[AgentRanker, np.ndarray]:
+        ranker = AgentRanker(hidden=8, epochs=3, batch_size=16, folds=2, group_by="agent").fit(index, x, grades)
+        return ranker, ranker.score(x, index.with_examples(rows, embeddings=x))
+
+    ranker, scores = fit()
+    monkeypatch.setattr(amo.ranker, "classifier_pairs", top_pairs)
+    old_ranker, old_scores = fit()
+    np.testing.assert_array_equal(ranker.classifier_.weights, old_ranker.classifier_.weights)
+    assert ranker.classifier_.agent_ids == old_ranker.classifier_.agent_ids
+    np.testing.assert_array_equal(scores, old_scores)
+
+
+def test_parent_categories_get_a_classifier_column() -> None:
+    """Hierarchical grades (leaf 2, its parent 1): a parent is never top-graded, yet the classifier
+    learns it from its leaves' rows, so it is not taken for an agent without history."""
+    rng = np.random.default_rng(4)
+    centres = unit(rng, 6)
+    parents = ["l1:a", "l1:a", "l1:a", "l1:b", "l1:b", "l1:b"]
+    agents = [Agent(f"l2:{i}", f"leaf {i}") for i in range(6)] + [Agent("l1:a", "a"), Agent("l1:b", "b")]
+    rows, x = [], []
+    for i in range(48):
+        leaf = i % 6
+        v = centres[leaf] + 0.3 * rng.normal(size=DIM)
+        rows.append(RoutingExample(f"p{i}", {f"l2:{leaf}": 2, parents[leaf]: 1}))
+        x.append(v / np.linalg.norm(v))
+    grades = grade_matrix(rows, [a.id for a in agents])
+    assert set(top_pairs(grades)[1]) == set(range(6))  # before: the leaves only
+    index = AgentIndex(agents, np.vstack([centres, unit(rng, 2)]))
+    ranker = AgentRanker(hidden=8, epochs=1, batch_size=16, folds=2, group_by="agent").fit(
+        index, np.array(x, np.float32), grades)
+    assert set(ranker.classifier_.agent_ids) == {a.id for a in agents}

@@ -119,6 +119,22 @@ def top_pairs(grades: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, columns
 
 
+def classifier_pairs(grades: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, agent column) pairs the classifier learns from: every row's top-graded agents
+    (`top_pairs`) and, for an agent that is the top-graded agent of no row, every row it is
+    relevant in. Graded hierarchical labels (a review is its leaf category, grade 3, and that
+    leaf's parent and top category, grades 2 and 1) never put a parent on top: without this,
+    the parents get no classifier column and look like agents without history. Where every
+    relevant agent is top-graded in some row (single-label data, equal-grade multi-label rows,
+    the demo's graded pairs) the pairs are exactly `top_pairs`'."""
+    agents = grades[:, :-1]
+    top = agents.max(1, keepdims=True)
+    is_top = (agents == top) & (top > 0)
+    never_top = ~is_top.any(0)
+    rows, columns = np.nonzero(is_top | ((agents > 0) & never_top[None, :]))
+    return rows, columns
+
+
 def batched_features(x: np.ndarray, index: AgentIndex, classifier: Classifier | None,
                      batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """route_features in batches of prompts: the per-agent example similarities of a whole fold
@@ -284,7 +300,7 @@ class AgentRanker:
         given a random fold, and each fold's classifier (fitted, or the plan's)."""
         ids = index.ids
         labels = primary_labels(grades)
-        pair_rows, pair_agents = top_pairs(grades)
+        pair_rows, pair_agents = classifier_pairs(grades)
         relevant = grades[:, :-1] > 0
         fold_of_row, fold_of_group = plan.fold_of_row, plan.fold_of_group
         extra_fold = rng.integers(0, self.folds, len(extra)) if extra is not None else None
@@ -444,7 +460,7 @@ class AgentRanker:
         self.config_ = RankerConfig(self.hidden, self.dropout)
         self.timings_["epochs_seconds"] = round(time.perf_counter() - clock, 2)
         clock = time.perf_counter()
-        pair_rows, pair_agents = top_pairs(grades)
+        pair_rows, pair_agents = classifier_pairs(grades)
         self.classifier_ = fit_classifier(x[pair_rows], pair_agents, index.ids, self.classifier_c, self.seed,
                                           init=None if parent is None else parent.classifier_)
         self.timings_["classifier_seconds"] = round(time.perf_counter() - clock, 2)
