@@ -30,7 +30,8 @@ The trade-off, in the same run: the lead over the separator a new agent needs (t
 max(margin, 0)) moved by an offset at decision time, the same scores per fold, new- against
 trained-agent F1 per offset beside cosine's and the classifier's points:
 benchmarks/results/router_growing_tradeoff.json and router_growing_tradeoff.csv (a DVC plot).
-`--domains a,b` runs a subset. Embeddings come from benchmarks/.cache/.
+`--domains a,b` runs a subset; `--workers N` runs N folds at once (spawned processes, one thread
+each). Embeddings come from benchmarks/.cache/.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--classifier-c", type=float, default=10.0, help="the baseline classifier's C")
     parser.add_argument("--seed", type=int, default=0, help="the baseline classifier's seed")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="folds run at once, each in a process of its own (the figures do not depend on it)")
     return parser.parse_args(argv)
 
 
@@ -274,14 +277,28 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = set(domains) - {a.domain for a in agents}
     if unknown:
         raise SystemExit(f"unknown domains: {sorted(unknown)}")
-    folds, few = [], []
+    done: dict[str, tuple[dict, dict]] = {}
     result: dict = {}
-    for domain in domains:
-        fold, few_fold = run_fold(domain, args, params, agents, splits, agent_x, x, shots)
-        folds.append(fold)
-        few.append(few_fold)
-        print(json.dumps({k: fold[k] for k in ("held_out_domain", *SYSTEMS, "seconds")}), flush=True)
-        result = write(args, argv, params, folds, few, shots, domains)
+
+    def record(domain: str, outcome: tuple[dict, dict]) -> dict:
+        """Keep a finished fold and rewrite the result files, folds in the requested order."""
+        done[domain] = outcome
+        print(json.dumps({k: outcome[0][k] for k in ("held_out_domain", *SYSTEMS, "seconds")}), flush=True)
+        finished = [done[d] for d in domains if d in done]
+        return write(args, argv, params, [f for f, _ in finished], [w for _, w in finished], shots, domains)
+
+    if args.workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_fold, d, args, params, agents, splits, agent_x, x, shots): d for d in domains}
+            for future in as_completed(futures):
+                result = record(futures[future], future.result())
+    else:
+        for domain in domains:
+            result = record(domain, run_fold(domain, args, params, agents, splits, agent_x, x, shots))
+    folds = [done[d][0] for d in domains]
     summary = result["mean"]
     print(f"\n{'domain':20s} {'amo new':>8s} {'cos new':>8s} {'amo old':>8s} {'clf old':>8s}")
     for f in folds:

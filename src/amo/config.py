@@ -101,7 +101,7 @@ class RouterParams(_Section):
     # enough domains); a hidden agent gets k examples, k drawn from `shots` (0: a new agent).
     folds: int = Field(5, ge=2)
     shots: list[int] = Field(default_factory=lambda: [0, 0, 0, 1, 5, 20])
-    group_by: Literal["domain", "agent", "mixed"] = "domain"
+    group_by: Literal["domain", "agent", "mixed"] = "mixed"
     # A hidden agent's k examples also get a classifier column fitted on them alone, as the index
     # step fits one for a new agent's examples (amo.routing.add_columns).
     shot_columns: bool = True

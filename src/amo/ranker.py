@@ -229,7 +229,7 @@ class AgentRanker:
     def __init__(self, hidden: int = 64, dropout: float = 0.0, epochs: int = 12, lr: float = 2e-3,
                  weight_decay: float = 1e-4, batch_size: int = 128, seed: int = 0, oos_weight: float = 1.0,
                  folds: int = 5, shots: Sequence[int] = (0, 0, 0, 1, 5, 20), drop_prob: float = 0.5,
-                 classifier_c: float = 10.0, patience: int = 3, group_by: str = "domain",
+                 classifier_c: float = 10.0, patience: int = 3, group_by: str = "mixed",
                  shot_columns: bool = True) -> None:
         self.hidden, self.dropout, self.epochs, self.lr = hidden, dropout, epochs, lr
         self.weight_decay, self.batch_size, self.seed, self.oos_weight = weight_decay, batch_size, seed, oos_weight
