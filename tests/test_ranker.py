@@ -180,6 +180,11 @@ def test_the_index_step_gives_an_agent_with_examples_a_column() -> None:
     assert ranker.index_step(served) is before  # agent_3 has no examples: nothing to fit
     shots = clusters(rng, centres[3:], 5, 0.15)
     grown = served.with_examples([RoutingExample(f"s{i}", {"agent_3": 1}) for i in range(5)], embeddings=shots)
+    ranker.column_min_examples = 6  # the bar: five examples are not enough for a column yet
+    assert ranker.index_step(grown) is before
+    ranker.column_min_examples, ranker.shot_columns = 5, False  # trained without few-shot columns: none
+    assert ranker.index_step(grown) is before
+    ranker.shot_columns = True
     classifier = ranker.index_step(grown)
     assert classifier.agent_ids == (*before.agent_ids, "agent_3") and ranker.classifier_ is before
     probe = clusters(rng, centres[3:], 20, 0.15)

@@ -105,6 +105,8 @@ class RouterParams(_Section):
     # A hidden agent's k examples also get a classifier column fitted on them alone, as the index
     # step fits one for a new agent's examples (amo.routing.add_columns).
     shot_columns: bool = True
+    # ... once the agent has at least this many examples (the index step uses the same bar).
+    column_min_examples: int = Field(5, ge=1)
     drop_prob: float = Field(0.5, ge=0.0, le=1.0)  # a hidden agent's prompt trains abstention this often
     classifier_c: float = Field(10.0, gt=0.0)  # inverse regularisation of the classifier evidence
     # Inference: agents scoring above the separator by a margin are selected, best first. The

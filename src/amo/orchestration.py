@@ -492,7 +492,9 @@ def publish_index(repo: Path, params_file: Path | None = None) -> tuple[Any, str
     try:
         build_index_bundle(registry.current_path(), contracts.read_agents(data / "agents.jsonl"),
                            contracts.read_routing(data / "routing" / "train.jsonl"), out,
-                           data_hash=version, git_commit=git_commit(), classifier_c=params.router.classifier_c)
+                           data_hash=version, git_commit=git_commit(), classifier_c=params.router.classifier_c,
+                           column_min_examples=params.router.column_min_examples if params.router.shot_columns
+                           else None)
     except NothingToPublish as exc:
         return None, f"nothing to publish: {exc}"
     measure(out, data)

@@ -230,11 +230,12 @@ class AgentRanker:
                  weight_decay: float = 1e-4, batch_size: int = 128, seed: int = 0, oos_weight: float = 1.0,
                  folds: int = 5, shots: Sequence[int] = (0, 0, 0, 1, 5, 20), drop_prob: float = 0.5,
                  classifier_c: float = 10.0, patience: int = 3, group_by: str = "mixed",
-                 shot_columns: bool = True) -> None:
+                 shot_columns: bool = True, column_min_examples: int = 5) -> None:
         self.hidden, self.dropout, self.epochs, self.lr = hidden, dropout, epochs, lr
         self.weight_decay, self.batch_size, self.seed, self.oos_weight = weight_decay, batch_size, seed, oos_weight
         self.folds, self.shots, self.drop_prob, self.classifier_c = folds, tuple(shots), drop_prob, classifier_c
         self.patience, self.group_by, self.shot_columns = patience, group_by, shot_columns
+        self.column_min_examples = column_min_examples
         self.generation_ = 0  # warm starts since the last cold fit
         self.crossfit_: CrossFit | None = None
         self.warm_: dict[str, Any] | None = None
@@ -245,7 +246,7 @@ class AgentRanker:
         return cls(**{k: getattr(params, k) for k in ("hidden", "dropout", "epochs", "lr", "weight_decay",
                                                        "batch_size", "seed", "oos_weight", "folds", "shots",
                                                        "drop_prob", "classifier_c", "patience", "group_by",
-                                                       "shot_columns")})
+                                                       "shot_columns", "column_min_examples")})
 
     def _groups(self, index: AgentIndex) -> tuple[np.ndarray, list[str]]:
         """Agents hidden together in cross-fitting, (group of each agent, name of each group): by
@@ -328,9 +329,10 @@ class AgentRanker:
                     chosen = rng.choice(pool, min(k, len(pool)), replace=False)
                     shots.append(np.stack([chosen, np.full(len(chosen), agent)], 1))
             pairs.extend(shots)
-            if shots and self.shot_columns:  # ... and the column the index step fits on those k
+            columned = [s for s in shots if len(s) >= max(self.column_min_examples, 1)]
+            if columned and self.shot_columns:  # ... and the column the index step fits on those k
                 classifier = self._shot_columns(classifier, x, pair_rows[known], pair_agents[known],
-                                                np.concatenate(shots), ids)
+                                                np.concatenate(columned), ids)
             bank = np.concatenate(pairs)
             fold_index = AgentIndex(index.agents, index.embeddings, x[bank[:, 0]], bank[:, 1])
             rows = np.flatnonzero((fold_of_row == f) & plan.featurize)
@@ -357,8 +359,11 @@ class AgentRanker:
 
     def index_step(self, index: AgentIndex) -> Classifier:
         """The classifier that serves `index`: this ranker's, plus a column for every agent the
-        index gives examples but the classifier never saw (amo.routing.index_step_classifier)."""
-        return index_step_classifier(self.classifier_, index, self.classifier_c, self.seed)
+        index gives at least `column_min_examples` examples but the classifier never saw
+        (amo.routing.index_step_classifier); without `shot_columns`, this ranker's alone."""
+        if not self.shot_columns:  # trained without few-shot columns: it would not know how far to trust one
+            return self.classifier_
+        return index_step_classifier(self.classifier_, index, self.classifier_c, self.seed, self.column_min_examples)
 
     def compatible(self, parent: AgentRanker) -> str | None:
         """Why `parent` cannot warm-start this ranker (None: it can)."""

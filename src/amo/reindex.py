@@ -83,13 +83,14 @@ def _carried_arm_scores(parent: dict[str, Any], files: dict[str, str]) -> dict[s
 
 def build_index_bundle(champion_dir: Path, agents: list[contracts.Agent], rows: list[contracts.RoutingExample],
                        out: Path, *, data_hash: str | None, git_commit: str | None,
-                       classifier_c: float = 10.0) -> dict[str, Any]:
+                       classifier_c: float = 10.0, column_min_examples: int | None = 1) -> dict[str, Any]:
     """Write to `out` a copy of the champion bundle whose agent index serves `agents` with
-    `rows` as examples, and whose classifier has a column for every agent those rows give its
-    first examples (fitted on them, the other columns fixed: amo.routing.index_step_classifier,
-    inverse regularisation `classifier_c`); every other file byte-identical. The manifest names
-    its parent and what changed; its metrics are filled in by `measure` (never copied from the
-    champion)."""
+    `rows` as examples, and whose classifier has a column for every agent with at least
+    `column_min_examples` of them and no column yet (fitted on them, the other columns fixed:
+    amo.routing.index_step_classifier, inverse regularisation `classifier_c`; None: no column is
+    added, params.yaml's router.shot_columns off); every other file byte-identical. The manifest
+    names its parent and what changed; its metrics are filled in by `measure` (never copied from
+    the champion)."""
     from amo.brain import Brain
 
     champion = Brain(champion_dir)  # verifies the champion; its encoder embeds the new texts
@@ -101,7 +102,8 @@ def build_index_bundle(champion_dir: Path, agents: list[contracts.Agent], rows: 
     shutil.copytree(champion_dir, partial, ignore=shutil.ignore_patterns(MANIFEST, SIGNATURE))
     index.save(partial / "router")
     classifier = Classifier.load(champion_dir / "router")
-    extended = index_step_classifier(classifier, index, classifier_c)
+    extended = (classifier if column_min_examples is None
+                else index_step_classifier(classifier, index, classifier_c, min_examples=column_min_examples))
     if extended is not classifier:
         extended.save(partial / "router")
         changes["classifier_columns_added"] = list(extended.agent_ids[len(classifier.agent_ids):])

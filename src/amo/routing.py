@@ -304,13 +304,16 @@ def add_columns(classifier: Classifier, x: np.ndarray, labels: Sequence[str], ne
                       (*classifier.agent_ids, *new_ids))
 
 
-def index_step_classifier(classifier: Classifier, index: AgentIndex, c: float, seed: int = 0) -> Classifier:
-    """The classifier for `index` after the index step: a column for every agent that has
-    examples in the index but none in `classifier` (add_columns, fitted on the index's examples,
-    which are the training prompts of every agent), the other columns untouched."""
+def index_step_classifier(classifier: Classifier, index: AgentIndex, c: float, seed: int = 0,
+                          min_examples: int = 1) -> Classifier:
+    """The classifier for `index` after the index step: a column for every agent that has at
+    least `min_examples` examples in the index but none in `classifier` (add_columns, fitted on
+    the index's examples, which are the training prompts of every agent), the other columns
+    untouched."""
     known = set(classifier.agent_ids)
     counts = index.packed()[2]
-    missing = [agent for agent, count in zip(index.ids, counts) if count and agent not in known]
+    missing = [agent for agent, count in zip(index.ids, counts)
+               if count >= max(min_examples, 1) and agent not in known]
     if not missing:
         return classifier
     ids = index.ids
