@@ -46,12 +46,14 @@ def served(runtime_image: Result, registry: Path) -> Iterator[dict[str, Any]]:
     port = free_port()
     env = dict(runtime_image.env, AMO_REGISTRY=str(registry), AMO_PORT=str(port), OMP_NUM_THREADS="1")
     command = [("127.0.0.1" if word == "0.0.0.0" else word) for word in runtime_image.cmd]
-    process = subprocess.Popen(command, cwd=runtime_image.workdir, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = registry.parent / "runtime.log"  # a file, not an unread pipe that blocks the server once full
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=runtime_image.workdir, env=env, text=True,
+                                   stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
-        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        assert process.poll() is None, log.read_text()
         try:
             return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
         except httpx.TransportError:

@@ -49,14 +49,18 @@ def start_server(workdir: Path, tiny_lm: Path, registry: Path) -> tuple[subproce
     params.write_text(yaml.safe_dump(raw))
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([str(Path(sys.executable).parent / "amo"), "--params", str(params), "serve",
-                                "--port", str(port)], cwd=workdir, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Its output goes to a file, never to an unread pipe: once a pipe's 64 KiB fill with access-log
+    # lines, the server's next log write blocks, and with it every request (CI: /healthz timed out).
+    log = workdir / "serve.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "amo"), "--params", str(params), "serve",
+                                    "--port", str(port)], cwd=workdir, env=env, text=True,
+                                   stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"amo serve exited:\n{process.stdout.read() if process.stdout else ''}")
+            raise AssertionError(f"amo serve exited:\n{log.read_text()}")
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return process, url
@@ -83,9 +87,18 @@ def served(bundle: Path, tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def wait_for(url: str, predicate: Any, seconds: float = 60) -> dict[str, Any]:
+    """Poll /healthz until `predicate` holds or `seconds` pass. A poll that times out is retried:
+    on two shared cores a bundle load can hold the GIL for seconds (seen in CI: httpx's 5 s
+    default timed out while the poller loaded a challenger), and that is not the behaviour under test."""
     deadline = time.monotonic() + seconds
+    health: dict[str, Any] = {}
     while True:
-        health = httpx.get(f"{url}/healthz").json()
+        try:
+            health = httpx.get(f"{url}/healthz", timeout=30).json()
+        except httpx.TimeoutException:
+            if time.monotonic() > deadline:
+                raise
+            continue
         if predicate(health) or time.monotonic() > deadline:
             return health
         time.sleep(0.1)
@@ -694,7 +707,8 @@ def test_a_challenger_is_scored_in_shadow_by_the_served_runtime(served: dict[str
     challenger_id = served["registry"].shadow(challenger)
     health = wait_for(served["url"], lambda h: h["challenger"] == challenger_id)
     assert health["challenger"] == challenger_id and health["bundle_id"] == fresh["bundle_id"]
-    request_id = httpx.post(f"{served['url']}/route", json={"prompt": "where is my order 1234"}).json()["request_id"]
+    route = httpx.post(f"{served['url']}/route", json={"prompt": "where is my order 1234"}, timeout=30)
+    request_id = route.json()["request_id"]
     log = served["workdir"] / "logs" / "decisions"
     assert wait_until(lambda: any(r["request_id"] == request_id for r in read_log(log, "shadow")), 30)
     (record,) = [r for r in read_log(log, "shadow") if r["request_id"] == request_id]
