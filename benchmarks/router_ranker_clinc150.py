@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     d = result["diagnostics"]["amo_baseline_threshold_rule"]
     print("diagnostic: amo with the baselines' rule " + "  ".join(f"{k}={d[k]:.4f}" for k in REPORTED))
     for name in test_scores_of:
-        ceilings = result["diagnostics"]["ceilings"][name]
-        print(f"{name:14s} ceilings " + "  ".join(f"{k}={v:.4f}" for k, v in ceilings.items() if k != "how"))
+        ceiling = result["diagnostics"]["ceilings"][name]
+        print(f"{name:14s} ceilings " + "  ".join(f"{k}={v:.4f}" for k, v in ceiling.items() if k != "how"))
     print(f"wrote {args.out} ({result['seconds']} s)")
     return result
 
