@@ -230,3 +230,53 @@ def test_plan_follows_the_router() -> None:
     assert known.path == ["book_hotel"]
     assert any("send_email not planned: the trees know it from" in line for line in known.choice)
     assert base.plan(prompt, embedding, row_scores, separator, selected=["order_pizza"]).path == ["book_hotel"]
+
+
+def test_no_agent_runs_again_unless_the_traces_do(planner: TreePlanner, tmp_path: Path) -> None:
+    """A decoded path never calls an agent twice (in a row or later) when no training trace does:
+    the demo planned `order_status -> order_status`; the router's scores cannot talk it into a repeat.
+    The saved planner keeps the rule."""
+    assert planner.repeating_ == set() and not any(a in after for a, after in planner.transitions_.items())
+    planner.save(tmp_path)
+    loaded = TreePlanner.load(tmp_path)
+    rng = random.Random(3)
+    paths, reloaded = [], []
+    for _ in range(200):
+        wanted = rng.sample(AGENTS, rng.choice([1, 2, 3]))
+        prompt = " then ".join(a.replace("_", " ") for a in wanted)
+        scores = {a: rng.gauss(0, 2) for a in AGENTS}
+        embedding = np.array([rng.gauss(0, 1) for _ in range(8)])
+        separator = rng.gauss(0, 1)
+        paths.append(planner.plan(prompt, embedding, scores, separator, explain=False).path)
+        reloaded.append(loaded.plan(prompt, embedding, scores, separator, explain=False).path)
+    assert sum(len(p) >= 3 for p in paths) > 30 and reloaded == paths  # long plans were made
+    assert [p for p in paths if len(set(p)) < len(p)] == []
+
+
+def test_an_agent_the_traces_call_twice_may_run_again() -> None:
+    """Traces that call `search_flights` again after `book_hotel` let a plan do the same; the
+    rule is read from the traces, never a blanket ban (tool paths do call a tool twice)."""
+    rng = random.Random(11)
+    rows = traces(300, seed=2)
+    rows += [trace(rng, ["search_flights", "book_hotel", "search_flights"], AGENTS) for _ in range(60)]
+    prompts, embeddings, scores, seps, paths = zip(*rows)
+    fitted = TreePlanner(pca_dims=4, max_depth=6, min_samples_leaf=2, next_max_depth=6,
+                         next_min_samples_leaf=5).fit(prompts, np.array(embeddings), scores, seps, paths, AGENTS)
+    assert fitted.repeating_ == {"search_flights"}
+    assert fitted._may_run_again("search_flights", ["search_flights", "book_hotel"])
+    assert not fitted._may_run_again("book_hotel", ["search_flights", "book_hotel"])  # never right after itself
+    assert not fitted._may_run_again("check_weather", ["check_weather", "book_hotel"])
+    prompt, embedding, row_scores, separator, path = rows[-1]
+    assert fitted.plan(prompt, embedding, row_scores, separator).path == path
+
+
+def test_a_planner_saved_without_repeating_loads_and_allows_earlier_agents(planner: TreePlanner) -> None:
+    """A planner file from before the rule (no "repeating" key) loads; only the self-loop rule,
+    read from its transitions, applies to it. A malformed key is refused, naming the field."""
+    data = planner.to_dict()
+    del data["repeating"]
+    old = TreePlanner.from_dict(data)
+    assert old.repeating_ is None and old._may_run_again("book_hotel", ["book_hotel", "send_email"])
+    assert not old._may_run_again("send_email", ["book_hotel", "send_email"])
+    with pytest.raises(PlannerFormatError, match="repeating"):
+        TreePlanner.from_dict({**planner.to_dict(), "repeating": "book_hotel"})

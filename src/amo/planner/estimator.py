@@ -139,6 +139,7 @@ class TreePlanner:
         self.stop_features_ = stop_feature_names(dims)
         self.next_features_ = list(NEXT_FEATURES)
         self.transitions_, self.agent_counts_ = _transitions(paths)
+        self.repeating_: set[str] | None = {a for p in paths for a in set(p) if p.count(a) > 1}
         self.transition_totals_ = {a: sum(after.values()) for a, after in self.transitions_.items()}
 
         # Rounded as saved, so a loaded planner finds the same neighbours.
@@ -262,7 +263,8 @@ class TreePlanner:
         return candidates
 
     def _decode(self, ctx: _Prompt, reduced: np.ndarray, memo: dict) -> list[str]:
-        """The greedy path: the stop tree ends it, else the next tree's best candidate runs next."""
+        """The greedy path: the stop tree ends it, else the next tree's best candidate runs next.
+        An agent runs again only as the traces run agents again (`_may_run_again`)."""
         path: list[str] = []
         for _ in range(self.max_path_len):
             prefix = tuple(path)
@@ -270,6 +272,7 @@ class TreePlanner:
             if step.p_stop > 0.5:
                 break
             candidates = self._next_at(ctx, step, prefix)
+            candidates = [a for a in candidates if self._may_run_again(a, path)]
             if not candidates:
                 break
             best = max(candidates, key=lambda a: (step.p_next[a], ctx.score(a)))  # router score breaks ties
@@ -277,6 +280,18 @@ class TreePlanner:
                 break
             path.append(best)
         return path
+
+    def _may_run_again(self, agent: str, path: list[str]) -> bool:
+        """Whether `agent` may be the next step of `path`: any agent not in it yet; the last one
+        again only if a training trace calls an agent right after itself (`transitions_`); an
+        earlier one only if some training trace calls that agent twice (`repeating_`; None, in a
+        planner saved before it was recorded: allowed). The next tree scores a repeat from the
+        router's score like any candidate: the demo planned `order_status -> order_status`."""
+        if agent not in path:
+            return True
+        if agent == path[-1]:
+            return bool(self.transitions_.get(agent, {}).get(agent))
+        return self.repeating_ is None or agent in self.repeating_
 
     def _rerank_rows(self, ctx: _Prompt, reduced: np.ndarray, memo: dict,
                      explain: bool = False) -> tuple[list[list[str]], list[list[float]], list[str]]:
@@ -429,6 +444,7 @@ class TreePlanner:
                 "params": self._params(),
                 "pca": {"mean": self.pca_mean_.tolist(), "components": self.pca_components_.tolist()},
                 "transitions": {a: dict(after) for a, after in self.transitions_.items()},
+                "repeating": None if self.repeating_ is None else sorted(self.repeating_),
                 "neighbours": {"embeddings": self.neighbour_embeddings_.tolist(),
                                "paths": [list(p) for p in self.neighbour_paths_]},
                 "stop_tree": tree_to_dict(self.stop_tree_, self.stop_features_),
@@ -456,6 +472,11 @@ class TreePlanner:
             planner.transitions_ = {str(a): {str(b): int(n) for b, n in after.items()}
                                     for a, after in data["transitions"].items()}
             planner.agent_counts_ = _incoming(planner.transitions_)
+            repeating = data.get("repeating")  # absent in planners saved before it was recorded
+            if repeating is not None and not (isinstance(repeating, list)
+                                              and all(isinstance(a, str) for a in repeating)):
+                raise PlannerFormatError("repeating is not a list of agent ids")
+            planner.repeating_ = None if repeating is None else set(repeating)
             planner.transition_totals_ = {a: sum(after.values()) for a, after in planner.transitions_.items()}
             planner.neighbour_embeddings_ = np.array(data["neighbours"]["embeddings"], dtype=np.float64)
             planner.neighbour_paths_ = [[str(a) for a in path] for path in data["neighbours"]["paths"]]
