@@ -11,7 +11,9 @@ prompts as examples, as train_router's does. Then one test prompt at a time is r
   torch: sentence-transformers encoder + route features + torch ranker + select
   onnx:  ONNX encoder (tokenizers + onnxruntime) + route features + ONNX ranker + select
 timed by router_latency.py's alternating protocol. Also recorded: ONNX vs torch scores on the same
-prompt embeddings (parity), and the index's size in memory per 1,000 examples.
+prompt embeddings (parity), the index's size in memory per 1,000 examples, and where the ONNX
+path's time goes (`onnx_parts`: encoder, route features, ranker session, select, each timed on
+its own over the same prompts).
 Writes benchmarks/results/router_ranker_latency[_DATASET].json.
 """
 
@@ -22,6 +24,7 @@ import json
 import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,30 @@ from amo.models import Encoder, resolve_encoder
 from amo.onnx_encoder import OnnxEncoder, export_encoder
 from amo.onnx_router import ONNX_FILE, OnnxRanker, export_ranker
 from amo.ranker import AgentRanker
-from amo.routing import AgentIndex, Route, grade_matrix, select
+from amo.routing import AgentIndex, Route, grade_matrix, route_features, select
+
+
+def onnx_parts(encoder: OnnxEncoder, ranker: OnnxRanker, index: AgentIndex, ids: list[str], prompts: list[str],
+               runs: int, warmup: int, min_k: int, max_k: int) -> dict[str, dict[str, float]]:
+    """p50 / mean ms of each step of the ONNX route path, on the prompts time_routes times (after
+    the same `warmup` untimed ones): which step a latency target has to come from."""
+    parts: dict[str, list[float]] = {"encoder": [], "route_features": [], "ranker_session": [], "select": []}
+    for i in range(warmup + runs):
+        prompt = prompts[i % len(prompts)]
+        t0 = time.perf_counter()
+        embedding = encoder.encode([prompt])
+        t1 = time.perf_counter()
+        agent_f, prompt_f = route_features(embedding, index, ranker.classifier)
+        t2 = time.perf_counter()
+        (scores,) = ranker.session.run(None, {"agent_features": agent_f, "prompt_features": prompt_f})
+        t3 = time.perf_counter()
+        select(scores[0], ids, min_k=min_k, max_k=max_k, margin=0.0)
+        t4 = time.perf_counter()
+        if i >= warmup:
+            for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                parts[name].append(seconds * 1000)
+    return {name: {"p50_ms": round(float(np.median(v)), 3), "mean_ms": round(float(np.mean(v)), 3)}
+            for name, v in parts.items()}
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         latency = time_routes({"torch": route_torch, "onnx": route_onnx}, prompts, args.runs, args.warmup,
                               args.seed)
+        parts = onnx_parts(onnx_encoder, onnx_ranker, index, ids, prompts, args.runs, args.warmup,
+                           params.min_k, params.max_k)
     examples = len(index.examples)
     index_bytes = index.examples.nbytes + index.example_agents.nbytes + index.example_keys.nbytes
     result = {
@@ -98,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "index_mb_per_1000_examples": round(index_bytes / max(examples, 1) * 1000 / 2**20, 3),
         "onnx_vs_torch_max_abs_score_diff": parity,
         **latency,
+        "onnx_parts": parts,
         "targets": {"onnx_parity_le_1e-4": parity <= 1e-4,
                     "onnx_p50_ms_limit": 5.0 if len(ids) <= 150 else 10.0,
                     "onnx_p50_within_limit": latency["onnx"]["p50_ms"] <= (5.0 if len(ids) <= 150 else 10.0),

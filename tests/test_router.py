@@ -70,6 +70,25 @@ def test_select_dynamic_top_k_and_abstain() -> None:
     assert select(np.array([0.1, 0.7, 0.0, -1.0, 0.5]), ids, margin=0.5).abstained
 
 
+def test_select_matches_the_agent_by_agent_rule_on_ties_and_per_agent_margins() -> None:
+    """select, vectorised, picks exactly what the rule says agent by agent: best first, ties in
+    index order, each agent's own margin, a lead equal to the margin abstaining, min_k topping up."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 40))
+        scores = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=n + 1).astype(np.float32)  # many ties
+        margin = rng.choice([-0.5, 0.0, 0.5], size=n) if rng.random() < 0.5 else float(rng.choice([-0.5, 0.0]))
+        min_k, max_k = int(rng.integers(0, 3)), int(rng.integers(1, 5))
+        ids = [f"a{i}" for i in range(n)]
+        order = sorted(range(n), key=lambda i: (-float(scores[i]), i))
+        bar = (float(scores[-1]) + np.broadcast_to(np.asarray(margin, np.float64), (n,))).astype(np.float32)
+        want = [i for i in order if scores[i] > bar[i]][:max_k]
+        want = want if len(want) >= min_k else order[:min_k]
+        route = select(scores, ids, min_k=min_k, max_k=max_k, margin=margin)
+        assert [a for a, _ in route.agents] == [ids[i] for i in want]
+        assert [s for _, s in route.agents] == [float(scores[i]) for i in want]
+
+
 def test_router_learns_single_multi_and_out_of_scope(fitted) -> None:
     """On a separable toy problem the router picks the primary agent and abstains on OOS."""
     router, (x, examples, agents, ids) = fitted
