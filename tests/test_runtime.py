@@ -87,11 +87,10 @@ def served(bundle: Path, tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def wait_for(url: str, predicate: Any, seconds: float = 60) -> dict[str, Any]:
-    """Poll /healthz until `predicate` holds or `seconds` pass. A poll that times out is retried:
-    on two shared cores a bundle load can hold the GIL for seconds (seen in CI: httpx's 5 s
-    default timed out while the poller loaded a challenger), and that is not the behaviour under test."""
+    """Poll /healthz until `predicate` holds or `seconds` pass. A poll that times out (30 s each)
+    is retried until then: a slow answer on two shared cores is not the behaviour under test. (The
+    CI timeouts that led here were the server blocked on an unread output pipe: start_server.)"""
     deadline = time.monotonic() + seconds
-    health: dict[str, Any] = {}
     while True:
         try:
             health = httpx.get(f"{url}/healthz", timeout=30).json()
