@@ -232,6 +232,9 @@ def data_sensor(repo: str = ".") -> str | None:
     changed = orch.data_changed(data_dir, root)
     if changed:
         sent = orch.emit_data_updated(data_dir, root, why="data-sensor")
+        if sent["already_announced"]:  # `amo data update` (or another tick) announced it meanwhile
+            get_run_logger().info("new data %s: already announced, no event sent", changed)
+            return None
         get_run_logger().info("new data %s: event %s sent", changed, sent["event_id"])
     return changed
 

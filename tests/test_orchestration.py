@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import shutil
@@ -130,6 +131,44 @@ def test_data_fingerprint_sees_a_new_agents_file(tmp_path: Path) -> None:
     assert orch.data_changed(data, tmp_path) is None
     (data / "agents.jsonl").write_text('{"id": "b", "description": "a new agent that answers"}\n')
     assert orch.data_changed(data, tmp_path) not in (None, first)
+
+
+def test_one_data_version_is_announced_once_even_by_two_announcers_at_once(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data sensor and `amo data update` can see the same change at the same moment: one
+    `amo.data.updated` event goes out (so one retrain starts, not a second one refused by the
+    retrain lock); the other caller is told it was already announced. New data is announced again."""
+    import prefect.events
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "agents.jsonl").write_text('{"id": "a", "description": "an agent that answers"}\n')
+    sent: list[str] = []
+
+    def slow_emit(event: str, **_: object) -> object:
+        time.sleep(0.3)  # a wide window between the check and the record
+        sent.append(event)
+        return type("Event", (), {"id": f"event-{len(sent)}"})()
+
+    monkeypatch.setattr(prefect.events, "emit_event", slow_emit)
+    monkeypatch.setattr(EventsWorker, "drain_all", classmethod(lambda cls, timeout=None: None))
+    results: list[dict] = []
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        callers = [threading.Thread(target=contextvars.copy_context().run,  # the settings live in a context
+                                    args=(lambda why=why: results.append(orch.emit_data_updated(data, tmp_path, why)),))
+                   for why in ("data-sensor", "amo data update")]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+        assert len(sent) == 1
+        assert sorted(r["event_id"] is None for r in results) == [False, True]
+        assert [r.get("already_announced") for r in results if r["event_id"] is None] == [True]
+        assert {r["data_hash"] for r in results} == {orch.data_fingerprint(data)}
+        (data / "agents.jsonl").write_text('{"id": "b", "description": "a new agent that answers"}\n')
+        assert orch.emit_data_updated(data, tmp_path, "amo data update")["event_id"] == "event-2"
 
 
 @pytest.mark.slow  # a subprocess, a spawned process or a trained model: not in make test-fast

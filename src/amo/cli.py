@@ -161,12 +161,21 @@ def agents_add(agent_id: str = typer.Argument(..., metavar="ID", help="New agent
         agents_publish()
     if target is not None and target.resolve().parent == data_dir.resolve():
         # The pipeline's agents changed: start the on-new-agent-data retrain when Prefect is up.
-        from amo.orchestration import emit_data_updated
+        _announce(data_dir, "amo agents add")
 
-        sent = _run(lambda: emit_data_updated(data_dir, Path("."), why="amo agents add"))
-        if sent["event_id"] is not None:
-            typer.echo(f"event amo.data.updated {sent['event_id']} sent to {sent['api_url']}")
 
+
+def _announce(folder: Path, why: str) -> dict[str, Any]:
+    """Announce the data change (amo.orchestration.emit_data_updated) and say what happened."""
+    from amo import orchestration
+
+    sent = _run(lambda: orchestration.emit_data_updated(folder, Path("."), why=why))
+    if sent["event_id"] is not None:
+        typer.echo(f"data {folder} hash {sent['data_hash']}: event amo.data.updated {sent['event_id']} "
+                   f"sent to {sent['api_url']}")
+    elif sent.get("already_announced"):
+        typer.echo(f"data {folder} hash {sent['data_hash']}: already announced or trained on, no event sent")
+    return sent
 
 @agents_app.command("publish")
 def agents_publish() -> None:
@@ -194,7 +203,6 @@ def data_add(routing: Path | None = typer.Option(None, help="New routing rows (J
     what the data holds, then split per agent into train/val/test (params.yaml data.routing_split,
     trace_split), so a new agent's first rows are measured too. Announces the change."""
     from amo.intake import add_rows
-    from amo.orchestration import emit_data_updated
 
     if routing is None and traces is None:
         raise typer.BadParameter("give --routing and/or --traces")
@@ -202,9 +210,7 @@ def data_add(routing: Path | None = typer.Option(None, help="New routing rows (J
     folder = data_dir or Path(params.data.dir)
     report = _run(lambda: add_rows(params.data, folder, routing, traces))
     _echo_json(report)
-    sent = _run(lambda: emit_data_updated(folder, Path("."), why="amo data add"))
-    if sent["event_id"] is not None:
-        typer.echo(f"event amo.data.updated {sent['event_id']} sent to {sent['api_url']}")
+    _announce(folder, "amo data add")
 
 
 @data_app.command("harvest")
@@ -219,7 +225,6 @@ def data_harvest(since: str | None = typer.Option(None, help="Only decisions mad
     split as `amo data add` splits, provenance in data/provenance/. Prints the report (JSON:
     rows in, appended, duplicates dropped, refused with reasons) and announces the change."""
     from amo.harvest import harvest, parse_time
-    from amo.orchestration import emit_data_updated
 
     params = _params()
     folder = data_dir or Path(params.data.dir)
@@ -239,9 +244,7 @@ def data_harvest(since: str | None = typer.Option(None, help="Only decisions mad
         write_json(report, result)
     _echo_json(result)
     if sum(result["appended"].values()):
-        sent = _run(lambda: emit_data_updated(folder, Path("."), why="amo data harvest"))
-        if sent["event_id"] is not None:
-            typer.echo(f"event amo.data.updated {sent['event_id']} sent to {sent['api_url']}")
+        _announce(folder, "amo data harvest")
 
 
 @data_app.command("update")
@@ -249,16 +252,11 @@ def data_update(data_dir: Path | None = typer.Option(None, "--data", help="Defau
                 ) -> None:
     """Announce changed data: emit the `amo.data.updated` Prefect event with the data's hash
     (starts the retrain/on-new-agent-data deployment)."""
-    from amo.orchestration import emit_data_updated
-
     folder = data_dir or Path(_params().data.dir)
-    sent = _run(lambda: emit_data_updated(folder, Path("."), why="amo data update"))
-    if sent["event_id"] is None:
+    sent = _announce(folder, "amo data update")
+    if sent["event_id"] is None and not sent.get("already_announced"):
         typer.echo(f"data {folder} hash {sent['data_hash']}: not announced, PREFECT_API_URL is not set "
                    "(start a Prefect server, see README; the data sensor announces it later)")
-        return
-    typer.echo(f"data {folder} hash {sent['data_hash']}: event amo.data.updated {sent['event_id']} "
-               f"sent to {sent['api_url']}")
 
 
 # -- stages (dvc.yaml calls these, with every path written there once) ---------------------------

@@ -27,6 +27,7 @@ from amo.locks import LockBusy, file_lock
 DATA_UPDATED = "amo.data.updated"
 LOCK_FILE = "retrain.lock"
 DATA_STATE = "data_state.json"
+ANNOUNCE_LOCK = "announce.lock"  # held while a data version is checked, announced and recorded
 TAIL_LINES = 25
 REMOTE_NAME = "amo-remote"
 
@@ -321,25 +322,33 @@ def record_data_hash(repo: Path, data_hash: str, why: str) -> None:
 
 def emit_data_updated(data_dir: Path, repo: Path = Path("."), why: str = "amo data update") -> dict[str, Any]:
     """Send the `amo.data.updated` Prefect event with the data's fingerprint, wait until it is
-    delivered, and record the fingerprint as announced. Without PREFECT_API_URL nothing is sent.
-    Returns the event's id (None if not sent), the hash and the API URL."""
+    delivered, and record the fingerprint as announced, unless that version was already
+    announced or trained on. Without PREFECT_API_URL nothing is sent. Check, send and record
+    happen under one file lock: the data sensor and `amo data update` seeing the same change at
+    once send one event (one retrain), not two. Returns the event's id (None if not sent), the
+    hash, the API URL and `already_announced`."""
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL
 
-    data_hash = data_fingerprint(data_dir)
     if not PREFECT_API_URL.value():
         # No server to tell (an ephemeral API would vanish with this process): the data sensor
         # announces it once a server runs, since the hash is not recorded here.
-        return {"event_id": None, "data_hash": data_hash, "api_url": None}
-    event = emit_event(DATA_UPDATED, resource={"prefect.resource.id": f"amo.data.{repo.resolve().name}",
-                                               "prefect.resource.name": str(data_dir)},
-                       payload={"data_hash": data_hash, "data_dir": str(data_dir),
-                                "repo": str(repo.resolve()), "why": why})
-    EventsWorker.drain_all(timeout=30)
-    record_data_hash(repo, data_hash, why)
+        return {"event_id": None, "data_hash": data_fingerprint(data_dir), "api_url": None,
+                "already_announced": False}
+    with file_lock(repo / STATE_DIR / ANNOUNCE_LOCK, timeout=120.0, owner=why, poll=0.05):
+        data_hash = data_fingerprint(data_dir)
+        if data_hash == last_data_hash(repo):
+            return {"event_id": None, "data_hash": data_hash, "api_url": PREFECT_API_URL.value(),
+                    "already_announced": True}
+        event = emit_event(DATA_UPDATED, resource={"prefect.resource.id": f"amo.data.{repo.resolve().name}",
+                                                   "prefect.resource.name": str(data_dir)},
+                           payload={"data_hash": data_hash, "data_dir": str(data_dir),
+                                    "repo": str(repo.resolve()), "why": why})
+        EventsWorker.drain_all(timeout=30)
+        record_data_hash(repo, data_hash, why)
     return {"event_id": str(event.id) if event else None, "data_hash": data_hash,
-            "api_url": PREFECT_API_URL.value()}
+            "api_url": PREFECT_API_URL.value(), "already_announced": False}
 
 
 def data_changed(data_dir: Path, repo: Path = Path(".")) -> str | None:

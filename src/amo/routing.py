@@ -60,13 +60,14 @@ def select(scores: np.ndarray, agent_ids: Sequence[str], *, min_k: int = 0, max_
     """Agents scoring above the separator (last entry of `scores`) by `margin` (one for all, or
     one per agent: `agent_margins`), best first."""
     separator = float(scores[-1])
-    order = np.argsort(-scores[:-1], kind="stable")
+    agents = scores[:-1]
     # The bar in the scores' own precision (float32): a lead equal to the margin abstains.
-    bar = (separator + np.broadcast_to(np.asarray(margin, np.float64), scores[:-1].shape)).astype(scores.dtype)
-    chosen = [int(i) for i in order if scores[i] > bar[i]][:max_k]
+    bar = (separator + np.asarray(margin, np.float64)).astype(scores.dtype)
+    above = np.flatnonzero(agents > bar)  # ascending, so a stable sort keeps ties in index order
+    chosen = above[np.argsort(-agents[above], kind="stable")[:max_k]]
     if len(chosen) < min_k:
-        chosen = [int(i) for i in order[:min_k]]
-    return Route(agents=[(agent_ids[i], float(scores[i])) for i in chosen], separator=separator)
+        chosen = np.argsort(-agents, kind="stable")[:min_k]
+    return Route(agents=[(agent_ids[i], float(agents[i])) for i in chosen.tolist()], separator=separator)
 
 
 def agent_margins(index: AgentIndex, margin: float) -> np.ndarray:
