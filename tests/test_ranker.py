@@ -266,3 +266,32 @@ def test_parent_categories_get_a_classifier_column() -> None:
     ranker = AgentRanker(hidden=8, epochs=1, batch_size=16, folds=2, group_by="agent").fit(
         index, np.array(x, np.float32), grades)
     assert set(ranker.classifier_.agent_ids) == {a.id for a in agents}
+
+
+def test_a_small_cold_fit_repeats_the_cross_fit_until_crossfit_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cold fit on fewer rows than `crossfit_rows` makes ceil(crossfit_rows / rows) cross-fit
+    passes (at most MAX_REPEATS), each dealing rows and agent groups to folds afresh, and trains on
+    every pass's rows; the first pass's folds are the ones kept for a warm start."""
+    assert [AgentRanker(crossfit_rows=c).repeats(n) for c, n in ((100, 40), (0, 40), (40, 100), (10**6, 10))] == [
+        3, 1, 1, amo.ranker.MAX_REPEATS]
+    rng = np.random.default_rng(1)
+    centres = unit(rng, 4)
+    agents = [Agent(f"agent_{i}", f"agent number {i}") for i in range(4)]
+    rows = [RoutingExample(f"p{i}", {agents[i % 4].id: 1}) for i in range(40)]
+    x = unit(rng, 40)
+    plans, featurized = [], []
+    crossfit = AgentRanker._crossfit
+
+    def spy(self: AgentRanker, index: AgentIndex, x: np.ndarray, grades: np.ndarray, groups: np.ndarray,
+            rng: np.random.Generator, extra: np.ndarray | None, plan: object) -> tuple:
+        plans.append(plan)
+        parts, extra_parts, classifiers = crossfit(self, index, x, grades, groups, rng, extra, plan)
+        featurized.append(sum(len(p[0]) for p in parts))
+        return parts, extra_parts, classifiers
+
+    monkeypatch.setattr(AgentRanker, "_crossfit", spy)
+    ranker = AgentRanker(hidden=8, epochs=1, batch_size=16, folds=2, group_by="agent", crossfit_rows=100).fit(
+        AgentIndex(agents, centres), x, grade_matrix(rows, [a.id for a in agents]), keys=np.zeros((40, 8), np.uint8))
+    assert ranker.passes_ == 3 and featurized == [40, 40, 40]
+    assert len({p.fold_of_row.tobytes() for p in plans}) == 3  # folds dealt afresh each pass
+    assert ranker.crossfit_ is not None and np.array_equal(ranker.crossfit_.folds, plans[0].fold_of_row)

@@ -13,7 +13,10 @@ groups; the rows of fold f get their features from a classifier and an example b
 other folds' rows *without* group f's agents, which appear with no classifier column and either
 no examples (a new agent) or a few (an agent just given examples by the index step). That is the
 state of an agent added after training, competing with agents the classifier knows. So one model
-is as sharp as a classifier on agents with history and as general as similarity on new ones.
+is as sharp as a classifier on agents with history and as general as similarity on new ones. A cold
+fit on fewer than `crossfit_rows` rows repeats the cross-fit (folds dealt afresh each pass), so a
+small data set shows the ranker as many rows of hidden agents as a large one: with one pass on the
+demo's 994 rows, whether a description-only agent was ever selected depended on the seed.
 
     ranker = AgentRanker.from_params(params.router).fit(index, x_train, grades_train, val=(x_val, grades_val))
     scores = ranker.score(x_test, index)   # (n, A + 1), the separator last
@@ -51,6 +54,7 @@ META = "ranker.json"
 CROSSFIT = "crossfit.safetensors"  # the training rows' keys and folds, the fold classifiers: what a warm start reuses
 CROSSFIT_META = "crossfit"  # its one metadata entry (JSON: group_folds, agent_ids)
 FORMAT_VERSION = 1
+MAX_REPEATS = 8  # cross-fit passes of a cold fit at most (AgentRanker.repeats)
 FEATURES = [*AGENT_FEATURES, *PROMPT_FEATURES]  # the layout the MLP's first layer reads
 
 
@@ -223,6 +227,7 @@ class AgentRanker:
     model_: FeatureRanker
     classifier_: Classifier
     config_: RankerConfig
+    passes_: int  # cross-fit passes of the last fit (AgentRanker.repeats)
     timings_: dict[str, float]  # seconds of the last fit: cross-fitting (of which fold classifiers), epochs,
     # serving classifier
 
@@ -230,12 +235,12 @@ class AgentRanker:
                  weight_decay: float = 1e-4, batch_size: int = 128, seed: int = 0, oos_weight: float = 1.0,
                  folds: int = 5, shots: Sequence[int] = (0, 0, 0, 1, 5, 20), drop_prob: float = 0.5,
                  classifier_c: float = 10.0, patience: int = 3, group_by: str = "mixed",
-                 shot_columns: bool = True, column_min_examples: int = 5) -> None:
+                 shot_columns: bool = True, column_min_examples: int = 5, crossfit_rows: int = 5000) -> None:
         self.hidden, self.dropout, self.epochs, self.lr = hidden, dropout, epochs, lr
         self.weight_decay, self.batch_size, self.seed, self.oos_weight = weight_decay, batch_size, seed, oos_weight
         self.folds, self.shots, self.drop_prob, self.classifier_c = folds, tuple(shots), drop_prob, classifier_c
         self.patience, self.group_by, self.shot_columns = patience, group_by, shot_columns
-        self.column_min_examples = column_min_examples
+        self.column_min_examples, self.crossfit_rows = column_min_examples, crossfit_rows
         self.generation_ = 0  # warm starts since the last cold fit
         self.crossfit_: CrossFit | None = None
         self.warm_: dict[str, Any] | None = None
@@ -246,7 +251,7 @@ class AgentRanker:
         return cls(**{k: getattr(params, k) for k in ("hidden", "dropout", "epochs", "lr", "weight_decay",
                                                        "batch_size", "seed", "oos_weight", "folds", "shots",
                                                        "drop_prob", "classifier_c", "patience", "group_by",
-                                                       "shot_columns", "column_min_examples")})
+                                                       "shot_columns", "column_min_examples", "crossfit_rows")})
 
     def _groups(self, index: AgentIndex) -> tuple[np.ndarray, list[str]]:
         """Agents hidden together in cross-fitting, (group of each agent, name of each group): by
@@ -266,6 +271,13 @@ class AgentRanker:
                 group_names, mixed = np.unique(labels, return_inverse=True)
                 return mixed, group_names.tolist()
         return np.arange(len(index.agents)), [f"agent:{agent}" for agent in index.ids]
+
+    def repeats(self, n: int) -> int:
+        """Cross-fit passes of a cold fit over n training rows: enough to featurize
+        `crossfit_rows` rows in all, at most MAX_REPEATS. Each pass deals rows and agent groups
+        to folds afresh, so a small data set still shows the ranker many prompts of agents
+        without history; from `crossfit_rows` rows up, one pass (0: always one)."""
+        return max(1, min(MAX_REPEATS, -(-self.crossfit_rows // max(n, 1))))
 
     def _cold_plan(self, n: int, groups: np.ndarray, rng: np.random.Generator) -> _Plan:
         """Rows in random folds, agent groups dealt round-robin over the folds in random order."""
@@ -306,7 +318,7 @@ class AgentRanker:
         fold_of_row, fold_of_group = plan.fold_of_row, plan.fold_of_group
         extra_fold = rng.integers(0, self.folds, len(extra)) if extra is not None else None
         parts, extra_parts, classifiers = [], [], []
-        self.timings_ = {"fold_classifiers_seconds": 0.0}
+        self.timings_.setdefault("fold_classifiers_seconds", 0.0)
         for f in range(self.folds):
             hidden = np.array([fold_of_group[int(g)] == f for g in groups])
             outside = fold_of_row != f
@@ -397,11 +409,19 @@ class AgentRanker:
         clock = time.perf_counter()
         groups, names = self._groups(index)
         if parent is None or keys is None:
-            plan, self.warm_ = self._cold_plan(len(x), groups, rng), None
+            plans, self.warm_ = [self._cold_plan(len(x), groups, rng) for _ in range(self.repeats(len(x)))], None
         else:
-            plan = self._warm_plan(parent, keys, names, replay, rng)
-        parts, val_parts, fold_classifiers = self._crossfit(index, x, grades, groups, rng,
-                                                            None if val is None else val[0], plan)
+            plans = [self._warm_plan(parent, keys, names, replay, rng)]
+        parts: list[tuple] = []
+        val_parts: list[tuple] = []
+        fold_classifiers: list[Classifier] = []
+        self.timings_ = {"fold_classifiers_seconds": 0.0}
+        for plan in plans:  # each repeat hides other agents in other folds: more "no history" to learn from
+            more, more_val, classifiers = self._crossfit(index, x, grades, groups, rng,
+                                                         None if val is None else val[0], plan)
+            parts, val_parts = parts + more, val_parts + more_val
+            fold_classifiers = fold_classifiers or classifiers  # the first plan's: what a warm start reuses
+        plan, self.passes_ = plans[0], len(plans)
         self.timings_["crossfit_seconds"] = round(time.perf_counter() - clock, 2)  # fold classifiers included
         clock = time.perf_counter()
         self.generation_ = 0 if parent is None else parent.generation_ + 1
