@@ -164,7 +164,6 @@ def agents_add(agent_id: str = typer.Argument(..., metavar="ID", help="New agent
         _announce(data_dir, "amo agents add")
 
 
-
 def _announce(folder: Path, why: str) -> dict[str, Any]:
     """Announce the data change (amo.orchestration.emit_data_updated) and say what happened."""
     from amo import orchestration
@@ -176,6 +175,7 @@ def _announce(folder: Path, why: str) -> dict[str, Any]:
     elif sent.get("already_announced"):
         typer.echo(f"data {folder} hash {sent['data_hash']}: already announced or trained on, no event sent")
     return sent
+
 
 @agents_app.command("publish")
 def agents_publish() -> None:
