@@ -5,8 +5,8 @@
 Writes the demo data (amo.demo, the embedded default) into a temporary folder and, for each seed
 and each cross-fit setting, trains the router as `train_router` does (amo.stages.train_router.train:
 the pipeline's ranker, margin chosen on val, every training prompt an example). Settings:
-`one_pass` is `router.crossfit_rows: 0` (one cross-fit pass, as before 2026-12-07); `shipped` is
-params.yaml as it is (994 training rows: ceil(crossfit_rows / 994) passes). Measured per fit:
+`one_pass` is `router.crossfit_cells: 0` (one cross-fit pass, as before 2026-12-07); `shipped` is
+params.yaml as it is ((994 + 213) rows x 14 agents a pass: min(8, crossfit_cells // that) passes). Measured per fit:
 - the test split with the pipeline's selection (`select` with `agent_margins`): in-scope
   accuracy and out-of-scope recall (amo.metrics);
 - each of benchmarks/new_agent.py's three new agents added alone by description (the cheap index
@@ -88,14 +88,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     params = load_params(args.params)
     encoder = Encoder(resolve_encoder(params.encoder.path))
     seeds = [int(s) for s in args.seeds.split(",")]
-    settings = {"one_pass": 0, "shipped": params.router.crossfit_rows}
+    settings = {"one_pass": 0, "shipped": params.router.crossfit_cells}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in settings}
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "data"
         write_demo_data(data)
         for seed in seeds:
-            for name, rows in settings.items():
-                router = params.router.model_copy(update={"seed": seed, "crossfit_rows": rows})
+            for name, cells in settings.items():
+                router = params.router.model_copy(update={"seed": seed, "crossfit_cells": cells})
                 result = {"seed": seed, **measure(params.model_copy(update={"router": router}), data, encoder)}
                 runs[name].append(result)
                 print(name, json.dumps(result), flush=True)
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = "python benchmarks/router_demo_seeds.py"
     report = {"command": command + ("" if args.seeds == "0,1,2,3,4" else f" --seeds {args.seeds}"),
               "data": "amo.demo.write_demo_data (seed 13): 994 train / 213 val / 213 test routing rows, 14 agents",
-              "encoder": params.encoder.path, "settings": {k: {"router.crossfit_rows": v} for k, v in settings.items()},
+              "encoder": params.encoder.path,
+              "settings": {k: {"router.crossfit_cells": v} for k, v in settings.items()},
               "summary": {name: summary(results) for name, results in runs.items()}, "runs": runs}
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(report, indent=1) + "\n")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import amo.ranker
+from amo.config import load_params
 from amo.data import Agent, RoutingExample
 from amo.demo import write_demo_data
 from amo.onnx_router import ONNX_FILE, OnnxRanker, export_ranker
@@ -27,6 +28,7 @@ from amo.routing import (
 )
 
 DIM = 16
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -268,12 +270,16 @@ def test_parent_categories_get_a_classifier_column() -> None:
     assert set(ranker.classifier_.agent_ids) == {a.id for a in agents}
 
 
-def test_a_small_cold_fit_repeats_the_cross_fit_until_crossfit_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A cold fit on fewer rows than `crossfit_rows` makes ceil(crossfit_rows / rows) cross-fit
-    passes (at most MAX_REPEATS), each dealing rows and agent groups to folds afresh, and trains on
-    every pass's rows; the first pass's folds are the ones kept for a warm start."""
-    assert [AgentRanker(crossfit_rows=c).repeats(n) for c, n in ((100, 40), (0, 40), (40, 100), (10**6, 10))] == [
-        3, 1, 1, amo.ranker.MAX_REPEATS]
+def test_a_cold_fit_repeats_the_cross_fit_within_crossfit_cells(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cold fit makes floor(crossfit_cells / (rows x agents)) cross-fit passes (at least one, at
+    most MAX_REPEATS), rows counting training and validation prompts; each pass deals rows and
+    agent groups to folds afresh and is trained on; the first pass's folds are kept for a warm start."""
+    assert [AgentRanker(crossfit_cells=c).repeats(n, a) for c, n, a in (
+        (500, 40, 4), (479, 40, 3), (0, 40, 4), (100, 100, 4), (10**9, 10, 4))] == [3, 3, 1, 1, amo.ranker.MAX_REPEATS]
+    # the shipped budget: CLINC150 (13,600 + 2,800 rows, 150 agents) 8 passes, the retrain-cost
+    # benchmark's 100,000 rows of 237 agents one, so its route features stay about 1.2 GB
+    budget = AgentRanker.from_params(load_params(ROOT / "params.yaml").router)
+    assert (budget.repeats(16_400, 150), budget.repeats(120_000, 237)) == (amo.ranker.MAX_REPEATS, 1)
     rng = np.random.default_rng(1)
     centres = unit(rng, 4)
     agents = [Agent(f"agent_{i}", f"agent number {i}") for i in range(4)]
@@ -290,7 +296,7 @@ def test_a_small_cold_fit_repeats_the_cross_fit_until_crossfit_rows(monkeypatch:
         return parts, extra_parts, classifiers
 
     monkeypatch.setattr(AgentRanker, "_crossfit", spy)
-    ranker = AgentRanker(hidden=8, epochs=1, batch_size=16, folds=2, group_by="agent", crossfit_rows=100).fit(
+    ranker = AgentRanker(hidden=8, epochs=1, batch_size=16, folds=2, group_by="agent", crossfit_cells=480).fit(
         AgentIndex(agents, centres), x, grade_matrix(rows, [a.id for a in agents]), keys=np.zeros((40, 8), np.uint8))
     assert ranker.passes_ == 3 and featurized == [40, 40, 40]
     assert len({p.fold_of_row.tobytes() for p in plans}) == 3  # folds dealt afresh each pass

@@ -107,10 +107,11 @@ class RouterParams(_Section):
     shot_columns: bool = True
     # ... once the agent has at least this many examples (the index step uses the same bar).
     column_min_examples: int = Field(5, ge=1)
-    # A cold fit on fewer rows makes several cross-fit passes (each dealing rows and agent groups
-    # to folds afresh) until it has featurized this many rows (at most 8 passes; 0: one pass), so
-    # a small data set teaches "no history" as steadily as a large one.
-    crossfit_rows: int = Field(5000, ge=0)
+    # A cold fit makes as many cross-fit passes (each dealing rows and agent groups to folds
+    # afresh) as fit in this many route-feature cells, (training + validation rows) x agents a
+    # pass, 52 bytes each (at most 8 passes; 0: one pass): a small catalogue learns "no history"
+    # from many more prompts, a large one keeps one pass and bounded memory.
+    crossfit_cells: int = Field(24_000_000, ge=0)
     drop_prob: float = Field(0.5, ge=0.0, le=1.0)  # a hidden agent's prompt trains abstention this often
     classifier_c: float = Field(10.0, gt=0.0)  # inverse regularisation of the classifier evidence
     # Inference: agents scoring above the separator by a margin are selected, best first. The

@@ -14,9 +14,11 @@ other folds' rows *without* group f's agents, which appear with no classifier co
 no examples (a new agent) or a few (an agent just given examples by the index step). That is the
 state of an agent added after training, competing with agents the classifier knows. So one model
 is as sharp as a classifier on agents with history and as general as similarity on new ones. A cold
-fit on fewer than `crossfit_rows` rows repeats the cross-fit (folds dealt afresh each pass), so a
-small data set shows the ranker as many rows of hidden agents as a large one: with one pass on the
-demo's 994 rows, whether a description-only agent was ever selected depended on the seed.
+fit repeats the cross-fit (folds dealt afresh each pass) while the passes' route features, rows x
+agents, stay within `crossfit_cells`: a small data set shows the ranker many more prompts of hidden
+agents (with one pass on the demo's 994 rows, whether a description-only agent was ever selected
+depended on the seed; on CLINC150 eight passes put new agents level with cosine), and a large one
+keeps one pass, so memory stays bounded.
 
     ranker = AgentRanker.from_params(params.router).fit(index, x_train, grades_train, val=(x_val, grades_val))
     scores = ranker.score(x_test, index)   # (n, A + 1), the separator last
@@ -235,12 +237,12 @@ class AgentRanker:
                  weight_decay: float = 1e-4, batch_size: int = 128, seed: int = 0, oos_weight: float = 1.0,
                  folds: int = 5, shots: Sequence[int] = (0, 0, 0, 1, 5, 20), drop_prob: float = 0.5,
                  classifier_c: float = 10.0, patience: int = 3, group_by: str = "mixed",
-                 shot_columns: bool = True, column_min_examples: int = 5, crossfit_rows: int = 5000) -> None:
+                 shot_columns: bool = True, column_min_examples: int = 5, crossfit_cells: int = 24_000_000) -> None:
         self.hidden, self.dropout, self.epochs, self.lr = hidden, dropout, epochs, lr
         self.weight_decay, self.batch_size, self.seed, self.oos_weight = weight_decay, batch_size, seed, oos_weight
         self.folds, self.shots, self.drop_prob, self.classifier_c = folds, tuple(shots), drop_prob, classifier_c
         self.patience, self.group_by, self.shot_columns = patience, group_by, shot_columns
-        self.column_min_examples, self.crossfit_rows = column_min_examples, crossfit_rows
+        self.column_min_examples, self.crossfit_cells = column_min_examples, crossfit_cells
         self.generation_ = 0  # warm starts since the last cold fit
         self.crossfit_: CrossFit | None = None
         self.warm_: dict[str, Any] | None = None
@@ -251,7 +253,7 @@ class AgentRanker:
         return cls(**{k: getattr(params, k) for k in ("hidden", "dropout", "epochs", "lr", "weight_decay",
                                                        "batch_size", "seed", "oos_weight", "folds", "shots",
                                                        "drop_prob", "classifier_c", "patience", "group_by",
-                                                       "shot_columns", "column_min_examples", "crossfit_rows")})
+                                                       "shot_columns", "column_min_examples", "crossfit_cells")})
 
     def _groups(self, index: AgentIndex) -> tuple[np.ndarray, list[str]]:
         """Agents hidden together in cross-fitting, (group of each agent, name of each group): by
@@ -272,12 +274,13 @@ class AgentRanker:
                 return mixed, group_names.tolist()
         return np.arange(len(index.agents)), [f"agent:{agent}" for agent in index.ids]
 
-    def repeats(self, n: int) -> int:
-        """Cross-fit passes of a cold fit over n training rows: enough to featurize
-        `crossfit_rows` rows in all, at most MAX_REPEATS. Each pass deals rows and agent groups
-        to folds afresh, so a small data set still shows the ranker many prompts of agents
-        without history; from `crossfit_rows` rows up, one pass (0: always one)."""
-        return max(1, min(MAX_REPEATS, -(-self.crossfit_rows // max(n, 1))))
+    def repeats(self, rows: int, agents: int) -> int:
+        """Cross-fit passes of a cold fit that featurizes `rows` prompts (training and
+        validation) against `agents` agents a pass: as many as fit in `crossfit_cells` route-feature
+        cells (rows x agents, 13 float32 features each), at least one, at most MAX_REPEATS. Each pass
+        deals rows and agent groups to folds afresh, so a small catalogue still shows the ranker
+        many prompts of agents without history, while a large one keeps one pass (0: always one)."""
+        return max(1, min(MAX_REPEATS, self.crossfit_cells // max(rows * agents, 1)))
 
     def _cold_plan(self, n: int, groups: np.ndarray, rng: np.random.Generator) -> _Plan:
         """Rows in random folds, agent groups dealt round-robin over the folds in random order."""
@@ -318,7 +321,6 @@ class AgentRanker:
         fold_of_row, fold_of_group = plan.fold_of_row, plan.fold_of_group
         extra_fold = rng.integers(0, self.folds, len(extra)) if extra is not None else None
         parts, extra_parts, classifiers = [], [], []
-        self.timings_.setdefault("fold_classifiers_seconds", 0.0)
         for f in range(self.folds):
             hidden = np.array([fold_of_group[int(g)] == f for g in groups])
             outside = fold_of_row != f
@@ -409,7 +411,8 @@ class AgentRanker:
         clock = time.perf_counter()
         groups, names = self._groups(index)
         if parent is None or keys is None:
-            plans, self.warm_ = [self._cold_plan(len(x), groups, rng) for _ in range(self.repeats(len(x)))], None
+            passes = self.repeats(len(x) + (0 if val is None else len(val[0])), len(index.agents))
+            plans, self.warm_ = [self._cold_plan(len(x), groups, rng) for _ in range(passes)], None
         else:
             plans = [self._warm_plan(parent, keys, names, replay, rng)]
         parts: list[tuple] = []

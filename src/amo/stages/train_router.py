@@ -174,7 +174,8 @@ def run(params: Params, data: Path, out: Path, metrics: Path, embeddings: Path |
     warm_start: dict[str, Any] = {"mode": lineage["mode"], "reason": reason, "parent": lineage["parent"],
                                   **{k: lineage[k] for k in ("new_rows", "replay_rows") if k in lineage}}
     result = {"agents": len(agents), "train_prompts": len(train_rows), "val_prompts": len(val_rows),
-              "examples": len(index.examples), "crossfit_passes": ranker.passes_, "epochs_run": len(ranker.history_), "best_epoch": best["epoch"],
+              "examples": len(index.examples), "crossfit_passes": ranker.passes_,
+              "epochs_run": len(ranker.history_), "best_epoch": best["epoch"],
               "val_loss": best.get("val_loss"), "margin": selection["margin"], "val": selection["val"],
               "val_separator_only": selection["val_separator_only"],
               "encoder_finetuned": params.encoder.finetune.enabled,
