@@ -33,6 +33,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,12 @@ def embed_cold(encoder: CachedEncoder, chunks: list[tuple[str, list[str]]], reco
     return times
 
 
+def recorded(argv: Iterable[str]) -> str:
+    """The arguments as the result file records them: absolute paths relative to the project,
+    where the recorded command runs, so the file names no folder of the machine it ran on."""
+    return shlex.join(os.path.relpath(a, ROOT) if os.path.isabs(a) else a for a in argv)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
@@ -185,9 +192,9 @@ def main() -> None:
         embed_seconds = sum(times[name]["seconds"] for name in needed)
         entry, detail[str(size)] = measure(params, agents, train[:size], new_rows, val, test, embed_seconds)
         entries[size] = entry
-        detail[str(size)]["invocation"] = shlex.join(sys.argv[1:])  # a size at a time appends its entry
+        detail[str(size)]["invocation"] = recorded(sys.argv[1:])  # a size at a time appends its entry
         result = {"command": "nice -n 10 env OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/retrain_scale.py "
-                             + shlex.join(a for a in sys.argv[1:] if a not in ("--sizes", *map(str, sizes))),
+                             + recorded(a for a in sys.argv[1:] if a not in ("--sizes", *map(str, sizes))),
                   "dataset": DATASET, "sizes": [entries[n] for n in sorted(entries)], "detail": detail}
         OUT.write_text(json.dumps(result, indent=1) + "\n")
         write_csv(PLOT, ["rows", "cold_seconds", "incremental_seconds"],
