@@ -276,8 +276,8 @@ def test_a_cold_fit_repeats_the_cross_fit_within_crossfit_cells(monkeypatch: pyt
     agent groups to folds afresh and is trained on; the first pass's folds are kept for a warm start."""
     assert [AgentRanker(crossfit_cells=c).repeats(n, a) for c, n, a in (
         (500, 40, 4), (479, 40, 3), (0, 40, 4), (100, 100, 4), (10**9, 10, 4))] == [3, 3, 1, 1, amo.ranker.MAX_REPEATS]
-    # the shipped budget: CLINC150 (13,600 + 2,800 rows, 150 agents) 8 passes, the retrain-cost
-    # benchmark's 100,000 rows of 237 agents one, so its route features stay about 1.2 GB
+    # the shipped budget: 16,400 rows (a CLINC150 growing fold's 13,600 + 2,800) of 150 agents 8
+    # passes, 120,000 rows of the retrain-cost benchmark's 237 agents one (about 1.5 GB of features)
     budget = AgentRanker.from_params(load_params(ROOT / "params.yaml").router)
     assert (budget.repeats(16_400, 150), budget.repeats(120_000, 237)) == (amo.ranker.MAX_REPEATS, 1)
     rng = np.random.default_rng(1)
